@@ -1,0 +1,159 @@
+"""What every command shares: the application state, common options, errors, output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from qcourier.errors import QcourierError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """
+\b
+Exit codes:
+  0  success (also: another qcollect was already running, so nothing was done)
+  1  a runtime failure (a job could not be polled, an I/O error)
+  2  bad usage (an unknown name, a bad value, a missing file)
+"""
+
+
+@dataclass
+class AppState:
+    """The application object in ``ctx.obj``; tests pass their own to inject a service."""
+
+    settings: Any = None
+    service: Any = None
+    stdout: Console = field(default_factory=lambda: Console(highlight=False))
+    stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    announced: bool = False
+
+    def get_settings(self) -> Any:
+        """Settings from the environment and ``.env``, read once."""
+        if self.settings is None:
+            from pydantic import ValidationError
+
+            from qcourier.config import Settings
+
+            try:
+                self.settings = Settings()
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
+                raise QcourierError(f"bad setting {name}: {err['msg']}") from None
+        return self.settings
+
+    def get_service(self, choice: str | None) -> Any:
+        """The service to use: injected, chosen, or the local one (announced once)."""
+        if self.service is not None:
+            return self.service
+        from qcourier.services.local import LocalService, LocalServiceConfig
+
+        settings = self.get_settings()
+        choice = choice or settings.service or "local"
+        if choice != "local":
+            raise QcourierError(f"unknown service {choice!r}; this version offers: local")
+        self.service = LocalService(
+            LocalServiceConfig(
+                root=settings.local_service_dir,
+                queue_seconds=settings.local_queue_seconds,
+                run_seconds=settings.local_run_seconds,
+                failure_rate=settings.local_failure_rate,
+                seed=settings.local_seed,
+                noise=settings.local_noise,
+            )
+        )
+        self.info(
+            f"Using the local Aer-backed service (jobs kept in {settings.local_service_dir}); "
+            "results are simulated, and the ledger records service=local."
+        )
+        return self.service
+
+    def ledger_dir(self, option: Path | None) -> Path:
+        """The ledger directory: the option, else the setting."""
+        return option if option is not None else self.get_settings().ledger_dir
+
+    # -- output -----------------------------------------------------------------------------
+
+    def info(self, message: str) -> None:
+        """A message for the user (stderr)."""
+        self.stderr.print(message, markup=False, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        """A warning for the user (stderr)."""
+        self.stderr.print(f"Warning: {message}", markup=False, soft_wrap=True)
+
+    def emit_json(self, payload: Any) -> None:
+        """Machine-readable output on stdout."""
+        click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def get_state() -> AppState:
+    """The AppState of the current click context, created if a test did not pass one."""
+    ctx = click.get_current_context()
+    if ctx.obj is None:
+        ctx.obj = AppState()
+    return ctx.obj
+
+
+def abort(message: str, code: int = 1) -> None:
+    """Leave with one ``Error: ...`` line on stderr and exit ``code``."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn every :class:`QcourierError` from the core into one line and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except QcourierError as exc:
+            if exc.exit_code == 0:
+                get_state().info(str(exc))
+                sys.exit(0)
+            abort(str(exc), exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+ledger_dir_option = click.option(
+    "--ledger-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Ledger directory [default: $QCOURIER_LEDGER_DIR or results/ibm_experiments].",
+)
+service_option = click.option(
+    "--service",
+    type=click.Choice(["local"]),
+    default=None,
+    help="Service to use [default: $QCOURIER_SERVICE or local].",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+
+
+def print_table(console: Console, columns: list[str], rows: list[list[str]]) -> None:
+    """A table on stdout: rich on a terminal, plain aligned columns (never cut) otherwise."""
+    if console.is_terminal:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE, show_edge=False)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
+    for row in [columns, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())

@@ -1,0 +1,118 @@
+"""``qcollect``: poll pending jobs, download and analyse results, record what changed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from qcourier.cli._common import (
+    EXIT_CODES_HELP,
+    get_state,
+    handle_errors,
+    json_option,
+    ledger_dir_option,
+    service_option,
+)
+
+HELP = f"""Poll the ledger's pending jobs; download, analyse and record finished ones.
+
+Folds the ledger (every submitted_jobs_*.jsonl in the ledger directory, or only
+--jobs-file), skips jobs already final, polls the rest and prints one line per job and a
+summary. Each newly finished job gets its result file jobs/<job_id>.json (counts and
+analysis) and a new ledger line; a collected_results_YYYYMMDD_HHMMSS.json lists what this
+run collected. Safe to run again and again (by hand, from cron, or with --watch): a second
+run with nothing new changes nothing, and a second collector started while one runs exits
+at once.
+
+\b
+Examples:
+  qcollect
+  qcollect --watch --interval 10
+  qcollect --jobs-file results/ibm_experiments/submitted_jobs_20261121_101500.jsonl
+  qcollect --job-id d4k2v9x0abcd1234efgh --json
+{EXIT_CODES_HELP}"""
+
+
+@click.command("collect", help=HELP)
+@click.option("--jobs-file", type=click.Path(path_type=Path), default=None,
+              help="Collect only the jobs of this ledger file.")
+@click.option("--poll-all", is_flag=True, help="Collect every ledger file's jobs (the default).")
+@click.option("--job-id", default=None, help="Check one job, recorded in the ledger or not.")
+@click.option("--watch", is_flag=True, help="Repeat until every job is final (Ctrl-C stops).")
+@click.option("--interval", type=float, default=300.0, show_default=True,
+              help="Seconds between polls with --watch.")
+@ledger_dir_option
+@service_option
+@json_option
+@handle_errors
+def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool, interval: float,
+         ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
+    from qcourier.collection import collect_pending
+    from qcourier.errors import UsageError
+    from qcourier.ledger import Ledger, check_ledger_file
+
+    if sum(x is not None and x is not False for x in (jobs_file, job_id, poll_all or None)) > 1:
+        raise UsageError("give at most one of --jobs-file, --poll-all and --job-id")
+    if interval <= 0:
+        raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}")
+    state = get_state()
+    if jobs_file is not None:
+        ledger, paths = Ledger(check_ledger_file(jobs_file).parent), [jobs_file]
+    else:
+        ledger, paths = Ledger(state.ledger_dir(ledger_dir)), None
+    svc = state.get_service(service)
+    try:
+        while True:
+            report = collect_pending(svc, ledger, paths=paths, job_id=job_id)
+            _print_report(state, report, as_json)
+            if not watch or report.pending == 0 or report.unrecorded is not None:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        state.info("Stopped. Every ledger line and result file written so far is whole.")
+        raise SystemExit(130) from None
+    raise SystemExit(report.exit_code)
+
+
+def _print_report(state, report, as_json: bool) -> None:
+    if as_json:
+        state.emit_json(_report_json(report))
+        return
+    for problem in report.problems:
+        state.warn(str(problem))
+    for reason in report.skipped:
+        state.info(f"Skipped: {reason}")
+    if report.unrecorded is not None:
+        u = report.unrecorded
+        click.echo(f"Job {u.job_id}: {u.state.value} (not in the ledger)")
+        return
+    for o in report.outcomes:
+        shown = o.state.value if o.state is not None else "NOT POLLED"
+        line = f"Job {o.record.job_id}: {shown}"
+        click.echo(line + (f" — {o.message}" if o.message else ""))
+    click.echo(f"Completed: {report.completed}/{report.total}  "
+                       f"Pending: {report.pending}/{report.total}")
+    if report.collected_path is not None:
+        click.echo(f"Collected results: {report.collected_path}")
+
+
+def _report_json(report) -> dict:
+    return {
+        "jobs": [
+            {"job_id": o.record.job_id, "record_id": o.record.record_id,
+             "state": None if o.state is None else o.state.value, "status": o.record.status.value,
+             "changed": o.changed, "message": o.message, "result_path": o.record.result_path}
+            for o in report.outcomes
+        ],
+        "unrecorded": None if report.unrecorded is None else {
+            "job_id": report.unrecorded.job_id, "state": report.unrecorded.state.value},
+        "completed": report.completed,
+        "pending": report.pending,
+        "total": report.total,
+        "already_final": report.already_final,
+        "collected_results": None if report.collected_path is None else str(report.collected_path),
+        "skipped": report.skipped,
+        "problems": [str(p) for p in report.problems],
+    }

@@ -1,0 +1,96 @@
+"""``qsubmit``: build, transpile and submit an experiment's jobs, record them, exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from qcourier.cli._common import (
+    EXIT_CODES_HELP,
+    get_state,
+    handle_errors,
+    json_option,
+    ledger_dir_option,
+    print_table,
+    service_option,
+)
+from qcourier.experiments import choices
+
+HELP = f"""Submit an experiment's jobs and record them in the ledger; exit at once.
+
+Builds the experiment's circuits, transpiles them for the backend, submits one job per
+job unit (all circuits of a unit as PUBs of one job) and appends one ledger line per job to
+a new file results/ibm_experiments/submitted_jobs_YYYYMMDD_HHMMSS.jsonl (or to --jobs-file).
+Collect the results later with qcollect.
+
+\b
+Examples:
+  qsubmit --experiment bell
+  qsubmit --experiment ghz --param width=8 --shots 2000 --repeat 3
+  qsubmit --experiment bell --dry-run --json
+{EXIT_CODES_HELP}"""
+
+
+@click.command("submit", help=HELP)
+@click.option("--experiment", "-e", required=True, type=click.Choice(choices()),
+              help="Experiment (or group) to submit.")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
+              help="Set an experiment parameter (repeatable); see `qcourier experiments`.")
+@click.option("--backend", default=None, help="Backend name [default: least busy that fits].")
+@click.option("--shots", type=click.IntRange(1, 1_000_000), default=None,
+              help="Shots per circuit [default: the experiment's].")
+@click.option("--repeat", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Submit each job this many times (e.g. heartbeat sessions).")
+@click.option("--jobs-file", type=click.Path(path_type=Path), default=None,
+              help="Append to this existing ledger file instead of creating one.")
+@click.option("--repo", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Git repository whose commit is recorded [default: the current directory's].")
+@click.option("--dry-run", is_flag=True, help="Build and transpile, but submit and write nothing.")
+@ledger_dir_option
+@service_option
+@json_option
+@handle_errors
+def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: int | None,
+         repeat: int, jobs_file: Path | None, repo: Path | None, dry_run: bool,
+         ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
+    from qcourier.experiments import resolve
+    from qcourier.ledger import Ledger, check_ledger_file
+    from qcourier.submission import plan_submission, submit_plan
+
+    state = get_state()
+    resolved = resolve(experiment, list(params), shots)
+    ledger = Ledger(state.ledger_dir(ledger_dir))
+    if jobs_file is not None:
+        check_ledger_file(jobs_file)
+    if not dry_run:
+        ledger.ensure_writable()
+    svc = state.get_service(service)
+    plan = plan_submission(svc, resolved, backend=backend, repeat=repeat, repo_path=repo,
+                           progress=state.info)
+    for warning in plan.warnings:
+        state.warn(warning)
+    if dry_run:
+        records, path = [job.record for job in plan.jobs], None
+    else:
+        outcome = submit_plan(svc, ledger, plan, jobs_file=jobs_file, progress=state.info)
+        records, path = outcome.records, outcome.ledger_path
+    if as_json:
+        state.emit_json({"dry_run": dry_run, "ledger_path": None if path is None else str(path),
+                         "backend": plan.backend,
+                         "jobs": [r.model_dump(mode="json") for r in records]})
+        return
+    _print_table(state, records, path, dry_run)
+
+
+def _print_table(state, records, path, dry_run: bool) -> None:
+    columns = ["job id", "experiment", "state", "backend", "shots", "circuits", "depth", "circuit hash"]
+    rows = [[r.job_id or "(dry run)", r.experiment_type, r.logical_state or "-", r.backend,
+             str(r.shots), str(r.num_circuits), str(r.transpiled_depth), r.circuit_hash[:12]]
+            for r in records]
+    print_table(state.stdout, columns, rows)
+    if dry_run:
+        click.echo(f"Dry run: {len(records)} job(s) planned; nothing submitted or written.")
+    else:
+        click.echo(f"Submitted {len(records)} job(s); ledger: {path}")
+        click.echo("Collect the results with: qcollect --watch")

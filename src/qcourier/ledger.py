@@ -1,0 +1,310 @@
+"""The job ledger: a directory of append-only JSONL files, one per ``qsubmit`` run.
+
+Each line is a whole snapshot of one job record; a change of status appends a new line and
+the last line of a record is its current state. Lines are never rewritten, so a crash costs
+at most the line being written and the history stays for audit.
+
+Every append is one ``write`` of one line on a file opened with ``O_APPEND``, under a
+:mod:`filelock` lock, followed by ``fsync``. Reading tolerates a torn last line (reported,
+skipped) and reports malformed lines by ``file:line`` without dropping or rewriting them; an
+append after a torn line starts on a fresh line.
+
+This module knows nothing of qiskit or of services.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qcourier.errors import LedgerError, UsageError
+
+SCHEMA_VERSION = 1
+LEDGER_GLOB = "submitted_jobs_*.jsonl"
+LOCK_TIMEOUT_SECONDS = 30.0
+
+
+class JobStatus(StrEnum):
+    """A job's status in the ledger."""
+
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ERROR = "error"  # could not be polled, or the service does not know the job
+
+    @property
+    def is_final(self) -> bool:
+        """Whether collection is over for a job in this status."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def new_record_id() -> str:
+    """A stable, unique id for a ledger record (independent of the service's job id)."""
+    return secrets.token_hex(8)
+
+
+class LedgerRecord(BaseModel):
+    """One job as the ledger knows it. Each ledger line is one whole ``LedgerRecord``.
+
+    Unknown fields (written by a newer qcourier) are kept, not dropped.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    record_id: str = Field(default_factory=new_record_id)
+    job_id: str | None = None
+    status: JobStatus = JobStatus.SUBMITTED
+    service: str
+    backend: str
+    experiment_type: str
+    logical_state: str | None = None
+    shots: int
+    num_circuits: int
+    circuit_hash: str
+    isa_circuit_hash: str
+    transpiled_depth: int
+    transpiled_gates: dict[str, int]
+    submission_time: datetime | None = None
+    updated_at: datetime = Field(default_factory=utc_now)
+    api_key_index: int | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    tags: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    backend_snapshot_sha256: str | None = None
+    # After collection:
+    completion_time: datetime | None = None
+    error: str | None = None
+    result_path: str | None = None
+    result_sha256: str | None = None
+    usage_seconds: float | None = None
+    queue_seconds: float | None = None
+
+    def to_line(self) -> str:
+        """The record as one JSON line, newline included."""
+        return self.model_dump_json() + "\n"
+
+    def evolve(self, **changes: Any) -> LedgerRecord:
+        """A copy with ``changes`` applied and ``updated_at`` set to now."""
+        data = self.model_dump()
+        data.update(changes)
+        data["updated_at"] = utc_now()
+        return LedgerRecord.model_validate(data)
+
+
+@dataclass(frozen=True)
+class LedgerProblem:
+    """A line that could not be read: where, and why."""
+
+    path: Path
+    line: int
+    reason: str
+    torn: bool = False
+
+    def __str__(self) -> str:
+        kind = "torn last line" if self.torn else "malformed line"
+        return f"{self.path}:{self.line}: {kind} skipped ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The current state of one record and the file it lives in."""
+
+    record: LedgerRecord
+    path: Path
+
+
+@dataclass
+class Fold:
+    """The ledger folded to the latest state of every record, plus what could not be read."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    problems: list[LedgerProblem] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[LedgerRecord]:
+        """Latest records, in the order they were first written."""
+        return [e.record for e in self.entries.values()]
+
+    def by_job_id(self, job_id: str) -> Entry | None:
+        """The entry whose job id is ``job_id``, if any."""
+        for entry in self.entries.values():
+            if entry.record.job_id == job_id:
+                return entry
+        return None
+
+
+def _lock_for(path: Path) -> FileLock:
+    return FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_SECONDS)
+
+
+def append(path: Path, records: LedgerRecord | Iterable[LedgerRecord]) -> None:
+    """Append records to a ledger file, each as one line in one ``write``, then fsync.
+
+    If the file's last line is torn (no trailing newline), a newline is written first so the
+    new line starts fresh and the torn one stays as it was.
+
+    Raises:
+        LedgerError: the file cannot be locked or written.
+    """
+    items = [records] if isinstance(records, LedgerRecord) else list(records)
+    try:
+        with _lock_for(path):
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if _ends_torn(fd):
+                    os.write(fd, b"\n")
+                for record in items:
+                    data = record.to_line().encode()
+                    if os.write(fd, data) != len(data):
+                        raise OSError(f"short write to {path}")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except Timeout:
+        raise LedgerError(
+            f"could not lock {path} within {LOCK_TIMEOUT_SECONDS:.0f} s; "
+            "another qcourier process holds it — try again"
+        ) from None
+    except OSError as exc:
+        raise LedgerError(f"cannot write ledger file {path}: {exc.strerror or exc}") from None
+
+
+def _ends_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, LedgerRecord | LedgerProblem]]:
+    """Each line of a ledger file as a record, or as the problem that stopped it being one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger file {path}: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    torn_tail = lines[-1] != b""
+    last = len(lines) if torn_tail else len(lines) - 1
+    for number, raw in enumerate(lines[:last], start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield number, LedgerRecord.model_validate_json(raw)
+        except ValidationError as exc:
+            torn = torn_tail and number == last
+            yield number, LedgerProblem(path, number, _summarise(exc), torn=torn)
+
+
+def _summarise(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else err["msg"]
+
+
+class Ledger:
+    """A ledger directory: its files, its fold, and where new files go."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    @property
+    def results_dir(self) -> Path:
+        """Where result files go: ``<ledger>/jobs/``."""
+        return self.directory / "jobs"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Where backend calibration snapshots go: ``<ledger>/snapshots/``."""
+        return self.directory / "snapshots"
+
+    def files(self) -> list[Path]:
+        """The ledger files, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob(LEDGER_GLOB))
+
+    def ensure_writable(self) -> None:
+        """Create the directory if needed and check that files can be created in it.
+
+        Raises:
+            LedgerError: it cannot be created or written.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot create ledger directory {self.directory}: {exc.strerror or exc}; "
+                "choose another with --ledger-dir"
+            ) from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise LedgerError(
+                f"ledger directory {self.directory} is not writable; "
+                "fix its permissions or choose another with --ledger-dir"
+            )
+
+    def new_file(self, now: datetime | None = None) -> Path:
+        """Create a new, empty ledger file named after the UTC time; never overwrite one."""
+        self.ensure_writable()
+        stamp = (now or utc_now()).strftime("%Y%m%d_%H%M%S")
+        for suffix in range(1000):
+            name = f"submitted_jobs_{stamp}{'' if suffix == 0 else f'_{suffix}'}.jsonl"
+            path = self.directory / name
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                return path
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise LedgerError(f"cannot create {path}: {exc.strerror or exc}") from None
+        raise LedgerError(f"too many ledger files named for {stamp} in {self.directory}")
+
+    def fold(self, paths: Iterable[Path] | None = None) -> Fold:
+        """The latest state of every record in the given files (default: all of them)."""
+        result = Fold()
+        for path in self.files() if paths is None else paths:
+            for _number, item in read_lines(path):
+                if isinstance(item, LedgerProblem):
+                    result.problems.append(item)
+                    continue
+                result.entries[item.record_id] = Entry(item, path)
+        return result
+
+
+def check_ledger_file(path: Path) -> Path:
+    """Validate a ``--jobs-file``: it exists and reads as a ledger.
+
+    Raises:
+        UsageError: it does not exist, is not a file, or no line of it is a ledger record.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"jobs file {path} does not exist; give an existing ledger file")
+    items = [item for _n, item in read_lines(path)]
+    records = [i for i in items if isinstance(i, LedgerRecord)]
+    problems = [i for i in items if isinstance(i, LedgerProblem) and not i.torn]
+    if items and not records:
+        first = problems[0] if problems else items[0]
+        raise UsageError(f"{path} is not a qcourier ledger ({first})")
+    return path
+

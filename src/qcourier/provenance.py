@@ -1,0 +1,155 @@
+"""Provenance: what exactly ran (circuit hashes) and from which code (git commit).
+
+What ``circuit_hash`` hashes: for each circuit of a job, in PUB order, its OpenQASM 3 text
+(``qiskit.qasm3.dumps``), which names every gate, operand, parameter value, register and
+measurement but not Python object identity, circuit names or metadata. Each text is
+prefixed by its length in bytes and a newline so that concatenations cannot collide; the
+sha256 of the whole is given in hex. The same circuits give the same hash in every process
+and run (for a given qiskit major version, whose exporter defines the text).
+``isa_circuit_hash`` is the same function applied to the transpiled (ISA) circuits, so it
+also pins the layout and routing the backend received.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qiskit import QuantumCircuit
+
+    from qcourier.experiments.base import Calibration
+
+
+def circuit_hash(circuits: Sequence[QuantumCircuit]) -> str:
+    """sha256 (hex) of the canonical OpenQASM 3 serialisation of ``circuits`` in order."""
+    from qiskit import qasm3
+
+    digest = hashlib.sha256()
+    for circuit in circuits:
+        text = qasm3.dumps(circuit).encode()
+        digest.update(f"{len(text)}\n".encode())
+        digest.update(text)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class GitState:
+    """The commit of the code that made a submission, and whether its tree was dirty."""
+
+    commit: str | None
+    dirty: bool | None
+    warning: str | None = None
+
+
+def git_state(repo_path: Path | None = None) -> GitState:
+    """The git commit and dirtiness of the repository containing ``repo_path`` (default: cwd).
+
+    Outside a git repository (or without a git executable) this is not a failure: commit and
+    dirty are ``None`` and ``warning`` says why in one line.
+    """
+    import git  # gitpython; imported here because it shells out at import
+
+    where = Path(repo_path or Path.cwd())
+    try:
+        repo = git.Repo(where, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return GitState(None, None, f"{where} is not in a git repository; git_commit not recorded")
+    except git.GitError as exc:  # e.g. no git executable
+        return GitState(None, None, f"git unavailable ({type(exc).__name__}); git_commit not recorded")
+    with repo:
+        try:
+            commit = repo.head.commit.hexsha
+        except ValueError:
+            return GitState(None, None, f"{repo.working_dir} has no commits yet; git_commit not recorded")
+        return GitState(commit, repo.is_dirty(untracked_files=False))
+
+
+# -- backend calibration snapshots --------------------------------------------------------------
+#
+# A snapshot is the backend's calibration (IBM's ``properties`` shape) at submission, stored
+# once as ``<ledger>/snapshots/<sha256>.json.gz``; the sha256 is that of the canonical JSON
+# text (sorted keys, no spaces), which the ledger line records.
+
+
+def _canonical(calibration: dict[str, Any]) -> bytes:
+    return json.dumps(calibration, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def snapshot_sha256(calibration: dict[str, Any]) -> str:
+    """The sha256 (hex) a calibration snapshot is stored and referenced under."""
+    return hashlib.sha256(_canonical(calibration)).hexdigest()
+
+
+def save_snapshot(directory: Path, calibration: dict[str, Any]) -> str:
+    """Store a calibration snapshot (once) and return its sha256."""
+    from qcourier.files import atomic_write_bytes
+
+    data = _canonical(calibration)
+    sha = hashlib.sha256(data).hexdigest()
+    path = Path(directory) / f"{sha}.json.gz"
+    if not path.exists():
+        atomic_write_bytes(path, gzip.compress(data, mtime=0))
+    return sha
+
+
+def load_snapshot(directory: Path, sha: str) -> dict[str, Any] | None:
+    """The snapshot stored under ``sha``, or ``None`` if it is missing or does not match."""
+    path = Path(directory) / f"{sha}.json.gz"
+    try:
+        data = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    if hashlib.sha256(data).hexdigest() != sha:
+        return None
+    return json.loads(data)
+
+
+def calibration_for_qubits(snapshot: dict[str, Any], qubits: Sequence[int]) -> Calibration:
+    """Median error rates over ``qubits`` (and the couplers among them) from a snapshot.
+
+    Single-qubit gate error: median ``gate_error`` of ``sx`` (else ``x``) on the qubits.
+    Two-qubit gate error: median ``gate_error`` of the two-qubit gates (``cz``, ``ecr`` or
+    ``cx``) whose both qubits are among ``qubits``. Readout error: median ``readout_error``.
+    Reset error: not reported by IBM; ``None``.
+    """
+    from statistics import median
+
+    from qcourier.experiments.base import Calibration
+
+    wanted = set(qubits)
+
+    def param(entries: list[dict[str, Any]], name: str) -> float | None:
+        for entry in entries:
+            if entry.get("name") == name and entry.get("value") is not None:
+                return float(entry["value"])
+        return None
+
+    readout = [
+        value
+        for index, entries in enumerate(snapshot.get("qubits", []))
+        if index in wanted and (value := param(entries, "readout_error")) is not None
+    ]
+    one: dict[str, list[float]] = {}
+    two: list[float] = []
+    for gate in snapshot.get("gates", []):
+        gate_qubits = gate.get("qubits", [])
+        error = param(gate.get("parameters", []), "gate_error")
+        if error is None or not set(gate_qubits) <= wanted or error >= 1.0:
+            continue
+        if len(gate_qubits) == 1:
+            one.setdefault(gate.get("gate", ""), []).append(error)
+        elif len(gate_qubits) == 2 and gate.get("gate") in ("cz", "ecr", "cx"):
+            two.append(error)
+    single = one.get("sx") or one.get("x")
+    return Calibration(
+        single_qubit_gate_error=median(single) if single else None,
+        two_qubit_gate_error=median(two) if two else None,
+        readout_error=median(readout) if readout else None,
+        reset_error=None,
+    )

@@ -1,0 +1,184 @@
+"""The seam between qcourier and a quantum service: one interface, several implementations.
+
+``LocalService`` (Aer-backed, persistent across processes) and the IBM Quantum service both
+implement :class:`QuantumService`. The core talks only to this interface, so tests swap the
+service without patching module paths.
+
+Counts convention: one dict per circuit (PUB), keys are bitstrings over all classical bits
+in Qiskit order (clbit 0 rightmost) with no spaces, values are shot counts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from qcourier.errors import QcourierError
+
+if TYPE_CHECKING:
+    from qiskit import QuantumCircuit
+    from qiskit.providers import BackendV2
+
+
+class ServiceError(QcourierError):
+    """A service could not do what was asked."""
+
+
+class JobNotFoundError(ServiceError):
+    """The service does not know this job id."""
+
+
+class TransientServiceError(ServiceError):
+    """A failure worth retrying later (network, 5xx, rate limit, timeout)."""
+
+
+class JobState(StrEnum):
+    """A job's state as services report it (IBM Runtime's vocabulary)."""
+
+    INITIALIZING = "INITIALIZING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    CANCELLED = "CANCELLED"
+    ERROR = "ERROR"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the job will change no more."""
+        return self in (JobState.DONE, JobState.CANCELLED, JobState.ERROR)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a service says of one of its backends."""
+
+    name: str
+    num_qubits: int
+    operational: bool = True
+    pending_jobs: int = 0
+
+
+@dataclass(frozen=True)
+class JobStatusReport:
+    """A job's state and, for a failed job, why."""
+
+    job_id: str
+    state: JobState
+    error_message: str | None = None
+    reason_code: int | None = None
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """Timestamps and QPU usage of a job (``None`` where not known yet)."""
+
+    created: datetime | None = None
+    running: datetime | None = None
+    finished: datetime | None = None
+    usage_seconds: float | None = None
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """Seconds between creation and the start of execution."""
+        if self.created is None or self.running is None:
+            return None
+        return max(0.0, (self.running - self.created).total_seconds())
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The counts of a finished job, one dict per circuit, and what the service adds."""
+
+    counts: list[dict[str, int]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shots(self) -> list[int]:
+        """Shots actually returned per circuit."""
+        return [sum(c.values()) for c in self.counts]
+
+
+@dataclass(frozen=True)
+class InstanceUsage:
+    """QPU seconds the instance has used, as the service reports them."""
+
+    usage_seconds: float
+    limit_seconds: float | None = None
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        """Seconds left before the service's limit, where it has one."""
+        if self.limit_seconds is None:
+            return None
+        return self.limit_seconds - self.usage_seconds
+
+
+class QuantumService(ABC):
+    """What every service offers. Methods raise :class:`ServiceError` subclasses."""
+
+    #: ``"local"`` or ``"ibm"``: recorded on every ledger line.
+    name: ClassVar[str]
+    #: Which configured API key this service uses (``None`` where keys do not apply).
+    api_key_index: int | None = None
+
+    @abstractmethod
+    def backends(self) -> list[BackendInfo]:
+        """The backends this service can run jobs on."""
+
+    @abstractmethod
+    def backend(self, name: str) -> BackendV2:
+        """A backend object to transpile for (its target and coupling map).
+
+        Raises:
+            ServiceError: no backend of that name (the message lists the valid ones).
+        """
+
+    def least_busy(self, min_qubits: int) -> str:
+        """The operational backend with the fewest pending jobs and enough qubits."""
+        candidates = [b for b in self.backends() if b.operational and b.num_qubits >= min_qubits]
+        if not candidates:
+            raise ServiceError(f"no operational backend has {min_qubits} or more qubits")
+        return min(candidates, key=lambda b: (b.pending_jobs, b.name)).name
+
+    @abstractmethod
+    def submit(
+        self,
+        backend: str,
+        circuits: Sequence[QuantumCircuit],
+        shots: int,
+        tags: Sequence[str] = (),
+        max_execution_time: int | None = None,
+    ) -> str:
+        """Submit ISA circuits as one job in plain job mode; return the job id."""
+
+    @abstractmethod
+    def job_status(self, job_id: str) -> JobStatusReport:
+        """The job's state now.
+
+        Raises:
+            JobNotFoundError: the service does not know the job.
+        """
+
+    @abstractmethod
+    def job_result(self, job_id: str) -> JobResult:
+        """Counts of a job in state DONE."""
+
+    @abstractmethod
+    def job_metrics(self, job_id: str) -> JobMetrics:
+        """Timestamps and usage of the job."""
+
+    @abstractmethod
+    def find_jobs(self, tags: Sequence[str]) -> list[str]:
+        """Ids of the jobs carrying all of ``tags``."""
+
+    @abstractmethod
+    def usage(self) -> InstanceUsage:
+        """QPU usage of the instance."""
+
+    @abstractmethod
+    def calibration(self, backend: str) -> dict[str, Any]:
+        """The backend's calibration now, as a JSON-able dict in the IBM properties shape."""

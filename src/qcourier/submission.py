@@ -1,0 +1,210 @@
+"""Submission: experiments -> job units -> transpiled circuits -> jobs -> ledger lines.
+
+``plan_submission`` does everything that needs no service call beyond reading the backend
+(build, transpile, hash, provenance); ``submit_plan`` submits each planned job and appends
+its ledger line right after the service accepted it. A dry run stops after planning and
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qcourier import ledger as ledger_mod
+from qcourier.errors import UsageError
+from qcourier.experiments import Experiment, ExperimentParams, JobUnit
+from qcourier.ledger import JobStatus, Ledger, LedgerRecord, utc_now
+from qcourier.provenance import GitState, circuit_hash, git_state, snapshot_sha256, save_snapshot
+from qcourier.services.base import QuantumService, ServiceError
+
+if TYPE_CHECKING:
+    from qiskit import QuantumCircuit
+
+#: Fixed so that the same circuits on the same backend transpile to the same ISA circuits.
+TRANSPILER_SEED = 11
+OPTIMIZATION_LEVEL = 1
+MAX_SHOTS = 1_000_000
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class PlannedJob:
+    """One job ready to submit: its circuits and its ledger record (without a job id)."""
+
+    experiment: str
+    isa_circuits: list[QuantumCircuit]
+    shots: int
+    record: LedgerRecord
+
+
+@dataclass
+class Plan:
+    """What a submission will do."""
+
+    backend: str
+    jobs: list[PlannedJob]
+    calibration: dict[str, Any]
+    git: GitState
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SubmissionOutcome:
+    """What a submission did."""
+
+    plan: Plan
+    ledger_path: Path | None
+    records: list[LedgerRecord]
+
+    @property
+    def dry_run(self) -> bool:
+        return self.ledger_path is None
+
+
+def plan_submission(
+    service: QuantumService,
+    experiments: list[tuple[Experiment, ExperimentParams]],
+    *,
+    backend: str | None = None,
+    repeat: int = 1,
+    repo_path: Path | None = None,
+    progress: Progress = _quiet,
+) -> Plan:
+    """Build, transpile and hash every job of a submission.
+
+    Raises:
+        UsageError: bad repeat count, unknown backend, or circuits wider than the backend.
+    """
+    if repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {repeat}")
+    built: list[tuple[Experiment, ExperimentParams, JobUnit]] = []
+    for experiment, params in experiments:
+        progress(f"building {experiment.name}")
+        built.extend((experiment, params, unit) for unit in experiment.build(params))
+    width = max(c.num_qubits for _, _, unit in built for c in unit.circuits)
+    try:
+        backend_name = backend or service.least_busy(width)
+        target = service.backend(backend_name)
+    except ServiceError as exc:
+        raise UsageError(str(exc)) from None
+    if width > target.num_qubits:
+        raise UsageError(
+            f"the circuits need {width} qubits but backend {backend_name} has "
+            f"{target.num_qubits}; lower the width or choose a larger backend"
+        )
+    calibration = service.calibration(backend_name)
+    snapshot = snapshot_sha256(calibration)
+    git = git_state(repo_path)
+    plan = Plan(backend_name, [], calibration, git, [git.warning] if git.warning else [])
+    for experiment, params, unit in built:
+        progress(f"transpiling {experiment.name} ({len(unit.circuits)} circuits) for {backend_name}")
+        isa = transpile(unit.circuits, target)
+        template = _record_for(service, backend_name, experiment, params, unit, isa, git, snapshot)
+        for _ in range(repeat):
+            plan.jobs.append(
+                PlannedJob(experiment.name, isa, unit.shots,
+                           template.model_copy(update={"record_id": ledger_mod.new_record_id()}))
+            )
+    return plan
+
+
+def transpile(circuits: list[QuantumCircuit], backend: Any) -> list[QuantumCircuit]:
+    """ISA circuits for ``backend``, deterministically (fixed seed)."""
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    manager = generate_preset_pass_manager(
+        optimization_level=OPTIMIZATION_LEVEL, backend=backend, seed_transpiler=TRANSPILER_SEED
+    )
+    return list(manager.run(circuits))
+
+
+def physical_qubits(circuits: list[QuantumCircuit]) -> list[int]:
+    """The backend qubits the circuits act on."""
+    return sorted(
+        {
+            c.find_bit(q).index
+            for c in circuits
+            for inst in c.data
+            if inst.operation.name not in ("barrier", "delay")
+            for q in inst.qubits
+        }
+    )
+
+
+def _record_for(
+    service: QuantumService,
+    backend: str,
+    experiment: Experiment,
+    params: ExperimentParams,
+    unit: JobUnit,
+    isa: list[QuantumCircuit],
+    git: GitState,
+    snapshot: str,
+) -> LedgerRecord:
+    gates: Counter[str] = Counter()
+    for circuit in isa:
+        gates.update({name: int(n) for name, n in circuit.count_ops().items()})
+    metadata = dict(unit.metadata)
+    logical_state = metadata.pop("logical_state", None)
+    metadata["physical_qubits"] = physical_qubits(isa)
+    metadata["circuit_depths"] = [c.depth() for c in isa]
+    return LedgerRecord(
+        service=service.name,
+        api_key_index=service.api_key_index,
+        backend=backend,
+        experiment_type=experiment.name,
+        logical_state=None if logical_state is None else str(logical_state),
+        shots=unit.shots,
+        num_circuits=len(isa),
+        circuit_hash=circuit_hash(unit.circuits),
+        isa_circuit_hash=circuit_hash(isa),
+        transpiled_depth=max(metadata["circuit_depths"]),
+        transpiled_gates=dict(sorted(gates.items())),
+        git_commit=git.commit,
+        git_dirty=git.dirty,
+        params=params.model_dump(mode="json"),
+        metadata=metadata,
+        backend_snapshot_sha256=snapshot,
+    )
+
+
+def submit_plan(
+    service: QuantumService,
+    ledger: Ledger,
+    plan: Plan,
+    *,
+    jobs_file: Path | None = None,
+    progress: Progress = _quiet,
+) -> SubmissionOutcome:
+    """Submit every planned job and append its ledger line as soon as it is accepted.
+
+    Args:
+        jobs_file: an existing ledger file to append to; default a new file in ``ledger``.
+    """
+    path = jobs_file or ledger.new_file()
+    save_snapshot(ledger.snapshots_dir, plan.calibration)
+    batch = path.stem.removeprefix("submitted_jobs_")
+    records = []
+    for index, job in enumerate(plan.jobs, start=1):
+        request_id = secrets.token_hex(6)
+        tags = ["qcourier", f"experiment:{job.experiment}", f"batch:{batch}", f"request:{request_id}"]
+        progress(f"submitting job {index}/{len(plan.jobs)} ({job.experiment})")
+        job_id = service.submit(plan.backend, job.isa_circuits, job.shots, tags)
+        now = utc_now()
+        record = job.record.model_copy(
+            update={"job_id": job_id, "tags": tags, "submission_time": now, "updated_at": now,
+                    "status": JobStatus.SUBMITTED}
+        )
+        ledger_mod.append(path, record)
+        records.append(record)
+    return SubmissionOutcome(plan, path, records)
