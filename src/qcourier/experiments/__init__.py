@@ -34,10 +34,12 @@ ENTRY_POINT_GROUP = "qcourier.experiments"
 _BUILTINS: dict[str, str] = {
     "bell": "qcourier.experiments.canaries:BellExperiment",
     "ghz": "qcourier.experiments.canaries:GHZExperiment",
+    "surface_code": "qcourier.experiments.surface_code:SurfaceCodeExperiment",
+    "deployment": "qcourier.experiments.deployment:DeploymentExperiment",
 }
 
 #: Names that stand for several experiments.
-GROUPS: dict[str, tuple[str, ...]] = {}
+GROUPS: dict[str, tuple[str, ...]] = {"both": ("surface_code", "deployment")}
 
 
 def _load(target: str) -> type[Experiment]:
