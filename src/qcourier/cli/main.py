@@ -52,3 +52,44 @@ def status(ledger_dir: Path | None, as_json: bool) -> None:
              r.updated_at.strftime("%Y-%m-%d %H:%M:%S")] for r in records]
     print_table(state.stdout, columns, rows)
     click.echo(f"{len(records)} job(s)")
+
+
+@main.command("experiments")
+@json_option
+@handle_errors
+def experiments(as_json: bool) -> None:
+    """List the experiments and their parameters (set them with qsubmit --param KEY=VALUE).
+
+    \b
+    Examples:
+      qcourier experiments
+      qsubmit --experiment surface_code --param distance=5 --param logical_state=0
+    """
+    from qcourier.experiments import GROUPS, available
+
+    listing = []
+    for name, cls in sorted(available().items()):
+        params = []
+        for field_name, info in cls.Params.model_fields.items():
+            params.append({"name": field_name, "type": _type_name(info.annotation),
+                           "default": info.default, "description": info.description})
+        listing.append({"name": name, "description": cls.description, "parameters": params})
+    if as_json:
+        get_state().emit_json({"experiments": listing,
+                               "groups": {k: list(v) for k, v in GROUPS.items()}})
+        return
+    for item in listing:
+        click.echo(f"{item['name']}: {item['description']}")
+        for p in item["parameters"]:
+            note = f" — {p['description']}" if p["description"] else ""
+            click.echo(f"    {p['name']} ({p['type']}, default {p['default']!r}){note}")
+    for group, members in GROUPS.items():
+        click.echo(f"{group}: {' + '.join(members)}")
+
+
+def _type_name(annotation: object) -> str:
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))

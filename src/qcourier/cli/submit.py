@@ -26,7 +26,9 @@ Collect the results later with qcollect.
 
 \b
 Examples:
-  qsubmit --experiment bell
+  qsubmit --experiment both
+  qsubmit --experiment surface_code --param distance=5 --param logical_state=0
+  qsubmit --experiment deployment --repeat 4
   qsubmit --experiment ghz --param width=8 --shots 2000 --repeat 3
   qsubmit --experiment bell --dry-run --json
 {EXIT_CODES_HELP}"""

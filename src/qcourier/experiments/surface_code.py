@@ -101,9 +101,9 @@ class SurfaceCodeParams(ExperimentParams):
     """Parameters of the surface-code memory experiment."""
 
     shots: int = Field(default=4096, gt=0, le=1_000_000)
-    distance: int = 3
-    rounds: int = Field(default=6, ge=1, le=25)
-    logical_state: LogicalState = "+"
+    distance: int = Field(default=3, description="code distance: 3 or 5")
+    rounds: int = Field(default=6, ge=1, le=25, description="the job's PUBs are rounds 1..R")
+    logical_state: LogicalState = Field(default="+", description="prepared logical state")
 
     @field_validator("distance")
     @classmethod

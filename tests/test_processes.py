@@ -1,0 +1,98 @@
+"""What crosses process boundaries, tested with real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from filelock import FileLock
+
+from conftest import cli_env, script
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def ledger_lines(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted((tmp_path / "ledger").glob("submitted_jobs_*.jsonl"))
+            for line in f.read_text().splitlines()]
+
+
+def test_submit_in_one_process_collect_in_another(tmp_path: Path):
+    env = cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="1")
+    sub = run([script("qsubmit"), "--experiment", "ghz", "--param", "width=3", "--shots", "50",
+               "--repeat", "2"], env, tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    submitted = [line["job_id"] for line in ledger_lines(tmp_path)]
+    assert len(submitted) == 2
+
+    col = run([script("qcollect"), "--watch", "--interval", "0.5"], env, tmp_path)
+    assert col.returncode == 0, col.stderr
+    for job_id in submitted:
+        assert f"Job {job_id}: DONE" in col.stdout
+    assert "Completed: 2/2  Pending: 0/2" in col.stdout
+    finals = {line["job_id"]: line for line in ledger_lines(tmp_path)}
+    for job_id in submitted:
+        assert finals[job_id]["status"] == "completed"
+        assert (tmp_path / "ledger" / finals[job_id]["result_path"]).is_file()
+
+    status = run([script("qcourier"), "status", "--json"], env, tmp_path)
+    assert {r["job_id"]: r["status"] for r in json.loads(status.stdout)} == {
+        j: "completed" for j in submitted}
+
+
+def test_a_second_collector_exits_at_once_while_one_holds_the_ledger(tmp_path: Path):
+    env = cli_env(tmp_path)
+    assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], env, tmp_path).returncode == 0
+    with FileLock(str(tmp_path / "ledger" / ".qcollect.lock")):
+        col = run([script("qcollect")], env, tmp_path)
+    assert col.returncode == 0
+    assert "another qcollect is already collecting" in col.stderr
+    assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitted"]
+
+
+def test_two_collectors_started_together_record_each_job_once(tmp_path: Path):
+    env = cli_env(tmp_path)
+    sub = run([script("qsubmit"), "-e", "ghz", "-p", "width=4", "--shots", "2000", "--repeat", "4"],
+              env, tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    procs = [subprocess.Popen([script("qcollect")], env=env, cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    completed = Counter(line["job_id"] for line in ledger_lines(tmp_path) if line["status"] == "completed")
+    # Each job completed exactly once, whichever collector got there first.
+    assert sorted(completed.values()) == [1, 1, 1, 1]
+    run_again = run([script("qcollect")], env, tmp_path)
+    assert "Completed: 4/4" in run_again.stdout
+
+
+def test_the_local_service_simulates_a_job_once_for_concurrent_pollers(tmp_path: Path):
+    code = """
+import sys, json
+from pathlib import Path
+from qcourier.services.local import LocalService, LocalServiceConfig
+svc = LocalService(LocalServiceConfig(root=Path(sys.argv[1]), queue_seconds=0, run_seconds=0))
+print(json.dumps(svc.job_result(sys.argv[2]).counts))
+"""
+    import sys
+
+    from qiskit import QuantumCircuit
+
+    from qcourier.services.local import LocalService, LocalServiceConfig
+
+    svc = LocalService(LocalServiceConfig(root=tmp_path / "svc", queue_seconds=0, run_seconds=0))
+    qc = QuantumCircuit(3, 3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(1, 2)
+    qc.measure(range(3), range(3))
+    job_id = svc.submit("fake_fez", [qc], 3000)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "svc"), job_id],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=120)[0] for p in procs]
+    assert len(set(results)) == 1  # all read the one stored result
+    assert json.loads(results[0]) == svc.job_result(job_id).counts
