@@ -7,6 +7,7 @@ appear in a repr, a log line or an error message.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     )
     local_seed: int | None = Field(None, validation_alias="QCOURIER_LOCAL_SEED")
     local_noise: bool = Field(True, validation_alias="QCOURIER_LOCAL_NOISE")
+    local_clifford_engine: Literal["stim", "aer"] = Field(
+        "stim", validation_alias="QCOURIER_LOCAL_CLIFFORD_ENGINE"
+    )
 
     @field_validator("ibm_quantum_token", "service", "local_seed", mode="before")
     @classmethod

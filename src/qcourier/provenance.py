@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,11 +104,11 @@ def load_snapshot(directory: Path, sha: str) -> dict[str, Any] | None:
     path = Path(directory) / f"{sha}.json.gz"
     try:
         data = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, gzip.BadGzipFile):
+    except (OSError, EOFError, zlib.error):  # BadGzipFile is an OSError
         return None
     if hashlib.sha256(data).hexdigest() != sha:
         return None
-    return json.loads(data)
+    return json.loads(data)  # the sha256 matched, so this is the text that was saved
 
 
 def calibration_for_qubits(snapshot: dict[str, Any], qubits: Sequence[int]) -> Calibration:

@@ -69,6 +69,7 @@ class AppState:
                 failure_rate=settings.local_failure_rate,
                 seed=settings.local_seed,
                 noise=settings.local_noise,
+                clifford_engine=settings.local_clifford_engine,
             )
         )
         self.info(

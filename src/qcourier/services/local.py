@@ -13,13 +13,10 @@ A job is QUEUED for ``queue_seconds`` after submission, RUNNING for ``run_second
 then DONE (or ERROR, when a failure was injected). Job ids look like IBM's: 20 lowercase
 alphanumerics.
 
-Simulation: each circuit is first compacted to the physical qubits it actually uses, so a
-17-qubit job on a 156-qubit backend simulates 17 qubits. Clifford circuits run on Aer's
-stabilizer method, small others on the statevector method, wide others on matrix product
-states. Noise (unless disabled) comes from the backend's calibration for the used qubits
-only: a depolarizing channel after each gate whose strength reproduces the gate's reported
-error, and a symmetric readout error from the reported measurement error. Both are Pauli
-channels, so Clifford circuits stay on the fast stabilizer method.
+Simulation (``services/simulation.py``): each circuit is compacted to the physical qubits it
+uses; Clifford circuits are sampled with stim's stabilizer simulator (or Aer's, on request),
+others with Aer (statevector, or matrix product states when wide). Noise comes from the
+backend's calibration for the used qubits only.
 
 QPU usage is reported from :func:`qcourier.budget.estimate_qpu_seconds`: a per-job overhead
 plus, per circuit, a per-circuit overhead plus shots x (circuit duration + repetition delay).
@@ -33,8 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import random
 import secrets
 import string
@@ -68,8 +63,6 @@ if TYPE_CHECKING:
 DEFAULT_BACKEND = "fake_fez"
 JOB_ID_ALPHABET = string.ascii_lowercase + string.digits
 INJECTED_FAILURE_MESSAGE = "Injected failure: the local service simulated a system error."
-#: Above this width a non-Clifford circuit runs on matrix product states.
-STATEVECTOR_MAX_QUBITS = 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +76,7 @@ class LocalServiceConfig:
         failure_rate: probability that a job ends in ERROR (a simulated system error).
         seed: base seed; with it, the same circuits give the same counts in every run.
         noise: whether to simulate the backend's noise.
+        clifford_engine: ``"stim"`` or ``"aer"``: what samples Clifford circuits.
     """
 
     root: Path
@@ -91,6 +85,7 @@ class LocalServiceConfig:
     failure_rate: float = 0.0
     seed: int | None = None
     noise: bool = True
+    clifford_engine: str = "stim"
 
 
 def new_job_id() -> str:
@@ -323,12 +318,15 @@ class LocalService(QuantumService):
                 return
             from qiskit import qpy
 
+            from qcourier.services.simulation import simulate_counts
+
             with open(self._path(job_id, ".qpy"), "rb") as fh:
                 circuits = qpy.load(fh)
             target = fake_backend(spec["backend"]).target if spec["noise"] else None
             counts, methods = [], []
             for index, circuit in enumerate(circuits):
-                c, method = simulate_counts(circuit, spec["shots"], spec["seed"] + index, target)
+                c, method = simulate_counts(circuit, spec["shots"], spec["seed"] + index, target,
+                                            engine=self.config.clifford_engine)
                 counts.append(c)
                 methods.append(method)
             payload = {
@@ -338,118 +336,3 @@ class LocalService(QuantumService):
                              "noise": spec["noise"], "backend": spec["backend"]},
             }
             atomic_write_bytes(result_path, json.dumps(payload).encode())
-
-
-# -- simulation -------------------------------------------------------------------------------
-
-_CLIFFORD_GATES = frozenset(
-    {"x", "y", "z", "h", "s", "sdg", "sx", "sxdg", "cx", "cy", "cz", "ecr", "swap", "id",
-     "reset", "measure", "barrier", "delay"}
-)
-_NON_UNITARY = frozenset({"reset", "measure", "barrier", "delay"})
-
-
-def _quarter_turns(angle: float) -> int | None:
-    k = angle / (math.pi / 2)
-    return round(k) % 4 if abs(k - round(k)) < 1e-9 else None
-
-
-def compact(circuit: QuantumCircuit) -> tuple[QuantumCircuit, list[int]]:
-    """The circuit restricted to the qubits it uses, and those qubits' original indices."""
-    from qiskit import QuantumCircuit as QC
-
-    used = sorted(
-        {circuit.find_bit(q).index for inst in circuit.data if inst.operation.name not in ("barrier", "delay") for q in inst.qubits}
-    )
-    where = {q: i for i, q in enumerate(used)}
-    out = QC(len(used), circuit.num_clbits, name=circuit.name)
-    for inst in circuit.data:
-        if inst.operation.name in ("barrier", "delay"):
-            continue
-        out.append(
-            inst.operation,
-            [where[circuit.find_bit(q).index] for q in inst.qubits],
-            [circuit.find_bit(c).index for c in inst.clbits],
-        )
-    return out, used
-
-
-def _as_clifford(circuit: QuantumCircuit) -> QuantumCircuit | None:
-    """The circuit with quarter-turn RZs as S/Z/Sdg, or ``None`` if it is not Clifford."""
-    from qiskit import QuantumCircuit as QC
-
-    out = QC(*circuit.qregs, *circuit.cregs, name=circuit.name)
-    quarter = {1: "s", 2: "z", 3: "sdg"}
-    for inst in circuit.data:
-        op = inst.operation
-        if op.name == "rz":
-            turns = _quarter_turns(float(op.params[0]))
-            if turns is None:
-                return None
-            if turns:
-                getattr(out, quarter[turns])(inst.qubits[0])
-        elif op.name in _CLIFFORD_GATES:
-            out.append(op, inst.qubits, inst.clbits)
-        else:
-            return None
-    return out
-
-
-def noise_model_for(target: Any, physical: list[int], operations: set[str]) -> Any:
-    """An Aer noise model for the compacted qubits, from the target's reported errors."""
-    from qiskit_aer.noise import NoiseModel, ReadoutError, depolarizing_error
-
-    model = NoiseModel()
-    where = {q: i for i, q in enumerate(physical)}
-    for name in operations - {"barrier", "delay", "reset", "rz"}:
-        if name not in target.operation_names:
-            continue
-        for qargs, props in (target[name] or {}).items():
-            if qargs is None or props is None or props.error is None:
-                continue
-            if not all(q in where for q in qargs):
-                continue
-            local = [where[q] for q in qargs]
-            error = min(max(props.error, 0.0), 0.5)
-            if name == "measure":
-                model.add_readout_error(ReadoutError([[1 - error, error], [error, 1 - error]]), local)
-            elif error > 0:
-                dim = 2 ** len(qargs)
-                # Average gate infidelity r of a depolarizing channel with parameter lam is
-                # lam (d - 1) / d, so lam = r d / (d - 1).
-                lam = min(error * dim / (dim - 1), 1.0)
-                model.add_quantum_error(depolarizing_error(lam, len(qargs)), name, local)
-    return model
-
-
-def simulate_counts(
-    circuit: QuantumCircuit, shots: int, seed: int, target: Any | None
-) -> tuple[dict[str, int], str]:
-    """Counts of an ISA circuit simulated with Aer, and the method used.
-
-    Args:
-        circuit: the ISA circuit (any width; idle qubits are dropped first).
-        shots: shots to take.
-        seed: simulator seed.
-        target: the backend target whose errors make the noise; ``None`` for noiseless.
-    """
-    from qiskit_aer import AerSimulator
-
-    small, physical = compact(circuit)
-    clifford = _as_clifford(small)
-    if clifford is not None:
-        method, to_run = "stabilizer", clifford
-    elif small.num_qubits <= STATEVECTOR_MAX_QUBITS:
-        method, to_run = "statevector", small
-    else:
-        method, to_run = "matrix_product_state", small
-    options: dict[str, Any] = {"method": method, "seed_simulator": seed}
-    if target is not None:
-        ops = {inst.operation.name for inst in small.data}
-        options["noise_model"] = noise_model_for(target, physical, ops)
-    simulator = AerSimulator(**options)
-    result = simulator.run(to_run, shots=shots).result()
-    raw = result.get_counts(0)
-    width = circuit.num_clbits
-    counts = {key.replace(" ", "").zfill(width): int(n) for key, n in raw.items()}
-    return counts, method

@@ -1,0 +1,103 @@
+"""The local service: states over time, persistence across instances, failures, seeds, usage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from qiskit import QuantumCircuit
+
+from qcourier.services.base import JobNotFoundError, JobState, ServiceError
+from qcourier.services.local import LocalService, LocalServiceConfig
+from qcourier.submission import transpile
+
+
+def bell_isa(service: LocalService) -> list[QuantumCircuit]:
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    return transpile([qc], service.backend("fake_fez"))
+
+
+def test_job_moves_queued_running_done_by_time(tmp_path: Path):
+    svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=0.6, run_seconds=0.6))
+    job_id = svc.submit("fake_fez", bell_isa(svc), 50)
+    assert svc.job_status(job_id).state is JobState.QUEUED
+    with pytest.raises(ServiceError, match="no result"):
+        svc.job_result(job_id)
+    time.sleep(0.7)
+    assert svc.job_status(job_id).state is JobState.RUNNING
+    assert svc.job_metrics(job_id).usage_seconds is None
+    time.sleep(0.6)
+    assert svc.job_status(job_id).state is JobState.DONE
+    metrics = svc.job_metrics(job_id)
+    assert metrics.queue_seconds == pytest.approx(0.6)
+    assert metrics.usage_seconds > 2.0  # the per-job overhead alone is 2 s
+
+
+def test_another_instance_sees_the_same_jobs(tmp_path: Path):
+    first = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=0, run_seconds=0))
+    job_id = first.submit("fake_fez", bell_isa(first), 100, tags=["qcourier", "batch:x"])
+    second = LocalService(LocalServiceConfig(root=tmp_path))
+    assert second.job_status(job_id).state is JobState.DONE
+    assert sum(second.job_result(job_id).counts[0].values()) == 100
+    assert second.find_jobs(["batch:x"]) == [job_id]
+    assert second.find_jobs(["batch:x", "other"]) == []
+    assert second.usage().usage_seconds == pytest.approx(second.job_metrics(job_id).usage_seconds)
+
+
+def test_job_ids_look_like_ibms(service: LocalService):
+    job_id = service.submit("fake_fez", bell_isa(service), 10)
+    assert len(job_id) == 20 and job_id.isalnum() and job_id == job_id.lower()
+
+
+def test_unknown_jobs(service: LocalService):
+    with pytest.raises(JobNotFoundError, match="not found"):
+        service.job_status("abcdefghij0123456789")
+    with pytest.raises(JobNotFoundError, match="not a job id"):
+        service.job_status("../../etc/passwd")
+
+
+def test_injected_failure(tmp_path: Path):
+    svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=0, run_seconds=0, failure_rate=1.0))
+    job_id = svc.submit("fake_fez", bell_isa(svc), 10)
+    status = svc.job_status(job_id)
+    assert status.state is JobState.ERROR and "Injected failure" in status.error_message
+    assert svc.job_metrics(job_id).usage_seconds == 0.0  # system errors are not charged
+
+
+def test_a_base_seed_makes_counts_reproducible(tmp_path: Path):
+    def run(root: Path, seed: int | None) -> dict[str, int]:
+        svc = LocalService(LocalServiceConfig(root=root, queue_seconds=0, run_seconds=0, seed=seed))
+        return svc.job_result(svc.submit("fake_fez", bell_isa(svc), 500)).counts[0]
+
+    assert run(tmp_path / "a", 42) == run(tmp_path / "b", 42)
+    assert run(tmp_path / "c", 42) != run(tmp_path / "d", 43)
+
+
+def test_noise_can_be_switched_off(tmp_path: Path):
+    svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=0, run_seconds=0, noise=False))
+    counts = svc.job_result(svc.submit("fake_fez", bell_isa(svc), 500)).counts[0]
+    assert set(counts) <= {"00", "11"}
+    noisy = LocalService(LocalServiceConfig(root=tmp_path / "n", queue_seconds=0, run_seconds=0, seed=1))
+    counts = noisy.job_result(noisy.submit("fake_fez", bell_isa(noisy), 4000)).counts[0]
+    assert set(counts) - {"00", "11"}  # readout and gate errors show up
+
+
+def test_backends_and_unknown_backend(service: LocalService):
+    names = {b.name: b for b in service.backends()}
+    assert names["fake_fez"].num_qubits == 156 and "fake_manila" in names
+    assert service.least_busy(2) == "fake_fez"
+    with pytest.raises(ServiceError, match="unknown backend 'fake_nowhere'.*fake_fez"):
+        service.backend("fake_nowhere")
+
+
+def test_calibration_is_json_in_ibm_properties_shape(service: LocalService):
+    import json
+
+    cal = service.calibration("fake_fez")
+    json.dumps(cal)
+    assert cal["backend_name"] == "ibm_fez" and len(cal["qubits"]) == 156  # the device it copies
+    assert any(g["gate"] == "cz" for g in cal["gates"])
