@@ -295,3 +295,37 @@ def test_python_dash_m_and_help(tmp_path: Path):
     assert out.returncode == 0 and "submit" in out.stdout and "collect" in out.stdout
     for command in (submit.main, collect.main):
         assert "Exit codes:" in command.get_help(command.make_context("x", ["--help"], resilient_parsing=True))
+
+
+def test_both_end_to_end_gives_decoded_rates_and_heartbeat_fidelity(invoke, tmp_path: Path):
+    result = invoke(submit.main, ["-e", "both", "-p", "rounds=2", "-p", "width=5", "--shots", "300"])
+    assert result.exit_code == 0, result.output
+    lines = ledger_lines(tmp_path)
+    surface = next(line for line in lines if line["experiment_type"] == "surface_code")
+    assert surface["logical_state"] == "+" and surface["num_circuits"] == 2
+    assert surface["params"]["distance"] == 3 and surface["metadata"]["rounds"] == [1, 2]
+    result = invoke(collect.main, [])
+    assert result.exit_code == 0, result.output
+    [collected] = list((tmp_path / "ledger").glob("collected_results_*.json"))
+    jobs = {j["experiment_type"]: j for j in json.loads(collected.read_text())["jobs"]}
+    per_round = jobs["surface_code"]["analysis"]["per_round"]
+    assert [p["rounds"] for p in per_round] == [1, 2]
+    assert all(0 <= p["logical_error_rate"] <= 1 and p["shots"] == 300 for p in per_round)
+    noise = jobs["surface_code"]["analysis"]["decoder_noise"]
+    assert noise["two_qubit_gate_error"] != 1e-3  # taken from the fake_fez snapshot, not defaults
+    heartbeat = jobs["deployment"]["analysis"]
+    assert 0.3 < heartbeat["hellinger_fidelity"] <= 1 and len(heartbeat["p1_measured"]) == 5
+
+
+@pytest.mark.parametrize("state", ["0", "1", "+", "-"])
+def test_noiseless_transpiled_surface_code_has_no_logical_errors(invoke, tmp_path: Path, monkeypatch, state):
+    monkeypatch.setenv("QCOURIER_LOCAL_NOISE", "false")
+    result = invoke(submit.main, ["-e", "surface_code", "-p", "rounds=2", "-p", f"logical_state={state}",
+                                  "--shots", "200"])
+    assert result.exit_code == 0, result.output
+    invoke(collect.main, [])
+    final = ledger_lines(tmp_path)[-1]
+    payload = json.loads((tmp_path / "ledger" / final["result_path"]).read_text())
+    for pub in payload["analysis"]["per_round"]:
+        assert pub["detection_event_fraction"] == 0
+        assert pub["raw_logical_flip_rate"] == 0 and pub["logical_error_rate"] == 0

@@ -96,3 +96,21 @@ print(json.dumps(svc.job_result(sys.argv[2]).counts))
     results = [p.communicate(timeout=120)[0] for p in procs]
     assert len(set(results)) == 1  # all read the one stored result
     assert json.loads(results[0]) == svc.job_result(job_id).counts
+
+
+def test_ctrl_c_during_watch_stops_cleanly(tmp_path: Path):
+    import signal
+    import time
+
+    env = cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="3600")
+    assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], env, tmp_path).returncode == 0
+    proc = subprocess.Popen([script("qcollect"), "--watch", "--interval", "60"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(ledger_lines(tmp_path)) < 2:  # the first poll recorded QUEUED
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Stopped" in err and "Traceback" not in err
+    assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitted", "queued"]
