@@ -30,6 +30,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("QCOURIER_LOCAL_SERVICE_DIR", str(tmp_path / "service"))
     monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "0")
     monkeypatch.setenv("QCOURIER_LOCAL_RUN_SECONDS", "0")
+    monkeypatch.setenv("QCOURIER_SERVICE", "local")  # a saved qiskit account must not matter
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
     return tmp_path
@@ -70,6 +71,7 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         QCOURIER_LOCAL_SERVICE_DIR=str(tmp_path / "service"),
         QCOURIER_LOCAL_QUEUE_SECONDS="0",
         QCOURIER_LOCAL_RUN_SECONDS="0",
+        QCOURIER_SERVICE="local",
         NO_COLOR="1",
         PYTHONUNBUFFERED="1",
     )

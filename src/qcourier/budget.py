@@ -13,6 +13,7 @@ fixed charges of the order IBM reports for small jobs on the Open Plan.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from qiskit import QuantumCircuit
 
 JOB_OVERHEAD_SECONDS = 2.0
+#: IBM's cap on a job's max_execution_time.
+SERVICE_MAX_EXECUTION_SECONDS = 10_800
+#: Never ask for less than this: fixed overheads vary, and a job cut short is charged anyway.
+MIN_EXECUTION_SECONDS = 30
 CIRCUIT_OVERHEAD_SECONDS = 0.05
 DEFAULT_REP_DELAY_SECONDS = 250e-6
 
@@ -43,3 +48,12 @@ def _rep_delay(backend: Any) -> float:
     except Exception:
         return DEFAULT_REP_DELAY_SECONDS
     return float(value) if value else DEFAULT_REP_DELAY_SECONDS
+
+
+def max_execution_time(estimate_seconds: float, margin: float, cap: int) -> int:
+    """A job's ``max_execution_time``: the estimate times a safety margin, within bounds.
+
+    At least ``MIN_EXECUTION_SECONDS``, at most ``cap`` and IBM's own 3-hour limit.
+    """
+    wanted = math.ceil(estimate_seconds * margin)
+    return int(min(max(wanted, MIN_EXECUTION_SECONDS), cap, SERVICE_MAX_EXECUTION_SECONDS))

@@ -21,7 +21,9 @@ from qcourier.errors import QcourierError, UsageError
 from qcourier.files import atomic_write_bytes
 from qcourier.ledger import Entry, JobStatus, Ledger, LedgerProblem, LedgerRecord, utc_now
 from qcourier.provenance import calibration_for_qubits, load_snapshot
+from qcourier.services import ServicePool
 from qcourier.services.base import (
+    AuthenticationError,
     JobNotFoundError,
     JobState,
     JobStatusReport,
@@ -56,6 +58,7 @@ class JobOutcome:
     changed: bool
     message: str | None = None
     analysis: dict[str, Any] | None = None
+    rejected_credentials: bool = False
 
     @property
     def poll_failed(self) -> bool:
@@ -104,23 +107,32 @@ def collector_lock(ledger: Ledger) -> FileLock:
 
 
 def collect_pending(
-    service: QuantumService,
+    services: ServicePool | QuantumService,
     ledger: Ledger,
     *,
     paths: list[Path] | None = None,
     job_id: str | None = None,
+    default_service: str = "local",
     progress: Progress = lambda _: None,
 ) -> CollectReport:
     """Poll every non-final job in the ledger (or in ``paths``, or only ``job_id``).
+
+    Each record is polled with the service (and API key) that submitted it. A job that
+    cannot be polled this time (unreachable service, rejected key) is reported and left as
+    it is, to be polled next time; a job the service does not know gets status ``error``.
+
+    Args:
+        default_service: the service asked about a ``job_id`` that no ledger file knows.
 
     Raises:
         CollectorBusy: another collector holds the ledger's lock.
         UsageError: ``job_id`` is in no ledger file given and unknown to the service.
     """
+    pool = services if isinstance(services, ServicePool) else ServicePool.of(services)
     ledger.ensure_writable()
     try:
         with collector_lock(ledger):
-            return _collect(service, ledger, paths, job_id, progress)
+            return _collect(pool, ledger, paths, job_id, default_service, progress)
     except Timeout:
         raise CollectorBusy(
             f"another qcollect is already collecting {ledger.directory}; nothing done"
@@ -128,10 +140,11 @@ def collect_pending(
 
 
 def _collect(
-    service: QuantumService,
+    pool: ServicePool,
     ledger: Ledger,
     paths: list[Path] | None,
     job_id: str | None,
+    default_service: str,
     progress: Progress,
 ) -> CollectReport:
     fold = ledger.fold(paths)
@@ -140,8 +153,9 @@ def _collect(
     if job_id is not None:
         entries = [e for e in entries if e.record.job_id == job_id]
         if not entries:
-            report.unrecorded = poll_unrecorded(service, job_id)
+            report.unrecorded = poll_unrecorded(pool.get(default_service), job_id)
             return report
+    unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
     for entry in entries:
         record = entry.record
         if record.status.is_final:
@@ -151,14 +165,20 @@ def _collect(
         if record.job_id is None:
             report.skipped.append(f"record {record.record_id} has no job id")
             continue
-        if record.service != service.name:
-            report.skipped.append(
-                f"job {record.job_id} was submitted to the {record.service} service, "
-                f"not {service.name}"
-            )
+        where = (record.service, record.api_key_index)
+        if where not in unreachable:
+            try:
+                service = pool.for_record(record)
+            except QcourierError as exc:
+                unreachable[where] = str(exc)
+        if where in unreachable:
+            report.outcomes.append(JobOutcome(record, None, False, unreachable[where]))
             continue
         progress(f"polling {record.job_id}")
-        report.outcomes.append(_poll_one(service, ledger, entry))
+        outcome = _poll_one(service, ledger, entry)
+        if outcome.rejected_credentials:
+            unreachable[where] = outcome.message or "credentials rejected"
+        report.outcomes.append(outcome)
     if report.newly_final:
         report.collected_path = _write_collected(ledger, report.newly_final)
     return report
@@ -170,9 +190,22 @@ def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry) -> JobOutco
     try:
         status = service.job_status(record.job_id)
     except JobNotFoundError as exc:
-        return _record_poll_error(entry, f"not found: {exc}")
-    except ServiceError as exc:
-        return _record_poll_error(entry, f"could not be polled: {exc}")
+        return _record_not_found(entry, f"not found: {exc}")
+    except ServiceError as exc:  # unreachable or rejected: poll again next time
+        return JobOutcome(record, None, False, f"not polled: {exc}",
+                          rejected_credentials=isinstance(exc, AuthenticationError))
+    try:
+        return _apply_status(service, ledger, entry, status)
+    except ServiceError as exc:  # the result or metrics could not be fetched this time
+        return JobOutcome(record, None, False, f"not collected: {exc}",
+                          rejected_credentials=isinstance(exc, AuthenticationError))
+
+
+def _apply_status(
+    service: QuantumService, ledger: Ledger, entry: Entry, status: JobStatusReport
+) -> JobOutcome:
+    record = entry.record
+    assert record.job_id is not None
     new_status = STATUS_FOR_STATE[status.state]
     if new_status is JobStatus.COMPLETED:
         return _finish(service, ledger, entry, status)
@@ -199,7 +232,7 @@ def _error_text(status: JobStatusReport) -> str:
     return f"{message} (reason code {status.reason_code})" if status.reason_code else message
 
 
-def _record_poll_error(entry: Entry, reason: str) -> JobOutcome:
+def _record_not_found(entry: Entry, reason: str) -> JobOutcome:
     record = entry.record
     changed = record.status is not JobStatus.ERROR or record.error != reason
     if changed:

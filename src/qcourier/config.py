@@ -2,15 +2,40 @@
 
 Every variable is documented in ``.env.example``. Tokens are :class:`SecretStr`: they never
 appear in a repr, a log line or an error message.
+
+API keys: ``IBM_QUANTUM_TOKEN`` is key 0, ``IBM_QUANTUM_TOKEN_<N>`` is key N, for any number
+of keys; ``IBM_QUANTUM_INSTANCE`` / ``IBM_QUANTUM_INSTANCE_<N>`` optionally name each key's
+instance. The ledger records a key's index, never its token.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_FILE = ".env"
+_TOKEN_VAR = re.compile(r"^IBM_QUANTUM_TOKEN(?:_(\d+))?$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One configured IBM Quantum API key."""
+
+    index: int
+    token: SecretStr
+    instance: str | None = None
+
+    @property
+    def variable(self) -> str:
+        """The environment variable that holds this key's token."""
+        return "IBM_QUANTUM_TOKEN" if self.index == 0 else f"IBM_QUANTUM_TOKEN_{self.index}"
 
 DEFAULT_LEDGER_DIR = Path("results/ibm_experiments")
 DEFAULT_LOCAL_SERVICE_DIR = Path("results/local_service")
@@ -23,7 +48,11 @@ class Settings(BaseSettings):
 
     ledger_dir: Path = Field(DEFAULT_LEDGER_DIR, validation_alias="QCOURIER_LEDGER_DIR")
     service: str | None = Field(None, validation_alias="QCOURIER_SERVICE")
-    ibm_quantum_token: SecretStr | None = Field(None, validation_alias="IBM_QUANTUM_TOKEN")
+    ibm_quantum_channel: str = Field("ibm_quantum_platform", validation_alias="IBM_QUANTUM_CHANNEL")
+    ibm_url: str | None = Field(None, validation_alias="QCOURIER_IBM_URL")
+    ibm_timeout_seconds: float = Field(60.0, gt=0, validation_alias="QCOURIER_IBM_TIMEOUT")
+    max_execution_margin: float = Field(3.0, ge=1, validation_alias="QCOURIER_MAX_EXECUTION_MARGIN")
+    max_execution_cap: int = Field(300, ge=1, le=10800, validation_alias="QCOURIER_MAX_EXECUTION_CAP")
 
     local_service_dir: Path = Field(
         DEFAULT_LOCAL_SERVICE_DIR, validation_alias="QCOURIER_LOCAL_SERVICE_DIR"
@@ -39,12 +68,46 @@ class Settings(BaseSettings):
         "stim", validation_alias="QCOURIER_LOCAL_CLIFFORD_ENGINE"
     )
 
-    @field_validator("ibm_quantum_token", "service", "local_seed", mode="before")
+    @field_validator("service", "local_seed", "ibm_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @property
-    def has_ibm_token(self) -> bool:
-        """Whether an IBM Quantum token is configured."""
-        return self.ibm_quantum_token is not None
+    def api_keys(self) -> list[ApiKey]:
+        """Every configured API key, by index (environment over ``.env``)."""
+        values = {**_dotenv_values(), **os.environ}
+        keys = []
+        for name, token in values.items():
+            match = _TOKEN_VAR.match(name)
+            if not match or not token or not token.strip():
+                continue
+            index = int(match.group(1) or 0)
+            instance = values.get("IBM_QUANTUM_INSTANCE" + (f"_{index}" if index else ""))
+            keys.append(ApiKey(index, SecretStr(token.strip()), (instance or "").strip() or None))
+        return sorted(keys, key=lambda k: k.index)
+
+
+def _dotenv_values() -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    path = Path(ENV_FILE)
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def env_file_warning() -> str | None:
+    """A one-line warning when ``.env`` (which may hold tokens) is readable by everyone."""
+    path = Path(ENV_FILE)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & stat.S_IROTH:
+        return f"{path} is readable by every user of this machine; run: chmod 600 {path}"
+    return None
+
+
+def saved_account_exists() -> bool:
+    """Whether qiskit-ibm-runtime has a saved account (``~/.qiskit/qiskit-ibm.json``)."""
+    return (Path.home() / ".qiskit" / "qiskit-ibm.json").is_file()

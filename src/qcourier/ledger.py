@@ -94,6 +94,9 @@ class LedgerRecord(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     backend_snapshot_sha256: str | None = None
+    calibration_age_hours: float | None = None
+    estimated_qpu_seconds: float | None = None
+    max_execution_time: int | None = None
     # After collection:
     completion_time: datetime | None = None
     error: str | None = None

@@ -18,6 +18,7 @@ import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,3 +155,17 @@ def calibration_for_qubits(snapshot: dict[str, Any], qubits: Sequence[int]) -> C
         readout_error=median(readout) if readout else None,
         reset_error=None,
     )
+
+
+def calibration_age_hours(calibration: dict[str, Any], now: datetime | None = None) -> float | None:
+    """Hours since the snapshot's ``last_update_date``, or ``None`` if it has none."""
+    stamp = calibration.get("last_update_date")
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return round(((now or datetime.now(UTC)) - when).total_seconds() / 3600, 3)

@@ -19,8 +19,21 @@ from qcourier import ledger as ledger_mod
 from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
 from qcourier.ledger import JobStatus, Ledger, LedgerRecord, utc_now
-from qcourier.provenance import GitState, circuit_hash, git_state, snapshot_sha256, save_snapshot
-from qcourier.services.base import QuantumService, ServiceError
+from qcourier.provenance import (
+    GitState,
+    calibration_age_hours,
+    circuit_hash,
+    git_state,
+    save_snapshot,
+    snapshot_sha256,
+)
+from qcourier.services.base import (
+    AuthenticationError,
+    BudgetExceededError,
+    QuantumService,
+    ServiceError,
+    TransientServiceError,
+)
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -28,7 +41,10 @@ if TYPE_CHECKING:
 #: Fixed so that the same circuits on the same backend transpile to the same ISA circuits.
 TRANSPILER_SEED = 11
 OPTIMIZATION_LEVEL = 1
-MAX_SHOTS = 1_000_000
+#: IBM refuses a job whose input exceeds 50 MB.
+MAX_INPUT_BYTES = 50 * 1024 * 1024
+#: A calibration older than this gets a warning at submission.
+STALE_CALIBRATION_HOURS = 24.0
 
 Progress = Callable[[str], None]
 
@@ -49,13 +65,22 @@ class PlannedJob:
 
 @dataclass
 class Plan:
-    """What a submission will do."""
+    """What a submission to one service will do."""
 
+    service: QuantumService
     backend: str
     jobs: list[PlannedJob]
     calibration: dict[str, Any]
     git: GitState
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExecutionLimits:
+    """How ``max_execution_time`` is derived from a job's estimated QPU seconds."""
+
+    margin: float = 3.0
+    cap: int = 300
 
 
 @dataclass
@@ -65,6 +90,8 @@ class SubmissionOutcome:
     plan: Plan
     ledger_path: Path | None
     records: list[LedgerRecord]
+    #: Why submission stopped early (the jobs before it stay recorded), or None.
+    error: str | None = None
 
     @property
     def dry_run(self) -> bool:
@@ -78,13 +105,17 @@ def plan_submission(
     backend: str | None = None,
     repeat: int = 1,
     repo_path: Path | None = None,
+    limits: ExecutionLimits = ExecutionLimits(),
     progress: Progress = _quiet,
 ) -> Plan:
     """Build, transpile and hash every job of a submission.
 
     Raises:
-        UsageError: bad repeat count, unknown backend, or circuits wider than the backend.
+        UsageError: bad repeat count, unknown backend, circuits wider than the backend, or a
+            job input over IBM's 50 MB limit.
     """
+    from qcourier.budget import estimate_qpu_seconds, max_execution_time
+
     if repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
     built: list[tuple[Experiment, ExperimentParams, JobUnit]] = []
@@ -95,7 +126,9 @@ def plan_submission(
     try:
         backend_name = backend or service.least_busy(width)
         target = service.backend(backend_name)
-    except ServiceError as exc:
+    except (AuthenticationError, TransientServiceError):
+        raise
+    except ServiceError as exc:  # no such backend, or none large enough
         raise UsageError(str(exc)) from None
     if width > target.num_qubits:
         raise UsageError(
@@ -104,12 +137,22 @@ def plan_submission(
         )
     calibration = service.calibration(backend_name)
     snapshot = snapshot_sha256(calibration)
+    age = calibration_age_hours(calibration)
     git = git_state(repo_path)
-    plan = Plan(backend_name, [], calibration, git, [git.warning] if git.warning else [])
+    plan = Plan(service, backend_name, [], calibration, git, [git.warning] if git.warning else [])
+    if age is not None and age > STALE_CALIBRATION_HOURS:
+        plan.warnings.append(f"the calibration of {backend_name} is {age:.0f} hours old")
     for experiment, params, unit in built:
         progress(f"transpiling {experiment.name} ({len(unit.circuits)} circuits) for {backend_name}")
         isa = transpile(unit.circuits, target)
+        check_input_size(isa, experiment.name)
+        estimate = estimate_qpu_seconds(isa, unit.shots, target)
         template = _record_for(service, backend_name, experiment, params, unit, isa, git, snapshot)
+        template = template.model_copy(update={
+            "calibration_age_hours": age,
+            "estimated_qpu_seconds": estimate,
+            "max_execution_time": max_execution_time(estimate, limits.margin, limits.cap),
+        })
         for _ in range(repeat):
             plan.jobs.append(
                 PlannedJob(experiment.name, isa, unit.shots,
@@ -126,6 +169,27 @@ def transpile(circuits: list[QuantumCircuit], backend: Any) -> list[QuantumCircu
         optimization_level=OPTIMIZATION_LEVEL, backend=backend, seed_transpiler=TRANSPILER_SEED
     )
     return list(manager.run(circuits))
+
+
+def check_input_size(circuits: list[QuantumCircuit], experiment: str) -> int:
+    """The job's input size in bytes (QPY, as base64 in the request body), checked.
+
+    Raises:
+        UsageError: it exceeds IBM's 50 MB limit for a job's input.
+    """
+    from io import BytesIO
+
+    from qiskit import qpy
+
+    buffer = BytesIO()
+    qpy.dump(circuits, buffer)
+    size = (len(buffer.getvalue()) + 2) // 3 * 4
+    if size > MAX_INPUT_BYTES:
+        raise UsageError(
+            f"the {experiment} job's input is {size / 2**20:.1f} MB, over IBM's 50 MB limit; "
+            "use fewer or smaller circuits per job"
+        )
+    return size
 
 
 def physical_qubits(circuits: list[QuantumCircuit]) -> list[int]:
@@ -179,7 +243,6 @@ def _record_for(
 
 
 def submit_plan(
-    service: QuantumService,
     ledger: Ledger,
     plan: Plan,
     *,
@@ -188,23 +251,86 @@ def submit_plan(
 ) -> SubmissionOutcome:
     """Submit every planned job and append its ledger line as soon as it is accepted.
 
+    A job is recorded only once the service has accepted it. If the service refuses or fails
+    a submission, the jobs accepted before it stay recorded, the rest are not submitted, and
+    ``error`` says why.
+
     Args:
         jobs_file: an existing ledger file to append to; default a new file in ``ledger``.
     """
     path = jobs_file or ledger.new_file()
     save_snapshot(ledger.snapshots_dir, plan.calibration)
     batch = path.stem.removeprefix("submitted_jobs_")
-    records = []
+    outcome = SubmissionOutcome(plan, path, [])
     for index, job in enumerate(plan.jobs, start=1):
         request_id = secrets.token_hex(6)
         tags = ["qcourier", f"experiment:{job.experiment}", f"batch:{batch}", f"request:{request_id}"]
         progress(f"submitting job {index}/{len(plan.jobs)} ({job.experiment})")
-        job_id = service.submit(plan.backend, job.isa_circuits, job.shots, tags)
+        try:
+            job_id = plan.service.submit(plan.backend, job.isa_circuits, job.shots, tags,
+                                         job.record.max_execution_time)
+        except ServiceError as exc:
+            outcome.error = f"{exc} ({len(plan.jobs) - index + 1} job(s) not submitted)"
+            break
         now = utc_now()
         record = job.record.model_copy(
             update={"job_id": job_id, "tags": tags, "submission_time": now, "updated_at": now,
                     "status": JobStatus.SUBMITTED}
         )
         ledger_mod.append(path, record)
-        records.append(record)
-    return SubmissionOutcome(plan, path, records)
+        outcome.records.append(record)
+    return outcome
+
+
+@dataclass
+class SubmissionReport:
+    """A submission to one or several services (keys): what each did, and what failed."""
+
+    outcomes: list[SubmissionOutcome] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    ledger_path: Path | None = None
+
+    @property
+    def records(self) -> list[LedgerRecord]:
+        return [r for o in self.outcomes for r in o.records]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every service took its jobs, 1 when any failed."""
+        return 1 if self.failures else 0
+
+
+def submit_everywhere(
+    services: list[QuantumService],
+    ledger: Ledger,
+    experiments: list[tuple[Experiment, ExperimentParams]],
+    *,
+    backend: str | None = None,
+    repeat: int = 1,
+    repo_path: Path | None = None,
+    jobs_file: Path | None = None,
+    dry_run: bool = False,
+    limits: ExecutionLimits = ExecutionLimits(),
+    progress: Progress = _quiet,
+) -> SubmissionReport:
+    """Plan and submit the same experiments to each service, into one ledger file.
+
+    A service that fails (rejected key, exhausted budget, unreachable) is reported and the
+    others go on. Bad usage (an unknown backend, say) raises before that service submits.
+    """
+    report = SubmissionReport(ledger_path=jobs_file)
+    for service in services:
+        try:
+            plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
+                                   repo_path=repo_path, limits=limits, progress=progress)
+            if dry_run:
+                report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
+                continue
+            report.ledger_path = report.ledger_path or ledger.new_file()
+            outcome = submit_plan(ledger, plan, jobs_file=report.ledger_path, progress=progress)
+            report.outcomes.append(outcome)
+            if outcome.error:
+                report.failures.append(outcome.error)
+        except (AuthenticationError, BudgetExceededError, TransientServiceError) as exc:
+            report.failures.append(str(exc))
+    return report

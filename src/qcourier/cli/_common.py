@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from qcourier.errors import QcourierError
+from qcourier.errors import QcourierError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +32,7 @@ class AppState:
 
     settings: Any = None
     service: Any = None
+    pool: Any = None
     stdout: Console = field(default_factory=lambda: Console(highlight=False))
     stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
     announced: bool = False
@@ -51,32 +52,55 @@ class AppState:
                 raise QcourierError(f"bad setting {name}: {err['msg']}") from None
         return self.settings
 
-    def get_service(self, choice: str | None) -> Any:
-        """The service to use: injected, chosen, or the local one (announced once)."""
+    def get_pool(self) -> Any:
+        """The services of this run: the injected ones, or those the settings configure."""
+        if self.pool is None:
+            from qcourier.services import ServicePool, pool_from_settings
+
+            if self.service is not None:
+                self.pool = ServicePool.of(self.service)
+            else:
+                self.pool = pool_from_settings(self.get_settings())
+                from qcourier.config import env_file_warning
+
+                if warning := env_file_warning():
+                    self.warn(warning)
+        return self.pool
+
+    def default_service_name(self) -> str:
+        """The injected service's name, or the one the settings choose."""
+        if self.service is not None:
+            return self.service.name
+        from qcourier.services import default_service_name
+
+        return default_service_name(self.get_settings())
+
+    def get_service(self, choice: str | None, key_index: int | None = None) -> Any:
+        """The service to submit to: injected, chosen, or the default (announced if local)."""
         if self.service is not None:
             return self.service
-        from qcourier.services.local import LocalService, LocalServiceConfig
-
-        settings = self.get_settings()
-        choice = choice or settings.service or "local"
-        if choice != "local":
-            raise QcourierError(f"unknown service {choice!r}; this version offers: local")
-        self.service = LocalService(
-            LocalServiceConfig(
-                root=settings.local_service_dir,
-                queue_seconds=settings.local_queue_seconds,
-                run_seconds=settings.local_run_seconds,
-                failure_rate=settings.local_failure_rate,
-                seed=settings.local_seed,
-                noise=settings.local_noise,
-                clifford_engine=settings.local_clifford_engine,
+        name = choice or self.default_service_name()
+        service = self.get_pool().get(name, key_index)
+        if name == "local" and not self.announced:
+            self.announced = True
+            self.info(
+                f"Using the local Aer-backed service (jobs kept in {service.root}); results are "
+                "simulated, and the ledger records service=local."
             )
-        )
-        self.info(
-            f"Using the local Aer-backed service (jobs kept in {settings.local_service_dir}); "
-            "results are simulated, and the ledger records service=local."
-        )
-        return self.service
+        return service
+
+    def get_services(self, choice: str | None, key_index: int | None, every_key: bool) -> list[Any]:
+        """The services to submit to: one, or (``every_key``) the IBM service of every key."""
+        if not every_key:
+            return [self.get_service(choice, key_index)]
+        if choice == "local" or key_index is not None:
+            raise UsageError("--submit-all submits once per IBM API key; it takes neither "
+                             "--service local nor --api-key-index")
+        keys = self.get_settings().api_keys()
+        if not keys:
+            raise UsageError("--submit-all needs IBM API keys: set IBM_QUANTUM_TOKEN, "
+                             "IBM_QUANTUM_TOKEN_1, ... (in the environment or .env)")
+        return [self.get_pool().get("ibm", key.index) for key in keys]
 
     def ledger_dir(self, option: Path | None) -> Path:
         """The ledger directory: the option, else the setting."""
@@ -135,9 +159,17 @@ ledger_dir_option = click.option(
 )
 service_option = click.option(
     "--service",
-    type=click.Choice(["local"]),
+    type=click.Choice(["local", "ibm"]),
     default=None,
-    help="Service to use [default: $QCOURIER_SERVICE or local].",
+    help="Service to use [default: $QCOURIER_SERVICE; else ibm when an API key is configured; "
+    "else local].",
+)
+api_key_option = click.option(
+    "--api-key-index",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Which IBM API key to use (IBM_QUANTUM_TOKEN_<N>; 0 is IBM_QUANTUM_TOKEN) [default: "
+    "the lowest configured].",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 

@@ -24,7 +24,9 @@ summary. Each newly finished job gets its result file jobs/<job_id>.json (counts
 analysis) and a new ledger line; a collected_results_YYYYMMDD_HHMMSS.json lists what this
 run collected. Safe to run again and again (by hand, from cron, or with --watch): a second
 run with nothing new changes nothing, and a second collector started while one runs exits
-at once.
+at once. Each job is polled with the service and API key that submitted it; a job that
+cannot be polled this time (service unreachable, key rejected) is reported, left as it is,
+and polled again next time.
 
 \b
 Examples:
@@ -39,7 +41,8 @@ Examples:
 @click.option("--jobs-file", type=click.Path(path_type=Path), default=None,
               help="Collect only the jobs of this ledger file.")
 @click.option("--poll-all", is_flag=True, help="Collect every ledger file's jobs (the default).")
-@click.option("--job-id", default=None, help="Check one job, recorded in the ledger or not.")
+@click.option("--job-id", default=None,
+              help="Check one job, recorded in the ledger or not (if not: on --service).")
 @click.option("--watch", is_flag=True, help="Repeat until every job is final (Ctrl-C stops).")
 @click.option("--interval", type=float, default=300.0, show_default=True,
               help="Seconds between polls with --watch.")
@@ -62,10 +65,11 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
         ledger, paths = Ledger(check_ledger_file(jobs_file).parent), [jobs_file]
     else:
         ledger, paths = Ledger(state.ledger_dir(ledger_dir)), None
-    svc = state.get_service(service)
+    pool = state.get_pool()
     try:
         while True:
-            report = collect_pending(svc, ledger, paths=paths, job_id=job_id)
+            report = collect_pending(pool, ledger, paths=paths, job_id=job_id,
+                                     default_service=service or state.default_service_name())
             _print_report(state, report, as_json)
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break

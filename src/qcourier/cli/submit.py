@@ -8,6 +8,7 @@ import click
 
 from qcourier.cli._common import (
     EXIT_CODES_HELP,
+    api_key_option,
     get_state,
     handle_errors,
     json_option,
@@ -31,6 +32,7 @@ Examples:
   qsubmit --experiment deployment --repeat 4
   qsubmit --experiment ghz --param width=8 --shots 2000 --repeat 3
   qsubmit --experiment bell --dry-run --json
+  qsubmit --experiment both --service ibm --submit-all
 {EXIT_CODES_HELP}"""
 
 
@@ -49,40 +51,44 @@ Examples:
 @click.option("--repo", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Git repository whose commit is recorded [default: the current directory's].")
 @click.option("--dry-run", is_flag=True, help="Build and transpile, but submit and write nothing.")
+@click.option("--submit-all", is_flag=True,
+              help="Submit the same jobs once per configured IBM API key.")
+@api_key_option
 @ledger_dir_option
 @service_option
 @json_option
 @handle_errors
 def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: int | None,
-         repeat: int, jobs_file: Path | None, repo: Path | None, dry_run: bool,
-         ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
+         repeat: int, jobs_file: Path | None, repo: Path | None, dry_run: bool, submit_all: bool,
+         api_key_index: int | None, ledger_dir: Path | None, service: str | None,
+         as_json: bool) -> None:
     from qcourier.experiments import resolve
     from qcourier.ledger import Ledger, check_ledger_file
-    from qcourier.submission import plan_submission, submit_plan
+    from qcourier.submission import ExecutionLimits, submit_everywhere
 
     state = get_state()
     resolved = resolve(experiment, list(params), shots)
-    ledger = Ledger(state.ledger_dir(ledger_dir))
-    if jobs_file is not None:
-        check_ledger_file(jobs_file)
+    ledger = Ledger(state.ledger_dir(ledger_dir) if jobs_file is None
+                    else check_ledger_file(jobs_file).parent)
     if not dry_run:
         ledger.ensure_writable()
-    svc = state.get_service(service)
-    plan = plan_submission(svc, resolved, backend=backend, repeat=repeat, repo_path=repo,
-                           progress=state.info)
-    for warning in plan.warnings:
+    services = state.get_services(service, api_key_index, submit_all)
+    settings = state.get_settings()
+    report = submit_everywhere(
+        services, ledger, resolved, backend=backend, repeat=repeat, repo_path=repo,
+        jobs_file=jobs_file, dry_run=dry_run, progress=state.info,
+        limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap))
+    for warning in dict.fromkeys(w for o in report.outcomes for w in o.plan.warnings):
         state.warn(warning)
-    if dry_run:
-        records, path = [job.record for job in plan.jobs], None
-    else:
-        outcome = submit_plan(svc, ledger, plan, jobs_file=jobs_file, progress=state.info)
-        records, path = outcome.records, outcome.ledger_path
     if as_json:
-        state.emit_json({"dry_run": dry_run, "ledger_path": None if path is None else str(path),
-                         "backend": plan.backend,
-                         "jobs": [r.model_dump(mode="json") for r in records]})
-        return
-    _print_table(state, records, path, dry_run)
+        state.emit_json({"dry_run": dry_run, "ledger_path": report.ledger_path and str(report.ledger_path),
+                         "jobs": [r.model_dump(mode="json") for r in report.records],
+                         "failures": report.failures})
+    else:
+        _print_table(state, report.records, report.ledger_path, dry_run)
+    for failure in report.failures:
+        click.echo(f"Error: {failure}", err=True)
+    raise SystemExit(report.exit_code)
 
 
 def _print_table(state, records, path, dry_run: bool) -> None:
@@ -93,6 +99,8 @@ def _print_table(state, records, path, dry_run: bool) -> None:
     print_table(state.stdout, columns, rows)
     if dry_run:
         click.echo(f"Dry run: {len(records)} job(s) planned; nothing submitted or written.")
-    else:
+    elif records:
         click.echo(f"Submitted {len(records)} job(s); ledger: {path}")
         click.echo("Collect the results with: qcollect --watch")
+    else:
+        click.echo("Nothing was submitted.")

@@ -36,6 +36,14 @@ class TransientServiceError(ServiceError):
     """A failure worth retrying later (network, 5xx, rate limit, timeout)."""
 
 
+class AuthenticationError(ServiceError):
+    """The service rejected the credentials: retrying will not help."""
+
+
+class BudgetExceededError(ServiceError):
+    """The service refused a job because the instance's usage limit is reached."""
+
+
 class JobState(StrEnum):
     """A job's state as services report it (IBM Runtime's vocabulary)."""
 

@@ -1,0 +1,363 @@
+"""IBM Quantum through qiskit-ibm-runtime. The only module that imports ``qiskit_ibm_runtime``.
+
+Jobs run in plain job mode: ``SamplerV2(mode=backend)``, never a Session or a Batch (on the
+Open Plan a session is charged by wall-clock time). SamplerV2 is deprecated in favour of the
+client-side executor sampler since 0.50; qcourier keeps the server-side sampler program,
+whose job format the service and its metrics describe, and silences the client's warnings
+so users never see them.
+
+Every call to the service is bounded: it runs in a daemon thread and is abandoned after
+``timeout_seconds`` (the client has no read timeout of its own), which makes a hung server a
+:class:`TransientServiceError` — the job is simply polled again next time. Transient failures
+(connection errors, HTTP 5xx after the client's own retries, 429, timeouts) are retried a
+few times with exponential backoff, honouring ``Retry-After``. A rejected token is an
+:class:`AuthenticationError` at once, without retries. Error messages name the key by its
+index and variable, and any text from the client is scrubbed of the token.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from qcourier.config import ApiKey
+from qcourier.services.base import (
+    AuthenticationError,
+    BackendInfo,
+    BudgetExceededError,
+    InstanceUsage,
+    JobMetrics,
+    JobNotFoundError,
+    JobResult,
+    JobState,
+    JobStatusReport,
+    QuantumService,
+    ServiceError,
+    TransientServiceError,
+)
+
+if TYPE_CHECKING:
+    from qiskit import QuantumCircuit
+    from qiskit.providers import BackendV2
+
+T = TypeVar("T")
+
+TRANSIENT_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+
+
+@dataclass(frozen=True)
+class IBMConnection:
+    """How to reach IBM Quantum.
+
+    Attributes:
+        channel: ``ibm_quantum_platform`` (default) or ``ibm_cloud``.
+        url: a Runtime-compatible API base URL used verbatim (private endpoints, emulators);
+            ``None`` for IBM's own.
+        timeout_seconds: the longest any one call may take.
+        retries: how many times a transient failure is retried.
+        backoff_seconds: the first retry's delay; each next one doubles it.
+        max_retry_after_seconds: the longest ``Retry-After`` honoured.
+    """
+
+    channel: str = "ibm_quantum_platform"
+    url: str | None = None
+    timeout_seconds: float = 60.0
+    retries: int = 3
+    backoff_seconds: float = 1.0
+    max_retry_after_seconds: float = 60.0
+
+
+@contextmanager
+def _quiet() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+class IBMService(QuantumService):
+    """IBM Quantum for one API key (or the saved qiskit account when ``key`` is ``None``)."""
+
+    name = "ibm"
+
+    def __init__(self, key: ApiKey | None, connection: IBMConnection | None = None):
+        self.key = key
+        self.connection = connection or IBMConnection()
+        self.api_key_index = key.index if key is not None else 0
+        self._client: Any = None
+        self._jobs: dict[str, Any] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """How messages name this key: its index and the variable that holds it."""
+        if self.key is None:
+            return "key 0 (saved qiskit account)"
+        return f"key {self.key.index} ({self.key.variable})"
+
+    def _scrub(self, text: str) -> str:
+        if self.key is not None:
+            secret = self.key.token.get_secret_value()
+            if secret:
+                text = text.replace(secret, "***")
+        return " ".join(text.split())
+
+    def _service(self) -> Any:
+        if self._client is None:
+            self._client = self._call("connect", self._connect)
+        return self._client
+
+    def _connect(self) -> Any:
+        with _quiet():
+            from qiskit_ibm_runtime import QiskitRuntimeService
+
+            kwargs: dict[str, Any] = {"channel": self.connection.channel}
+            if self.key is not None:
+                kwargs["token"] = self.key.token.get_secret_value()
+                if self.key.instance:
+                    kwargs["instance"] = self.key.instance
+            if self.connection.url:
+                kwargs["url"] = self.connection.url
+                kwargs["url_resolver"] = lambda url, instance, private, channel: url
+            return QiskitRuntimeService(**kwargs)
+
+    def _call(self, what: str, func: Callable[..., T], *args: Any, retry: bool = True,
+              **kwargs: Any) -> T:
+        """Run one client call, bounded in time, retried when transient, errors translated."""
+        attempt = 0
+        retries = self.connection.retries if retry else 0
+        while True:
+            try:
+                return _bounded(self.connection.timeout_seconds, func, *args, **kwargs)
+            except TimeoutError:
+                error: ServiceError = TransientServiceError(
+                    f"{self.label}: IBM Quantum did not answer ({what}) within "
+                    f"{self.connection.timeout_seconds:g} s"
+                )
+                retry_after = None
+            except ServiceError:
+                raise
+            except Exception as exc:  # the client's exceptions, translated below
+                error, retry_after = self._translate(what, exc)
+            if not isinstance(error, TransientServiceError) or attempt >= retries:
+                raise error
+            delay = retry_after if retry_after is not None else self.connection.backoff_seconds * 2**attempt
+            time.sleep(min(delay, self.connection.max_retry_after_seconds))
+            attempt += 1
+
+    def _translate(self, what: str, exc: BaseException) -> tuple[ServiceError, float | None]:
+        from qiskit_ibm_runtime.accounts.exceptions import AccountsError
+        from qiskit_ibm_runtime.api.exceptions import RequestsApiError
+        from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError, RuntimeJobNotFound
+
+        status, retry_after = _http_status(exc)
+        detail = self._scrub(str(exc))[:300]
+        chain = list(_chain(exc))
+        if any(isinstance(e, (IBMNotAuthorizedError, AccountsError)) for e in chain) or status in (401, 403):
+            return AuthenticationError(
+                f"{self.label}: IBM Quantum rejected the credentials ({what}); check or replace "
+                "the token"
+            ), None
+        if any(isinstance(e, RuntimeJobNotFound) for e in chain) or status == 404:
+            return JobNotFoundError(f"{self.label}: {what}: not found on IBM Quantum"), None
+        if status == 409 and what.startswith("submit"):
+            return BudgetExceededError(
+                f"{self.label}: IBM Quantum refused the job: usage exceeds the instance's limit "
+                "(HTTP 409); wait for the 28-day window to free QPU time or use another key"
+            ), None
+        if status in TRANSIENT_STATUS or any(isinstance(e, (ConnectionError, OSError)) for e in chain):
+            return TransientServiceError(f"{self.label}: {what} failed transiently: {detail}"), retry_after
+        if any(isinstance(e, RequestsApiError) for e in chain):
+            return ServiceError(f"{self.label}: {what} failed: {detail}"), None
+        return ServiceError(f"{self.label}: {what} failed: {type(exc).__name__}: {detail}"), None
+
+    def _job(self, job_id: str) -> Any:
+        if job_id not in self._jobs:
+            self._jobs[job_id] = self._call(f"job {job_id}", self._service().job, job_id)
+        return self._jobs[job_id]
+
+    # -- backends ---------------------------------------------------------------------------
+
+    def backends(self) -> list[BackendInfo]:
+        def listing() -> list[BackendInfo]:
+            infos = []
+            for backend in self._service().backends():
+                status = backend.status()
+                infos.append(BackendInfo(backend.name, backend.num_qubits,
+                                         bool(status.operational), int(status.pending_jobs)))
+            return infos
+
+        return self._call("list backends", listing)
+
+    def backend(self, name: str) -> BackendV2:
+        with _quiet():
+            try:
+                return self._call(f"backend {name}", self._service().backend, name)
+            except ServiceError as exc:
+                if isinstance(exc, (AuthenticationError, TransientServiceError)):
+                    raise
+                names = ", ".join(sorted(b.name for b in self.backends()))
+                raise ServiceError(
+                    f"unknown backend {name!r} for {self.label}; choose one of: {names}"
+                ) from None
+
+    def calibration(self, backend: str) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            props = self._service().backend(backend).properties()
+            return json.loads(json.dumps(props.to_dict(), default=str)) if props else {}
+
+        return self._call(f"calibration of {backend}", read)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        backend: str,
+        circuits: Sequence[QuantumCircuit],
+        shots: int,
+        tags: Sequence[str] = (),
+        max_execution_time: int | None = None,
+    ) -> str:
+        def run() -> str:
+            with _quiet():
+                from qiskit_ibm_runtime import SamplerV2
+
+                sampler = SamplerV2(mode=self._service().backend(backend))
+                sampler.options.environment.job_tags = list(tags)
+                if max_execution_time is not None:
+                    sampler.options.max_execution_time = int(max_execution_time)
+                job = sampler.run(list(circuits), shots=shots)
+            self._jobs[job.job_id()] = job
+            return job.job_id()
+
+        # A retried POST could create a second job; the client already retries 5xx itself,
+        # so submission is attempted once here.
+        return self._call(f"submit to {backend}", run, retry=False)
+
+    def job_status(self, job_id: str) -> JobStatusReport:
+        def read() -> JobStatusReport:
+            job = self._job(job_id)
+            with _quiet():
+                raw = job.status()
+            state = JobState(str(getattr(raw, "name", raw)).upper())
+            message = job.error_message() if state in (JobState.ERROR, JobState.CANCELLED) else None
+            return JobStatusReport(job_id, state, self._scrub(message) if message else None,
+                                   getattr(job, "_reason_code", None))
+
+        return self._call(f"status of job {job_id}", read)
+
+    def job_result(self, job_id: str) -> JobResult:
+        def read() -> JobResult:
+            with _quiet():
+                result = self._job(job_id).result()
+            counts = [
+                {key.replace(" ", ""): int(n) for key, n in pub.join_data().get_counts().items()}
+                for pub in result
+            ]
+            return JobResult(counts=counts, metadata=_jsonable(getattr(result, "metadata", {})))
+
+        return self._call(f"result of job {job_id}", read)
+
+    def job_metrics(self, job_id: str) -> JobMetrics:
+        metrics = self._call(f"metrics of job {job_id}", lambda: self._job(job_id).metrics())
+        stamps = metrics.get("timestamps") or {}
+        usage = metrics.get("usage") or {}
+        final = usage.get("status", "pending") != "pending"
+        seconds = usage.get("qpu_charge_time_seconds", usage.get("quantum_seconds"))
+        return JobMetrics(
+            created=_parse_time(stamps.get("created")),
+            running=_parse_time(stamps.get("running")),
+            finished=_parse_time(stamps.get("finished")),
+            usage_seconds=float(seconds) if final and seconds is not None else None,
+        )
+
+    def find_jobs(self, tags: Sequence[str]) -> list[str]:
+        def search() -> list[str]:
+            found, skip = [], 0
+            while True:
+                page = self._service().jobs(limit=100, skip=skip, job_tags=list(tags))
+                found.extend(job.job_id() for job in page)
+                if len(page) < 100:
+                    return found
+                skip += 100
+
+        return self._call(f"jobs tagged {', '.join(tags)}", search)
+
+    def usage(self) -> InstanceUsage:
+        data = self._call("instance usage", lambda: self._service().usage())
+        limit = data.get("usage_limit_seconds") or data.get("usage_allocation_seconds")
+        return InstanceUsage(
+            usage_seconds=float(data.get("usage_consumed_seconds", 0.0)),
+            limit_seconds=float(limit) if limit else None,
+        )
+
+
+def _bounded(timeout: float, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args)`` in a daemon thread; ``TimeoutError`` if it takes longer than ``timeout``.
+
+    A daemon thread, not an executor: a call stuck on a hung socket must not keep the process
+    from exiting.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = func(*args, **kwargs)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True, name="qcourier-ibm-call")
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _chain(exc: BaseException | None) -> Any:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _http_status(exc: BaseException) -> tuple[int | None, float | None]:
+    """The HTTP status behind a client exception, and its Retry-After in seconds, if any."""
+    status, retry_after = None, None
+    for err in _chain(exc):
+        response = getattr(err, "response", None)
+        if response is not None and getattr(response, "status_code", None) is not None:
+            status = response.status_code
+            header = response.headers.get("Retry-After")
+            if header is not None:
+                try:
+                    retry_after = max(0.0, float(header))
+                except ValueError:
+                    retry_after = None
+            return status, retry_after
+        code = getattr(err, "status_code", None)
+        if isinstance(code, int) and status is None:
+            status = code
+    return status, retry_after
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
