@@ -56,74 +56,59 @@ its message, so the whole body ends up in the exception text). IBM's numeric err
 here (1291 job not found, 1352 usage limit, 1202 too many requests, ...) are the emulator's
 choice: rely on the HTTP status (``RequestsApiError.status_code``) and the exception type.
 
-What the REAL client (0.51, requests/urllib3 2.x) raises, measured against this emulator
-----------------------------------------------------------------------------------------
-(times on a 2-core box; "service" = ``QiskitRuntimeService``)
+What the REAL client (0.51, requests 2.34 / urllib3 2.8) raises, measured here
+--------------------------------------------------------------------------------
+(2-core box; "service" = ``QiskitRuntimeService``; ``RequestsApiError`` is
+``qiskit_ibm_runtime.api.exceptions``, the others ``qiskit_ibm_runtime.exceptions`` unless said)
 
-=============================  ===================================================  =========
-case                           exception (module)                                   time
-=============================  ===================================================  =========
-bad token, construction        ``InvalidAccountError`` (``qiskit_ibm_runtime.       < 0.1 s
-(default env: global search)   accounts.exceptions``), "Unable to retrieve instances.
-                               Please check that you are using a valid API token.";
-                               ``__cause__`` is ``ibm_cloud_sdk_core.ApiException``
-                               (code 400, IAM "BXNIM0415E").
-bad token, construction with   nothing: construction *succeeds* (a ``UserWarning``   < 0.1 s,
-``global_search=False``        "Unable to retrieve IBM Cloud access token. API Key   then 60 s
-(QISKIT_FUNCTIONS_             will be used instead", the client then sends          per call
-EXPERIMENTAL)                  ``Authorization: apikey <token>``, gets 401, and
-                               ``_discover_backends_from_instance`` swallows it:
-                               logger warning "Invalid instance"). The next call
-                               (``service.backend(...)``) waits ~60 s in the IAM
-                               token manager's pacing (``paced_request_token``: a
-                               failed request leaves ``request_time`` set), then
-                               raises ``QiskitBackendNotFoundError`` ("No backend
-                               matches the criteria"). Other calls raise
-                               ``IBMNotAuthorizedError`` after the same ~60 s.
-                               To fail fast, check the key first:
-                               ``IAMTokenManager(key, url=IAM_URL).request_token()``
-                               raises ``ApiException`` (code 400) at once.
-token rejected later (401 on   ``IBMNotAuthorizedError`` (``qiskit_ibm_runtime.      immediate
-any API call)                  exceptions``), raised raw even from ``service.job``
-                               (it is not a ``RequestsApiError``).
-job not found (404)            ``service.job(id)``: ``RuntimeJobNotFound`` (after     immediate
-                               retrying the same GET on the service's other
-                               instances' clients, if any). Through a
-                               ``RuntimeJobV2`` already held (``status()``,
-                               ``result()``): raw ``RequestsApiError``,
-                               ``status_code == 404``.
-409 on submit (usage limit)    ``IBMRuntimeError`` "Failed to run program: 409       immediate
-                               Client Error: Conflict ..." (``_run`` wraps every
-                               ``RequestsApiError`` but 404, which becomes
-                               ``RuntimeProgramNotFound``). Not retried.
-429 on submit (POST)           ``IBMRuntimeError`` "Failed to run program: 429       immediate
-                               Client Error: Too Many Requests ...". Not retried,
-                               ``Retry-After`` ignored.
-429 on a GET                   without ``Retry-After``: raw ``RequestsApiError``     immediate
-                               (``status_code`` 429; ``IBMRuntimeError`` from
-                               ``service.job``). *With* ``Retry-After: n``: urllib3
-                               sleeps n s and retries (up to 5 times), then
-                               ``RequestsApiError`` with ``status_code == -1``
-                               ("too many 429 error responses").
-5xx (500/502/503/504/520-524)  retried 5 times with urllib3 backoff 0.5 s x 2^k      ~15 s
-until retries run out          (sleeps 0, 1, 2, 4, 8 s), POST included; then
-                               ``RequestsApiError`` with ``status_code == -1`` and
-                               "Max retries exceeded ... too many 503 error
-                               responses" (raw from ``backend()``, ``status()``,
-                               ``result()``; wrapped in ``IBMRuntimeError`` by
-                               ``service.job`` / ``_run``). A ``Retry-After``
-                               header on a 503 replaces the backoff. 2 failures then
-                               success: ~1 s, invisible to the caller.
-hung server                    no read timeout on GETs (connect timeout 5 s):        forever
-                               blocks until the server answers; POST /jobs has a
-                               900 s timeout; IAM token requests 60 s.
-job failed / cancelled         ``result()``: ``RuntimeJobFailureError`` ("Unable to   immediate
-                               retrieve job result. Error code <c>; <reason>"),
-                               ``RuntimeJobMaxTimeoutError`` for reason code 1305,
-                               ``RuntimeInvalidStateError`` for a cancelled job.
-=============================  ===================================================  =========
+- **Bad token, at construction** (default ``client_env()``): ``InvalidAccountError``
+  (``qiskit_ibm_runtime.accounts.exceptions``) "Unable to retrieve instances. Please check that
+  you are using a valid API token.", ``__cause__`` an ``ibm_cloud_sdk_core.ApiException`` (code
+  400, IAM "BXNIM0415E"). < 0.1 s. Any IAM failure (5xx too) gives the same.
+- **Bad token with the instance lookup skipped** (``client_env(global_search=False)``):
+  construction *succeeds* in < 0.1 s (``UserWarning`` "Unable to retrieve IBM Cloud access
+  token. API Key will be used instead", then ``Authorization: apikey <key>`` gets 401, which
+  ``_discover_backends_from_instance`` swallows: log "Invalid instance"). Every later call then
+  waits ~60 s in the IAM token manager's pacing (``paced_request_token``: a failed IAM request
+  leaves ``request_time`` set, so the next caller sleeps until 60 s have passed) and raises
+  ``QiskitBackendNotFoundError`` (``service.backend``) or ``IBMNotAuthorizedError`` (the rest).
+  No answer of the API avoids this: the pacing is armed by the failed IAM exchange itself. The
+  global search lookup (what IBM really does) is what makes it fast; an adapter that skips it
+  can check the key first: ``IAMTokenManager(key, url=iam_url).request_token()`` raises
+  ``ApiException`` (400) at once.
+- **401 from the API on a token IAM accepted** (``fail(..., 401)``): ``IBMNotAuthorizedError``,
+  immediately, raw even from ``service.job`` (it is not a ``RequestsApiError``). Exception:
+  ``GET /backends`` errors are swallowed (``backends()`` is ``[]``).
+- **Job not found (404)**: ``service.job(id)`` -> ``RuntimeJobNotFound`` (after trying the GET
+  on the service's other instances' clients, if any); through a ``RuntimeJobV2`` already held
+  (``status()``, ``result()``) -> raw ``RequestsApiError``, ``status_code == 404``. Immediate.
+- **409 on submit** (usage limit): ``IBMRuntimeError`` "Failed to run program: 409 Client
+  Error: Conflict ... <body>" (``_run`` wraps every ``RequestsApiError`` but a 404, which
+  becomes ``RuntimeProgramNotFound``). Not retried, immediate.
+- **429 on submit**: ``IBMRuntimeError`` "Failed to run program: 429 Client Error: Too Many
+  Requests ...". Not retried, ``Retry-After`` ignored, immediate.
+- **429 on a GET**: without ``Retry-After``, ``RequestsApiError`` ``status_code == 429``
+  (``IBMRuntimeError`` "Failed to retrieve job" from ``service.job``), immediate. With
+  ``Retry-After: n``, urllib3 sleeps n s and retries 5 times, then hands back the last answer:
+  the same exceptions after 5 x n s.
+- **5xx (500/502/503/504/520/521/522/524) until retries run out**: retried 5 times, POST
+  included, sleeping 0, 1, 2, 4, 8 s (or ``Retry-After`` each time on a 503): ~15 s, then
+  ``RequestsApiError`` with ``status_code == -1`` and "Max retries exceeded ... too many 503
+  error responses" (raw from ``backend()``/``status()``/``result()``; ``IBMRuntimeError`` from
+  ``service.job`` and submissions). Two failures then success take ~1 s and are invisible to
+  the caller; a POST whose job was made before the 5xx makes a second job
+  (``fail(..., after=True)``).
+- **Hung server**: no read timeout on GETs (connect timeout 5 s): a call blocks as long as the
+  server does. POST /jobs has a 900 s timeout, IAM token requests 60 s.
+- **Failed / cancelled job**: ``result()`` raises ``RuntimeJobFailureError`` ("Unable to
+  retrieve job result. Error code <c>; <reason>"), ``RuntimeJobMaxTimeoutError`` for reason code
+  1305, ``RuntimeInvalidStateError`` for a cancelled job; ``cancel()`` of a final job ->
+  ``RuntimeInvalidStateError`` (409).
 
-Other observations: each submission first calls ``GET /instances/usage`` and
+Other observations: ``least_busy()`` on a service made with an instance uses the
+``/backends`` listing cached at construction (queue lengths do not refresh). A job's
+``status()`` stops asking the server once final. A 404 on ``POST /jobs`` becomes
+``RuntimeProgramNotFound``. Each submission first calls ``GET /instances/usage`` and
 ``GET /backends/{b}/status``; ``service.job(id)`` also fetches ``/backends/{b}/configuration``
 (and ``backend.properties()`` the properties) to rebuild the backend; ``job.error_message()``
 calls ``GET /jobs/{id}/results`` on a failed job (answered here with the reason as text);
@@ -140,6 +125,7 @@ import re
 import secrets
 import threading
 import time
+import traceback
 import uuid
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -253,7 +239,13 @@ class IBMEmulator:
             ``Retry-After`` (IBM documents 5 a minute on the Open Plan).
 
     Attributes:
-        url: ``http://127.0.0.1:<port>`` once started.
+        url: ``http://127.0.0.1:<port>`` once started (also the IAM and global search host).
+        api_url: ``url + "/api/v1"``: the API base (what ``url_resolver`` returns; give it as
+            ``url`` to a client whose resolver returns the URL verbatim).
+        extra_usage: instance name -> seconds to add to its usage (e.g. to start near the
+            limit).
+        errors: tracebacks of exceptions raised while handling a request (answered with 500,
+            which the client retries for ~15 s): assert it is empty.
         requests: ``(method, path, data)`` of every request, in order; ``path`` without the
             query string; ``data`` is the JSON body, the form (API key redacted), the parsed
             query string (``{name: [values]}``) for a GET with one, else ``{}``.
@@ -291,9 +283,11 @@ class IBMEmulator:
             backend = _Backend(fake_name)
             self.backends[backend.name] = backend
         self.url = ""
+        self.api_url = ""
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         self.extra_usage: dict[str, float] = {}
+        self.errors: list[str] = []
         self._faults: list[dict[str, Any]] = []
         self._access: dict[str, str] = {}  # access token -> API key
         self._posts: dict[str, list[float]] = {}
@@ -314,8 +308,9 @@ class IBMEmulator:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ibm-emulator",
-                                        daemon=True)
+        self.api_url = self.url + API
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="ibm-emulator", daemon=True)
         self._thread.start()
         return self
 
@@ -343,7 +338,8 @@ class IBMEmulator:
 
     def client_env(self, global_search: bool = True) -> dict[str, str]:
         """Environment a client process needs (not the API key). See the module docstring."""
-        env = {"IAM_URL": self.url, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+        loopback = "127.0.0.1,localhost"
+        env = {"IAM_URL": self.url, "NO_PROXY": loopback, "no_proxy": loopback}
         if global_search:
             env["GLOBAL_SEARCH_URL"] = self.url + "/global-search"
             env["GLOBAL_CATALOG_URL"] = self.url + "/global-catalog"
@@ -360,14 +356,18 @@ class IBMEmulator:
 
     # ----------------------------------------------------------------- knobs
     def fail(self, method: str, path_regex: str, status: int, count: int = 1,
-             body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
+             body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+             after: bool = False) -> None:
         """Answer the next ``count`` requests matching ``method`` and ``re.search(path_regex,
-        path)`` (path without query string, e.g. ``/api/v1/jobs``) with ``status``, an
-        IBM-shaped body (or ``body``) and ``headers`` (e.g. ``{"Retry-After": "1"}``)."""
+        path)`` (path without query string, e.g. ``/api/v1/jobs``; anchor with ``$``) with
+        ``status``, an IBM-shaped body (or ``body``) and ``headers`` (e.g.
+        ``{"Retry-After": "1"}``). With ``after=True`` the request is first handled normally
+        (a ``POST /jobs`` creates its job) and only the answer is lost: the server-side
+        duplicate that the client's retry of a 5xx ``POST`` can cause."""
         with self._lock:
             self._faults.append({"method": method.upper(), "regex": re.compile(path_regex),
                                  "count": count, "status": status, "body": body,
-                                 "headers": headers or {}})
+                                 "headers": headers or {}, "after": after})
 
     def hang(self, method: str, path_regex: str, seconds: float, count: int = 1) -> None:
         """Delay the answer to the next ``count`` matching requests by ``seconds``."""
@@ -510,7 +510,7 @@ class IBMEmulator:
     def _simulate(self, job: dict[str, Any]) -> str:
         import numpy as np
         from qiskit.primitives import BitArray, DataBin, PrimitiveResult, SamplerPubResult
-        from qiskit_ibm_runtime.utils import RuntimeEncoder
+        from qiskit_ibm_runtime.json import RuntimeEncoder
 
         from qcourier.services.simulation import simulate_counts
 
@@ -550,7 +550,7 @@ class IBMEmulator:
         return json.dumps(result, cls=RuntimeEncoder)
 
     def _submit(self, api_key: str, instance: str, body_text: str) -> dict[str, Any]:
-        from qiskit_ibm_runtime.utils import RuntimeDecoder
+        from qiskit_ibm_runtime.json import RuntimeDecoder
 
         raw = json.loads(body_text)
         program_id = raw.get("program_id")
@@ -803,7 +803,8 @@ class IBMEmulator:
             if state["status"] == "Completed":
                 return 200, _Text(self._result(job)), {}
             if state["status"] in FINAL:
-                return 200, _Text(f"Job {state['status'].lower()}: {state['reason'] or 'no reason given'}"), {}
+                reason = state["reason"] or "no reason given"
+                return 200, _Text(f"Job {state['status'].lower()}: {reason}"), {}
             raise _Reply(400, ibm_error(400, f"Job {job_id} has no results yet "
                                              f"(status {state['status']}).", "1290"))
         if what == "/metrics" and method == "GET":
@@ -881,6 +882,11 @@ class _Handler(BaseHTTPRequestHandler):
         if hang:
             emu._stopping.wait(hang)
         try:
+            if failure is not None and failure["after"]:
+                try:
+                    emu._route(self, method, path, query, body_text)
+                except _Reply:
+                    pass
             if failure is not None:
                 raise _Reply(failure["status"], failure["body"] or ibm_error(failure["status"]),
                              failure["headers"])
@@ -888,6 +894,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
         except Exception as exc:  # a bug or a bad request body: answer 500, as a server would
+            emu.errors.append(traceback.format_exc())
             status, body, headers = 500, ibm_error(500, f"{type(exc).__name__}: {exc}"), {}
         self._send(status, body, headers)
 

@@ -89,7 +89,13 @@ class CollectReport:
 
     @property
     def pending(self) -> int:
-        return sum(1 for o in self.outcomes if not o.record.status.is_final)
+        """Jobs still on their way (submitted, queued, running); ``error`` ones are not."""
+        return sum(1 for o in self.outcomes if o.record.status.is_pending)
+
+    @property
+    def errors(self) -> int:
+        """Jobs in status ``error`` (the service lost them): polled again on every run."""
+        return sum(1 for o in self.outcomes if o.record.status is JobStatus.ERROR)
 
     @property
     def newly_final(self) -> list[JobOutcome]:

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     ibm_quantum_channel: str = Field("ibm_quantum_platform", validation_alias="IBM_QUANTUM_CHANNEL")
     ibm_url: str | None = Field(None, validation_alias="QCOURIER_IBM_URL")
     ibm_timeout_seconds: float = Field(60.0, gt=0, validation_alias="QCOURIER_IBM_TIMEOUT")
+    ibm_retries: int = Field(3, ge=0, le=10, validation_alias="QCOURIER_IBM_RETRIES")
     max_execution_margin: float = Field(3.0, ge=1, validation_alias="QCOURIER_MAX_EXECUTION_MARGIN")
     max_execution_cap: int = Field(300, ge=1, le=10800, validation_alias="QCOURIER_MAX_EXECUTION_CAP")
 

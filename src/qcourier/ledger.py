@@ -49,6 +49,11 @@ class JobStatus(StrEnum):
         """Whether collection is over for a job in this status."""
         return self in FINAL_STATUSES
 
+    @property
+    def is_pending(self) -> bool:
+        """Whether the job is still on its way at the service."""
+        return self in (JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.RUNNING)
+
 
 FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 

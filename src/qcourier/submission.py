@@ -186,8 +186,8 @@ def check_input_size(circuits: list[QuantumCircuit], experiment: str) -> int:
     size = (len(buffer.getvalue()) + 2) // 3 * 4
     if size > MAX_INPUT_BYTES:
         raise UsageError(
-            f"the {experiment} job's input is {size / 2**20:.1f} MB, over IBM's 50 MB limit; "
-            "use fewer or smaller circuits per job"
+            f"the {experiment} job's input is {size / 2**20:.1f} MB, over the service's limit of "
+            f"{MAX_INPUT_BYTES / 2**20:.0f} MB; use fewer or smaller circuits per job"
         )
     return size
 
@@ -242,11 +242,42 @@ def _record_for(
     )
 
 
+class LedgerTarget:
+    """The ledger file a submission appends to: given, or created when first needed.
+
+    A file this run created and never wrote to (the service refused every job) is removed
+    by :meth:`discard_if_unused`, so a refused submission leaves nothing behind.
+    """
+
+    def __init__(self, ledger: Ledger, jobs_file: Path | None = None):
+        self.ledger = ledger
+        self._path = jobs_file
+        self._created = False
+
+    @property
+    def path(self) -> Path | None:
+        """The file, if there is one yet."""
+        return self._path
+
+    def open(self) -> Path:
+        """The file, created now if it was not given and does not exist yet."""
+        if self._path is None:
+            self._path = self.ledger.new_file()
+            self._created = True
+        return self._path
+
+    def discard_if_unused(self) -> None:
+        """Remove the file if this run created it and nothing was written to it."""
+        if self._created and self._path is not None and self._path.stat().st_size == 0:
+            self._path.unlink()
+            self._path = None
+            self._created = False
+
+
 def submit_plan(
-    ledger: Ledger,
+    target: LedgerTarget,
     plan: Plan,
     *,
-    jobs_file: Path | None = None,
     progress: Progress = _quiet,
 ) -> SubmissionOutcome:
     """Submit every planned job and append its ledger line as soon as it is accepted.
@@ -255,11 +286,10 @@ def submit_plan(
     a submission, the jobs accepted before it stay recorded, the rest are not submitted, and
     ``error`` says why.
 
-    Args:
-        jobs_file: an existing ledger file to append to; default a new file in ``ledger``.
+    The ledger file's name is the batch id in every job's tags.
     """
-    path = jobs_file or ledger.new_file()
-    save_snapshot(ledger.snapshots_dir, plan.calibration)
+    save_snapshot(target.ledger.snapshots_dir, plan.calibration)
+    path = target.open()
     batch = path.stem.removeprefix("submitted_jobs_")
     outcome = SubmissionOutcome(plan, path, [])
     for index, job in enumerate(plan.jobs, start=1):
@@ -318,7 +348,8 @@ def submit_everywhere(
     A service that fails (rejected key, exhausted budget, unreachable) is reported and the
     others go on. Bad usage (an unknown backend, say) raises before that service submits.
     """
-    report = SubmissionReport(ledger_path=jobs_file)
+    report = SubmissionReport()
+    target = LedgerTarget(ledger, jobs_file)
     for service in services:
         try:
             plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
@@ -326,11 +357,12 @@ def submit_everywhere(
             if dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
                 continue
-            report.ledger_path = report.ledger_path or ledger.new_file()
-            outcome = submit_plan(ledger, plan, jobs_file=report.ledger_path, progress=progress)
+            outcome = submit_plan(target, plan, progress=progress)
             report.outcomes.append(outcome)
             if outcome.error:
                 report.failures.append(outcome.error)
         except (AuthenticationError, BudgetExceededError, TransientServiceError) as exc:
             report.failures.append(str(exc))
+    target.discard_if_unused()
+    report.ledger_path = target.path
     return report

@@ -43,7 +43,8 @@ Examples:
 @click.option("--poll-all", is_flag=True, help="Collect every ledger file's jobs (the default).")
 @click.option("--job-id", default=None,
               help="Check one job, recorded in the ledger or not (if not: on --service).")
-@click.option("--watch", is_flag=True, help="Repeat until every job is final (Ctrl-C stops).")
+@click.option("--watch", is_flag=True,
+              help="Repeat until no job is pending (submitted, queued, running); Ctrl-C stops.")
 @click.option("--interval", type=float, default=300.0, show_default=True,
               help="Seconds between polls with --watch.")
 @ledger_dir_option
@@ -96,8 +97,10 @@ def _print_report(state, report, as_json: bool) -> None:
         shown = o.state.value if o.state is not None else "NOT POLLED"
         line = f"Job {o.record.job_id}: {shown}"
         click.echo(line + (f" — {o.message}" if o.message else ""))
-    click.echo(f"Completed: {report.completed}/{report.total}  "
-                       f"Pending: {report.pending}/{report.total}")
+    summary = f"Completed: {report.completed}/{report.total}  Pending: {report.pending}/{report.total}"
+    if report.errors:
+        summary += f"  Errors: {report.errors}/{report.total}"
+    click.echo(summary)
     if report.collected_path is not None:
         click.echo(f"Collected results: {report.collected_path}")
 
@@ -114,6 +117,7 @@ def _report_json(report) -> dict:
             "job_id": report.unrecorded.job_id, "state": report.unrecorded.state.value},
         "completed": report.completed,
         "pending": report.pending,
+        "errors": report.errors,
         "total": report.total,
         "already_final": report.already_final,
         "collected_results": None if report.collected_path is None else str(report.collected_path),

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 class ServiceError(QcourierError):
     """A service could not do what was asked."""
 
+    #: The HTTP status behind the failure, where there was one (-1: no response).
+    http_status: int | None = None
+
 
 class JobNotFoundError(ServiceError):
     """The service does not know this job id."""

@@ -18,6 +18,8 @@ index and variable, and any text from the client is scrubbed of the token.
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import threading
 import time
 import warnings
@@ -110,11 +112,15 @@ class IBMService(QuantumService):
         return " ".join(text.split())
 
     def _service(self) -> Any:
+        """The client, connected on first use (inside a bounded call, never around one)."""
         if self._client is None:
-            self._client = self._call("connect", self._connect)
+            self._client = self._connect()
         return self._client
 
     def _connect(self) -> Any:
+        # The client logs routine notes ("Using instance ...") as warnings; users should see
+        # qcourier's one-line messages instead.
+        logging.getLogger("qiskit_ibm_runtime").setLevel(logging.ERROR)
         with _quiet():
             from qiskit_ibm_runtime import QiskitRuntimeService
 
@@ -128,11 +134,15 @@ class IBMService(QuantumService):
                 kwargs["url_resolver"] = lambda url, instance, private, channel: url
             return QiskitRuntimeService(**kwargs)
 
-    def _call(self, what: str, func: Callable[..., T], *args: Any, retry: bool = True,
-              **kwargs: Any) -> T:
-        """Run one client call, bounded in time, retried when transient, errors translated."""
+    def _call(self, what: str, func: Callable[..., T], *args: Any,
+              retry_statuses: frozenset[int] | None = None, **kwargs: Any) -> T:
+        """Run one client call, bounded in time, retried when transient, errors translated.
+
+        Args:
+            retry_statuses: retry only transient failures with these HTTP statuses
+                (default: every transient failure, timeouts included).
+        """
         attempt = 0
-        retries = self.connection.retries if retry else 0
         while True:
             try:
                 return _bounded(self.connection.timeout_seconds, func, *args, **kwargs)
@@ -146,7 +156,9 @@ class IBMService(QuantumService):
                 raise
             except Exception as exc:  # the client's exceptions, translated below
                 error, retry_after = self._translate(what, exc)
-            if not isinstance(error, TransientServiceError) or attempt >= retries:
+            retryable = isinstance(error, TransientServiceError) and (
+                retry_statuses is None or error.http_status in retry_statuses)
+            if not retryable or attempt >= self.connection.retries:
                 raise error
             delay = retry_after if retry_after is not None else self.connection.backoff_seconds * 2**attempt
             time.sleep(min(delay, self.connection.max_retry_after_seconds))
@@ -173,14 +185,17 @@ class IBMService(QuantumService):
                 "(HTTP 409); wait for the 28-day window to free QPU time or use another key"
             ), None
         if status in TRANSIENT_STATUS or any(isinstance(e, (ConnectionError, OSError)) for e in chain):
-            return TransientServiceError(f"{self.label}: {what} failed transiently: {detail}"), retry_after
+            error = TransientServiceError(f"{self.label}: {what} failed transiently: {detail}")
+            error.http_status = status
+            return error, retry_after
         if any(isinstance(e, RequestsApiError) for e in chain):
             return ServiceError(f"{self.label}: {what} failed: {detail}"), None
         return ServiceError(f"{self.label}: {what} failed: {type(exc).__name__}: {detail}"), None
 
     def _job(self, job_id: str) -> Any:
+        """The client's job handle (called inside a bounded call, never around one)."""
         if job_id not in self._jobs:
-            self._jobs[job_id] = self._call(f"job {job_id}", self._service().job, job_id)
+            self._jobs[job_id] = self._service().job(job_id)
         return self._jobs[job_id]
 
     # -- backends ---------------------------------------------------------------------------
@@ -199,7 +214,7 @@ class IBMService(QuantumService):
     def backend(self, name: str) -> BackendV2:
         with _quiet():
             try:
-                return self._call(f"backend {name}", self._service().backend, name)
+                return self._call(f"backend {name}", lambda: self._service().backend(name))
             except ServiceError as exc:
                 if isinstance(exc, (AuthenticationError, TransientServiceError)):
                     raise
@@ -237,9 +252,9 @@ class IBMService(QuantumService):
             self._jobs[job.job_id()] = job
             return job.job_id()
 
-        # A retried POST could create a second job; the client already retries 5xx itself,
-        # so submission is attempted once here.
-        return self._call(f"submit to {backend}", run, retry=False)
+        # Only a 429 is retried: it means the job was not created. After a 5xx or a timeout
+        # the job may exist, and a retry could create a second one.
+        return self._call(f"submit to {backend}", run, retry_statuses=frozenset({429}))
 
     def job_status(self, job_id: str) -> JobStatusReport:
         def read() -> JobStatusReport:
@@ -299,28 +314,56 @@ class IBMService(QuantumService):
         )
 
 
-def _bounded(timeout: float, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``func(*args)`` in a daemon thread; ``TimeoutError`` if it takes longer than ``timeout``.
+class _Worker:
+    """One long-lived daemon thread that runs the client's calls, one at a time.
 
-    A daemon thread, not an executor: a call stuck on a hung socket must not keep the process
-    from exiting.
+    Long-lived, not a thread per call: qiskit's compiled core (its mimalloc allocator) has
+    crashed here when threads were created and torn down call after call. Daemon, not an
+    executor: a call stuck on a hung socket must not keep the process from exiting. A worker
+    whose call timed out is abandoned to that call and a fresh one takes the next.
     """
-    box: dict[str, Any] = {}
 
-    def target() -> None:
-        try:
-            box["value"] = func(*args, **kwargs)
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
+    _current: _Worker | None = None
+    _lock = threading.Lock()
 
-    worker = threading.Thread(target=target, daemon=True, name="qcourier-ibm-call")
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise TimeoutError
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any], threading.Event]]
+        self._calls = queue.SimpleQueue()
+        thread = threading.Thread(target=self._serve, daemon=True, name="qcourier-ibm-worker")
+        thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            func, box, done = self._calls.get()
+            try:
+                box["value"] = func()
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+            done.set()
+
+    @classmethod
+    def run(cls, timeout: float, func: Callable[[], T]) -> T:
+        """``func()`` on the worker; ``TimeoutError`` if it takes longer than ``timeout``."""
+        with cls._lock:
+            if cls._current is None:
+                cls._current = cls()
+            worker = cls._current
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        worker._calls.put((func, box, done))
+        if not done.wait(timeout):
+            with cls._lock:
+                if cls._current is worker:
+                    cls._current = None
+            raise TimeoutError
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
+def _bounded(timeout: float, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)``, abandoned with ``TimeoutError`` after ``timeout`` seconds."""
+    return _Worker.run(timeout, lambda: func(*args, **kwargs))
 
 
 def _chain(exc: BaseException | None) -> Any:
