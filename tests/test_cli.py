@@ -329,3 +329,17 @@ def test_noiseless_transpiled_surface_code_has_no_logical_errors(invoke, tmp_pat
     for pub in payload["analysis"]["per_round"]:
         assert pub["detection_event_fraction"] == 0
         assert pub["raw_logical_flip_rate"] == 0 and pub["logical_error_rate"] == 0
+
+
+def test_env_example_copied_to_dotenv_works(invoke, tmp_path: Path, monkeypatch):
+    repo = Path(__file__).resolve().parents[1]
+    dotenv = tmp_path / ".env"
+    dotenv.write_text((repo / ".env.example").read_text())
+    dotenv.chmod(0o600)
+    monkeypatch.delenv("QCOURIER_SERVICE")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no saved qiskit account
+    result = invoke(submit.main, ["-e", "bell", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "Using the local Aer-backed service" in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning")]
+    assert warnings == [f"Warning: {tmp_path} is not in a git repository; git_commit not recorded"]

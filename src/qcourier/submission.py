@@ -140,7 +140,7 @@ def plan_submission(
     age = calibration_age_hours(calibration)
     git = git_state(repo_path)
     plan = Plan(service, backend_name, [], calibration, git, [git.warning] if git.warning else [])
-    if age is not None and age > STALE_CALIBRATION_HOURS:
+    if age is not None and age > STALE_CALIBRATION_HOURS and not service.simulated:
         plan.warnings.append(f"the calibration of {backend_name} is {age:.0f} hours old")
     for experiment, params, unit in built:
         progress(f"transpiling {experiment.name} ({len(unit.circuits)} circuits) for {backend_name}")

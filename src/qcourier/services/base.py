@@ -135,6 +135,9 @@ class QuantumService(ABC):
     name: ClassVar[str]
     #: Which configured API key this service uses (``None`` where keys do not apply).
     api_key_index: int | None = None
+    #: Whether results are simulated (then calibration snapshots are fixed device data, and
+    #: their age means nothing).
+    simulated: ClassVar[bool] = False
 
     @abstractmethod
     def backends(self) -> list[BackendInfo]:

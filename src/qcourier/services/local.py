@@ -137,6 +137,7 @@ class LocalService(QuantumService):
     """An Aer-backed service whose jobs persist on disk (see the module docstring)."""
 
     name = "local"
+    simulated = True
 
     def __init__(self, config: LocalServiceConfig):
         self.config = config
