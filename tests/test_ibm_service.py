@@ -207,3 +207,24 @@ def test_oversized_input_is_refused_before_submission(invoke, tmp_path: Path, mo
     result = invoke(submit.main, ["-e", "bell", "--shots", "10"])
     assert result.exit_code == 2 and "over the service's limit" in result.stderr
     assert not (tmp_path / "service").exists()
+
+
+def test_a_saved_qiskit_account_is_used_when_no_token_is_set(emu, tmp_path: Path):
+    home = tmp_path / "home"
+    (home / ".qiskit").mkdir(parents=True)
+    env = cli_env(tmp_path, **emu.client_env(), HOME=str(home), QCOURIER_IBM_URL=emu.api_url)
+    env.pop("QCOURIER_SERVICE")
+    env.pop("IBM_QUANTUM_TOKEN", None)
+    save = ("import warnings; warnings.simplefilter('ignore')\n"
+            "from qiskit_ibm_runtime import QiskitRuntimeService\n"
+            f"QiskitRuntimeService.save_account(channel='ibm_quantum_platform', token='good-token-0', "
+            f"url={emu.api_url!r}, set_as_default=True)\n")
+    import sys
+
+    subprocess.run([sys.executable, "-c", save], env=env, check=True, timeout=120)
+    sub = subprocess.run([script("qsubmit"), "-e", "bell", "--shots", "50"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert sub.returncode == 0, sub.stderr
+    [line] = ledger_lines(tmp_path)
+    assert line["service"] == "ibm" and line["api_key_index"] == 0
+    assert emu.jobs[line["job_id"]]["instance"] == "instance-0"
