@@ -46,7 +46,7 @@ def test_ghz_build(width):
     assert len(circuit.cregs) == 1 and circuit.num_clbits == width
     assert circuit.count_ops().get("measure") == width
     assert _exact_probabilities(circuit) == pytest.approx({"0" * width: 0.5, "1" * width: 0.5})
-    assert GHZ.min_qubits(GHZParams(width=width)) == width
+    assert GHZ.build(GHZParams(width=width))[0].circuits[0].num_qubits == width
 
 
 def test_bell_analyse_ideal():

@@ -10,7 +10,7 @@ import pytest
 
 from qcourier.cli import collect, main, submit
 from qcourier.cli._common import AppState
-from qcourier.ledger import JobStatus, Ledger
+from qcourier.ledger import JobStatus
 from qcourier.services.local import LocalService, LocalServiceConfig
 
 

@@ -67,7 +67,7 @@ def test_build_records_width_and_step():
     assert unit.metadata == {"width": 4, "step": 0.5}
     (circuit,) = unit.circuits
     assert circuit.num_qubits == 4 and circuit.num_clbits == 4 and len(circuit.cregs) == 1
-    assert EXP.min_qubits(DeploymentParams(width=7)) == 7
+    assert EXP.build(DeploymentParams(width=7))[0].circuits[0].num_qubits == 7
 
 
 # --- analyse() ----------------------------------------------------------------------------------

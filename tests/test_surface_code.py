@@ -252,8 +252,8 @@ def test_structure_and_metadata(state):
         # clbit i is measurement i: every clbit written exactly once, in order.
         written = [qc.find_bit(i.clbits[0]).index for i in qc.data if i.operation.name == "measure"]
         assert written == list(range(n_meas))
-    assert EXP.min_qubits(params) == 17
-    assert EXP.min_qubits(SurfaceCodeParams(distance=5, rounds=1)) == 49
+    assert max(c.num_qubits for c in EXP.build(params)[0].circuits) == 17
+    assert EXP.build(SurfaceCodeParams(distance=5, rounds=1))[0].circuits[0].num_qubits == 49
 
 
 def test_defaults_and_json():

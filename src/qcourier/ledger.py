@@ -156,13 +156,6 @@ class Fold:
         """Latest records, in the order they were first written."""
         return [e.record for e in self.entries.values()]
 
-    def by_job_id(self, job_id: str) -> Entry | None:
-        """The entry whose job id is ``job_id``, if any."""
-        for entry in self.entries.values():
-            if entry.record.job_id == job_id:
-                return entry
-        return None
-
 
 def _lock_for(path: Path) -> FileLock:
     return FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_SECONDS)

@@ -71,10 +71,6 @@ class Experiment(ABC):
     def build(self, params: ExperimentParams) -> list[JobUnit]:
         """Build the job units for one submission with these parameters."""
 
-    def min_qubits(self, params: ExperimentParams) -> int:
-        """Qubits a backend needs to run this experiment with these parameters."""
-        return max(c.num_qubits for unit in self.build(params) for c in unit.circuits)
-
     @abstractmethod
     def analyse(
         self,

@@ -71,10 +71,6 @@ class GHZExperiment(Experiment):
         return [JobUnit([_cat_state(params.width, f"ghz_{params.width}")], params.shots,
                         {"width": params.width})]
 
-    def min_qubits(self, params: ExperimentParams) -> int:
-        assert isinstance(params, GHZParams)
-        return params.width
-
     def analyse(self, metadata: dict[str, Any], counts: list[dict[str, int]],
                 calibration: Calibration | None) -> dict[str, Any]:
         return {"experiment": self.name, **analyse_cat(counts[0], int(metadata["width"]))}

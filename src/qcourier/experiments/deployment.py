@@ -78,10 +78,6 @@ class DeploymentExperiment(Experiment):
         circuit = heartbeat_circuit(params.width, params.step)
         return [JobUnit([circuit], params.shots, {"width": params.width, "step": params.step})]
 
-    def min_qubits(self, params: ExperimentParams) -> int:
-        assert isinstance(params, DeploymentParams)
-        return params.width
-
     def analyse(self, metadata: dict[str, Any], counts: list[dict[str, int]],
                 calibration: Calibration | None) -> dict[str, Any]:
         width, step = int(metadata["width"]), float(metadata.get("step", DEFAULT_STEP))

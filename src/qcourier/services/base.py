@@ -120,13 +120,6 @@ class InstanceUsage:
     usage_seconds: float
     limit_seconds: float | None = None
 
-    @property
-    def remaining_seconds(self) -> float | None:
-        """Seconds left before the service's limit, where it has one."""
-        if self.limit_seconds is None:
-            return None
-        return self.limit_seconds - self.usage_seconds
-
 
 class QuantumService(ABC):
     """What every service offers. Methods raise :class:`ServiceError` subclasses."""
