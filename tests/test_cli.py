@@ -343,3 +343,23 @@ def test_env_example_copied_to_dotenv_works(invoke, tmp_path: Path, monkeypatch)
     assert "Using the local Aer-backed service" in result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning")]
     assert warnings == [f"Warning: {tmp_path} is not in a git repository; git_commit not recorded"]
+
+
+@pytest.mark.parametrize("argv", [["submit", "--help"], ["collect", "--help"], ["status"],
+                                  ["experiments"]])
+def test_light_commands_do_not_import_heavy_modules(tmp_path: Path, argv):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from qcourier.cli.main import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'qiskit', 'qiskit_aer', "
+        "'qiskit_ibm_runtime', 'stim', 'pymatching', 'numpy', 'matplotlib'})\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "QCOURIER_LEDGER_DIR": str(tmp_path / "ledger")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
