@@ -105,8 +105,9 @@ def parse_params(experiment: Experiment, values: dict[str, Any]) -> ExperimentPa
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "parameters"
+        message = str(err["msg"]).removeprefix("Value error, ")
         raise UsageError(
-            f"bad value for {where!r} of experiment {experiment.name!r}: {err['msg']}"
+            f"bad value for {where!r} of experiment {experiment.name!r}: {message}"
         ) from None
 
 
