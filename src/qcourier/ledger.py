@@ -36,10 +36,14 @@ LOCK_TIMEOUT_SECONDS = 30.0
 class JobStatus(StrEnum):
     """A job's status in the ledger."""
 
+    DEFERRED = "deferred"  # planned, waiting for a free pending slot (qcollect submits it)
+    SUBMITTING = "submitting"  # intent: the service is being asked; the job id is not known yet
+    SUBMIT_FAILED = "submit_failed"  # the intent never became a job
     SUBMITTED = "submitted"
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
+    PARTIAL = "partial"  # finished with fewer shots than asked for
     FAILED = "failed"
     CANCELLED = "cancelled"
     ERROR = "error"  # could not be polled, or the service does not know the job
@@ -54,8 +58,14 @@ class JobStatus(StrEnum):
         """Whether the job is still on its way at the service."""
         return self in (JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.RUNNING)
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the record still needs qcollect: on its way, in an intent, or deferred."""
+        return self.is_pending or self in (JobStatus.SUBMITTING, JobStatus.DEFERRED)
 
-FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.PARTIAL, JobStatus.FAILED,
+                            JobStatus.CANCELLED, JobStatus.SUBMIT_FAILED})
 
 
 def utc_now() -> datetime:
@@ -102,6 +112,11 @@ class LedgerRecord(BaseModel):
     calibration_age_hours: float | None = None
     estimated_qpu_seconds: float | None = None
     max_execution_time: int | None = None
+    request_id: str | None = None  # also a job tag: finds the job if the process died
+    retry_of: str | None = None  # record_id of the failed record this one retries
+    retry_count: int = 0
+    failure_class: str | None = None  # "system" (not charged, worth retrying) or "user"
+    recovered: bool = False  # written by `qcourier recover` from the service's own records
     # After collection:
     completion_time: datetime | None = None
     error: str | None = None
