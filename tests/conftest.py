@@ -82,3 +82,15 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def script(name: str) -> str:
     """Path of a console script installed beside this interpreter."""
     return str(Path(sys.executable).with_name(name))
+
+
+def ledger_records(ledger_dir: Path) -> list[dict]:
+    """The latest line of every record in a ledger directory, in first-written order."""
+    import json
+
+    latest: dict[str, dict] = {}
+    for path in sorted(ledger_dir.glob("submitted_jobs_*.jsonl")):
+        for line in path.read_text().splitlines():
+            data = json.loads(line)
+            latest[data["record_id"]] = data
+    return list(latest.values())

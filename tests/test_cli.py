@@ -13,6 +13,8 @@ from qcourier.cli._common import AppState
 from qcourier.ledger import JobStatus
 from qcourier.services.local import LocalService, LocalServiceConfig
 
+from conftest import ledger_records
+
 
 def ledger_lines(tmp_path: Path) -> list[dict]:
     return [json.loads(line) for f in sorted((tmp_path / "ledger").glob("submitted_jobs_*.jsonl"))
@@ -23,7 +25,7 @@ def test_submit_then_collect_bell(invoke, tmp_path: Path):
     result = invoke(submit.main, ["--experiment", "bell", "--shots", "200"])
     assert result.exit_code == 0, result.output
     assert "Using the local Aer-backed service" in result.stderr
-    [line] = ledger_lines(tmp_path)
+    [line] = ledger_records(tmp_path / "ledger")
     assert line["status"] == "submitted" and line["service"] == "local"
     assert len(line["job_id"]) == 20 and line["job_id"].isalnum() and line["job_id"].islower()
     assert len(line["circuit_hash"]) == 64 and line["shots"] == 200
@@ -70,7 +72,7 @@ def test_pending_jobs_are_polled_and_only_changes_recorded(invoke, tmp_path: Pat
         assert result.exit_code == 0
         assert ": QUEUED" in result.stdout and "Pending: 1/1" in result.stdout
     statuses = [line["status"] for line in ledger_lines(tmp_path)]
-    assert statuses == ["submitted", "queued"]  # the second poll appended nothing
+    assert statuses == ["submitting", "submitted", "queued"]  # the second poll appended nothing
 
 
 def test_failed_job_records_the_error(invoke, tmp_path: Path, monkeypatch):
@@ -104,16 +106,16 @@ def test_dry_run_writes_nothing(invoke, tmp_path: Path):
 def test_jobs_file_appends_to_an_existing_ledger(invoke, tmp_path: Path):
     invoke(submit.main, ["-e", "bell", "--shots", "10"])
     [path] = list((tmp_path / "ledger").glob("submitted_jobs_*.jsonl"))
-    result = invoke(submit.main, ["-e", "bell", "--shots", "10", "--jobs-file", path])
+    result = invoke(submit.main, ["-e", "bell", "--shots", "10", "--jobs-file", path, "--force"])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "ledger").glob("submitted_jobs_*.jsonl"))) == 1
-    assert len(path.read_text().splitlines()) == 2
+    assert len(ledger_records(tmp_path / "ledger")) == 2
     result = invoke(collect.main, ["--jobs-file", path])
     assert "Completed: 2/2" in result.stdout
 
 
 def test_job_id_checks_one_job(invoke, tmp_path: Path):
-    ids = [json.loads(invoke(submit.main, ["-e", "bell", "--shots", "10", "--json"]).stdout)["jobs"][0]["job_id"]
+    ids = [json.loads(invoke(submit.main, ["-e", "bell", "--shots", "10", "--json", "--force"]).stdout)["jobs"][0]["job_id"]
            for _ in range(2)]
     result = invoke(collect.main, ["--job-id", ids[0]])
     assert f"Job {ids[0]}: DONE" in result.stdout and ids[1] not in result.stdout
@@ -268,7 +270,7 @@ def test_a_torn_ledger_line_is_reported_not_fatal(invoke, tmp_path: Path):
         fh.write('{"schema_version": 1, "job_')
     result = invoke(collect.main, [])
     assert result.exit_code == 0
-    assert f"{path}:2: torn last line skipped" in result.stderr
+    assert f"{path}:3: torn last line skipped" in result.stderr
     assert "Completed: 1/1" in result.stdout
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, script
+from conftest import cli_env, ledger_records, script
 from ibm_emulator import IBMEmulator
 from qcourier.cli import collect, submit
 
@@ -70,7 +70,8 @@ def test_two_keys_from_dotenv_submit_all_then_collect_in_another_process(emu, tm
         job = emu.jobs[r["job_id"]]
         assert job["instance"] == f"instance-{r['api_key_index']}"
         assert job["tags"] == r["tags"] and job["cost"] == r["max_execution_time"]
-        assert {t.split(":")[0] for t in job["tags"]} == {"qcourier", "experiment", "batch", "request"}
+        assert {t.split(":")[0] for t in job["tags"]} == {"qcourier", "experiment", "batch", "request", "circuit"}
+        assert f"circuit:{r['circuit_hash']}" in job["tags"]
         assert (tmp_path / "ledger" / "snapshots" / f"{r['backend_snapshot_sha256']}.json.gz").is_file()
     analyses = {r["experiment_type"]: json.loads((tmp_path / "ledger" / r["result_path"]).read_text())
                 for r in records}
@@ -86,7 +87,7 @@ def test_a_rejected_key_fails_alone(emu, invoke, tmp_path: Path, monkeypatch):
     assert result.exit_code == 1
     assert "key 1 (IBM_QUANTUM_TOKEN_1)" in result.stderr and "rejected the credentials" in result.stderr
     assert "bad-secret-token" not in result.output
-    assert sorted(line["api_key_index"] for line in ledger_lines(tmp_path)) == [0, 0]
+    assert sorted(r["api_key_index"] for r in ledger_records(tmp_path / "ledger")) == [0, 0]
 
 
 def test_credentials_rejected_while_collecting(emu, invoke, tmp_path: Path):
@@ -95,7 +96,7 @@ def test_credentials_rejected_while_collecting(emu, invoke, tmp_path: Path):
     result = invoke(collect.main, [])
     assert result.exit_code == 1
     assert "NOT POLLED" in result.stdout and "rejected the credentials" in result.stdout
-    assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitted"]  # left as it was
+    assert [r["status"] for r in ledger_records(tmp_path / "ledger")] == ["submitted"]  # left as it was
     emu.clear_faults()
     assert "DONE" in invoke(collect.main, ["--watch", "--interval", "0.3"]).stdout
 
@@ -119,7 +120,9 @@ def test_usage_limit_409_on_submit(emu, invoke, tmp_path: Path):
     [line] = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
     assert "key 0 (IBM_QUANTUM_TOKEN)" in line and "usage exceeds the instance's limit" in line
     assert "Nothing was submitted." in result.stdout
-    assert ledger_lines(tmp_path) == [] and not list((tmp_path / "ledger").glob("*.jsonl"))
+    [record] = ledger_records(tmp_path / "ledger")  # the intent, settled: no job was made
+    assert record["status"] == "submit_failed" and "usage exceeds" in record["error"]
+    assert record["job_id"] is None and emu.jobs == {}
 
 
 def test_server_errors_then_success_while_collecting(emu, invoke, tmp_path: Path):
@@ -133,7 +136,7 @@ def test_rate_limited_submission_is_retried_after_retry_after(emu, invoke, tmp_p
     emu.fail("POST", r"/jobs$", 429, headers={"Retry-After": "1"})
     result = invoke(submit.main, ["-e", "bell", "--shots", "50"])
     assert result.exit_code == 0, result.output
-    assert len(emu.jobs) == 1 and len(ledger_lines(tmp_path)) == 1
+    assert len(emu.jobs) == 1 and len(ledger_records(tmp_path / "ledger")) == 1
     posts = [r for r in emu.requests if r[0] == "POST" and r[1].endswith("/jobs")]
     assert len(posts) == 2
 
@@ -147,7 +150,7 @@ def test_a_server_that_never_answers_times_out_and_is_polled_next_time(emu, invo
     result = invoke(collect.main, [])
     assert result.exit_code == 1
     assert "NOT POLLED" in result.stdout and "did not answer" in result.stdout
-    assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitted"]
+    assert [r["status"] for r in ledger_records(tmp_path / "ledger")] == ["submitted"]
     emu.clear_faults()
     assert "DONE" in invoke(collect.main, ["--watch", "--interval", "0.3"]).stdout
 
@@ -176,7 +179,7 @@ def test_chosen_key_and_backend(emu, invoke, tmp_path: Path, monkeypatch):
     result = invoke(submit.main, ["-e", "bell", "--shots", "50", "--api-key-index", "3",
                                   "--backend", "ibm_marrakesh"])
     assert result.exit_code == 0, result.output
-    [line] = ledger_lines(tmp_path)
+    [line] = ledger_records(tmp_path / "ledger")
     assert line["api_key_index"] == 3 and line["backend"] == "ibm_marrakesh"
     assert emu.jobs[line["job_id"]]["instance"] == "instance-1"
     result = invoke(submit.main, ["-e", "bell", "--api-key-index", "7"])
@@ -224,6 +227,6 @@ def test_a_saved_qiskit_account_is_used_when_no_token_is_set(emu, tmp_path: Path
     sub = subprocess.run([script("qsubmit"), "-e", "bell", "--shots", "50"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert sub.returncode == 0, sub.stderr
-    [line] = ledger_lines(tmp_path)
+    [line] = ledger_records(tmp_path / "ledger")
     assert line["service"] == "ibm" and line["api_key_index"] == 0
     assert emu.jobs[line["job_id"]]["instance"] == "instance-0"

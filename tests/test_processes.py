@@ -9,7 +9,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from conftest import cli_env, script
+from conftest import cli_env, ledger_records, script
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -26,7 +26,7 @@ def test_submit_in_one_process_collect_in_another(tmp_path: Path):
     sub = run([script("qsubmit"), "--experiment", "ghz", "--param", "width=3", "--shots", "50",
                "--repeat", "2"], env, tmp_path)
     assert sub.returncode == 0, sub.stderr
-    submitted = [line["job_id"] for line in ledger_lines(tmp_path)]
+    submitted = [r["job_id"] for r in ledger_records(tmp_path / "ledger")]
     assert len(submitted) == 2
 
     col = run([script("qcollect"), "--watch", "--interval", "0.5"], env, tmp_path)
@@ -51,12 +51,13 @@ def test_a_second_collector_exits_at_once_while_one_holds_the_ledger(tmp_path: P
         col = run([script("qcollect")], env, tmp_path)
     assert col.returncode == 0
     assert "another qcollect is already collecting" in col.stderr
-    assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitted"]
+    assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitting", "submitted"]
 
 
 def test_two_collectors_started_together_record_each_job_once(tmp_path: Path):
     env = cli_env(tmp_path)
-    sub = run([script("qsubmit"), "-e", "ghz", "-p", "width=4", "--shots", "2000", "--repeat", "4"],
+    sub = run([script("qsubmit"), "-e", "ghz", "-p", "width=4", "--shots", "2000", "--repeat", "4",
+               "--max-pending", "10"],
               env, tmp_path)
     assert sub.returncode == 0, sub.stderr
     procs = [subprocess.Popen([script("qcollect")], env=env, cwd=tmp_path, text=True,
@@ -107,10 +108,10 @@ def test_ctrl_c_during_watch_stops_cleanly(tmp_path: Path):
     proc = subprocess.Popen([script("qcollect"), "--watch", "--interval", "60"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and len(ledger_lines(tmp_path)) < 2:  # the first poll recorded QUEUED
+    while time.time() < deadline and len(ledger_lines(tmp_path)) < 3:  # the first poll recorded QUEUED
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "Stopped" in err and "Traceback" not in err
-    assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitted", "queued"]
+    assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitting", "submitted", "queued"]

@@ -6,6 +6,9 @@ appear in a repr, a log line or an error message.
 API keys: ``IBM_QUANTUM_TOKEN`` is key 0, ``IBM_QUANTUM_TOKEN_<N>`` is key N, for any number
 of keys; ``IBM_QUANTUM_INSTANCE`` / ``IBM_QUANTUM_INSTANCE_<N>`` optionally name each key's
 instance. The ledger records a key's index, never its token.
+
+QPU budgets: ``QCOURIER_BUDGET_SECONDS`` is every key's limit per 28-day window (and the
+local service's); ``QCOURIER_BUDGET_SECONDS_<N>`` overrides it for key N.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from qcourier.dispatch import QueuePolicy
+
 ENV_FILE = ".env"
 _TOKEN_VAR = re.compile(r"^IBM_QUANTUM_TOKEN(?:_(\d+))?$")
+BUDGET_VAR = "QCOURIER_BUDGET_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,13 @@ class Settings(BaseSettings):
     ibm_url: str | None = Field(None, validation_alias="QCOURIER_IBM_URL")
     ibm_timeout_seconds: float = Field(60.0, gt=0, validation_alias="QCOURIER_IBM_TIMEOUT")
     ibm_retries: int = Field(3, ge=0, le=10, validation_alias="QCOURIER_IBM_RETRIES")
+    max_pending: int = Field(3, ge=1, le=1000, validation_alias="QCOURIER_MAX_PENDING")
+    submissions_per_minute: int = Field(5, ge=1, le=1000,
+                                        validation_alias="QCOURIER_SUBMISSIONS_PER_MINUTE")
+    intent_grace_seconds: float = Field(600.0, ge=0, validation_alias="QCOURIER_INTENT_GRACE_SECONDS")
     max_execution_margin: float = Field(3.0, ge=1, validation_alias="QCOURIER_MAX_EXECUTION_MARGIN")
     max_execution_cap: int = Field(300, ge=1, le=10800, validation_alias="QCOURIER_MAX_EXECUTION_CAP")
+    budget_seconds: float = Field(600.0, ge=0, validation_alias=BUDGET_VAR)
 
     local_service_dir: Path = Field(
         DEFAULT_LOCAL_SERVICE_DIR, validation_alias="QCOURIER_LOCAL_SERVICE_DIR"
@@ -87,6 +99,31 @@ class Settings(BaseSettings):
             keys.append(ApiKey(index, SecretStr(token.strip()), (instance or "").strip() or None))
         return sorted(keys, key=lambda k: k.index)
 
+    def budget_limit(self, key_index: int | None) -> float:
+        """QPU seconds per 28-day window for key ``key_index`` (``None``: the local service).
+
+        ``QCOURIER_BUDGET_SECONDS_<N>`` (environment over ``.env``) if set for key N, else
+        ``QCOURIER_BUDGET_SECONDS`` (default 600).
+
+        Raises:
+            QcourierError: the per-key value is not a number >= 0.
+        """
+        if key_index is None:
+            return self.budget_seconds
+        name = f"{BUDGET_VAR}_{key_index}"
+        raw = {**_dotenv_values(), **os.environ}.get(name, "").strip()
+        if not raw:
+            return self.budget_seconds
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value >= 0 or value == float("inf"):
+            from qcourier.errors import QcourierError
+
+            raise QcourierError(f"bad setting {name}: {raw!r} is not a number of seconds >= 0")
+        return value
+
 
 def _dotenv_values() -> dict[str, str]:
     from dotenv import dotenv_values
@@ -112,3 +149,14 @@ def env_file_warning() -> str | None:
 def saved_account_exists() -> bool:
     """Whether qiskit-ibm-runtime has a saved account (``~/.qiskit/qiskit-ibm.json``)."""
     return (Path.home() / ".qiskit" / "qiskit-ibm.json").is_file()
+
+
+def queue_policy(settings: Settings, max_pending: int | None = None) -> QueuePolicy:
+    """The queue limits the settings (or an explicit ``--max-pending``) give."""
+    from datetime import timedelta
+
+    from qcourier.dispatch import QueuePolicy
+
+    return QueuePolicy(max_pending=max_pending or settings.max_pending,
+                       per_minute=settings.submissions_per_minute,
+                       intent_grace=timedelta(seconds=settings.intent_grace_seconds))

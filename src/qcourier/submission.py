@@ -8,7 +8,6 @@ writes nothing.
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from qcourier import ledger as ledger_mod
 from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
 from qcourier.ledger import JobStatus, Ledger, LedgerRecord, utc_now
+from qcourier.dispatch import QueuePolicy, open_slots, queue_key, store_circuits, submit_record
 from qcourier.provenance import (
     GitState,
     calibration_age_hours,
@@ -92,6 +92,8 @@ class SubmissionOutcome:
     records: list[LedgerRecord]
     #: Why submission stopped early (the jobs before it stay recorded), or None.
     error: str | None = None
+    #: Jobs not submitted because an identical one exists, one line each.
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def dry_run(self) -> bool:
@@ -274,40 +276,62 @@ class LedgerTarget:
             self._created = False
 
 
+def dedupe_key(record: LedgerRecord) -> tuple:
+    """What makes two jobs the same: service, key, backend, circuits, shots and options."""
+    return (record.service, record.api_key_index, record.backend, record.circuit_hash,
+            record.shots, record.max_execution_time)
+
+
+_DUPLICATE_STATUSES = frozenset({JobStatus.DEFERRED, JobStatus.SUBMITTING, JobStatus.SUBMITTED,
+                                 JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED})
+
+
 def submit_plan(
     target: LedgerTarget,
     plan: Plan,
     *,
+    existing: list[LedgerRecord],
+    policy: QueuePolicy = QueuePolicy(),
+    force: bool = False,
     progress: Progress = _quiet,
 ) -> SubmissionOutcome:
-    """Submit every planned job and append its ledger line as soon as it is accepted.
+    """Submit the planned jobs under the intent protocol, deferring what the queue cannot take.
 
-    A job is recorded only once the service has accepted it. If the service refuses or fails
-    a submission, the jobs accepted before it stay recorded, the rest are not submitted, and
-    ``error`` says why.
+    A job identical to one already pending or completed is skipped (``force`` submits it
+    anyway); copies made by ``--repeat`` in the same run are intended and kept. If the service
+    refuses or fails a submission, the jobs before it stay recorded, the rest are not
+    submitted, and ``error`` says why.
 
-    The ledger file's name is the batch id in every job's tags.
+    Args:
+        existing: every record of the ledger (the fold); this run's records are added to it.
     """
     save_snapshot(target.ledger.snapshots_dir, plan.calibration)
     path = target.open()
-    batch = path.stem.removeprefix("submitted_jobs_")
     outcome = SubmissionOutcome(plan, path, [])
+    earlier = {dedupe_key(r): r for r in existing if r.status in _DUPLICATE_STATUSES}
     for index, job in enumerate(plan.jobs, start=1):
-        request_id = secrets.token_hex(6)
-        tags = ["qcourier", f"experiment:{job.experiment}", f"batch:{batch}", f"request:{request_id}"]
-        progress(f"submitting job {index}/{len(plan.jobs)} ({job.experiment})")
-        try:
-            job_id = plan.service.submit(plan.backend, job.isa_circuits, job.shots, tags,
-                                         job.record.max_execution_time)
-        except ServiceError as exc:
-            outcome.error = f"{exc} ({len(plan.jobs) - index + 1} job(s) not submitted)"
-            break
-        now = utc_now()
-        record = job.record.model_copy(
-            update={"job_id": job_id, "tags": tags, "submission_time": now, "updated_at": now,
-                    "status": JobStatus.SUBMITTED}
-        )
-        ledger_mod.append(path, record)
+        duplicate = None if force else earlier.get(dedupe_key(job.record))
+        if duplicate is not None:
+            outcome.skipped.append(
+                f"{job.experiment}: identical to job {duplicate.job_id or duplicate.record_id} "
+                f"({duplicate.status.value}); not submitted (use --force to submit it again)")
+            continue
+        store_circuits(target.ledger, job.record.isa_circuit_hash, job.isa_circuits)
+        mine = [r for r in existing if queue_key(r) == queue_key(job.record)]
+        if open_slots(mine, policy, utc_now()) == 0:
+            record = job.record.evolve(status=JobStatus.DEFERRED)
+            ledger_mod.append(path, record)
+        else:
+            progress(f"submitting job {index}/{len(plan.jobs)} ({job.experiment})")
+            try:
+                record = submit_record(plan.service, path, job.record, job.isa_circuits)
+            except ServiceError as exc:
+                left = len(plan.jobs) - index + 1
+                outcome.error = f"{exc} ({left} job(s) not submitted)"
+                if isinstance(exc, TransientServiceError):
+                    outcome.error += "; the last one may have reached the service: qcollect will find out"
+                break
+        existing.append(record)
         outcome.records.append(record)
     return outcome
 
@@ -323,6 +347,10 @@ class SubmissionReport:
     @property
     def records(self) -> list[LedgerRecord]:
         return [r for o in self.outcomes for r in o.records]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [s for o in self.outcomes for s in o.skipped]
 
     @property
     def exit_code(self) -> int:
@@ -341,6 +369,8 @@ def submit_everywhere(
     jobs_file: Path | None = None,
     dry_run: bool = False,
     limits: ExecutionLimits = ExecutionLimits(),
+    policy: QueuePolicy = QueuePolicy(),
+    force: bool = False,
     progress: Progress = _quiet,
 ) -> SubmissionReport:
     """Plan and submit the same experiments to each service, into one ledger file.
@@ -350,6 +380,7 @@ def submit_everywhere(
     """
     report = SubmissionReport()
     target = LedgerTarget(ledger, jobs_file)
+    existing = [] if dry_run else ledger.fold().records
     for service in services:
         try:
             plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
@@ -357,7 +388,8 @@ def submit_everywhere(
             if dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
                 continue
-            outcome = submit_plan(target, plan, progress=progress)
+            outcome = submit_plan(target, plan, existing=existing, policy=policy, force=force,
+                                  progress=progress)
             report.outcomes.append(outcome)
             if outcome.error:
                 report.failures.append(outcome.error)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from qcourier import __version__
-from qcourier.cli import collect, submit
+from qcourier.cli import budget, collect, submit
 from qcourier.cli._common import get_state, handle_errors, json_option, ledger_dir_option, print_table
 
 
@@ -21,6 +21,7 @@ def main() -> None:
 
 main.add_command(submit.main, "submit")
 main.add_command(collect.main, "collect")
+main.add_command(budget.main, "budget")
 
 
 @main.command("status")

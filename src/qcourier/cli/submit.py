@@ -51,6 +51,12 @@ Examples:
 @click.option("--repo", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Git repository whose commit is recorded [default: the current directory's].")
 @click.option("--dry-run", is_flag=True, help="Build and transpile, but submit and write nothing.")
+@click.option("--force", is_flag=True,
+              help="Submit even if an identical job (same circuits, backend, shots, options) "
+              "is already pending or completed.")
+@click.option("--max-pending", type=click.IntRange(1, 1000), default=None,
+              help="Pending jobs allowed per key; more are recorded as deferred and submitted by "
+              "qcollect as slots free [default: $QCOURIER_MAX_PENDING or 3].")
 @click.option("--submit-all", is_flag=True,
               help="Submit the same jobs once per configured IBM API key.")
 @api_key_option
@@ -59,9 +65,11 @@ Examples:
 @json_option
 @handle_errors
 def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: int | None,
-         repeat: int, jobs_file: Path | None, repo: Path | None, dry_run: bool, submit_all: bool,
+         repeat: int, jobs_file: Path | None, repo: Path | None, dry_run: bool, force: bool,
+         max_pending: int | None, submit_all: bool,
          api_key_index: int | None, ledger_dir: Path | None, service: str | None,
          as_json: bool) -> None:
+    from qcourier.config import queue_policy
     from qcourier.experiments import resolve
     from qcourier.ledger import Ledger, check_ledger_file
     from qcourier.submission import ExecutionLimits, submit_everywhere
@@ -76,14 +84,17 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
     settings = state.get_settings()
     report = submit_everywhere(
         services, ledger, resolved, backend=backend, repeat=repeat, repo_path=repo,
-        jobs_file=jobs_file, dry_run=dry_run, progress=state.info,
-        limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap))
+        jobs_file=jobs_file, dry_run=dry_run, progress=state.info, force=force,
+        limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap),
+        policy=queue_policy(settings, max_pending))
+    for line in report.skipped:
+        state.info(f"Skipped: {line}")
     for warning in dict.fromkeys(w for o in report.outcomes for w in o.plan.warnings):
         state.warn(warning)
     if as_json:
         state.emit_json({"dry_run": dry_run, "ledger_path": report.ledger_path and str(report.ledger_path),
                          "jobs": [r.model_dump(mode="json") for r in report.records],
-                         "failures": report.failures})
+                         "skipped": report.skipped, "failures": report.failures})
     else:
         _print_table(state, report.records, report.ledger_path, dry_run)
     for failure in report.failures:
@@ -92,15 +103,18 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
 
 
 def _print_table(state, records, path, dry_run: bool) -> None:
-    columns = ["job id", "experiment", "state", "backend", "shots", "circuits", "depth", "circuit hash"]
-    rows = [[r.job_id or "(dry run)", r.experiment_type, r.logical_state or "-", r.backend,
-             str(r.shots), str(r.num_circuits), str(r.transpiled_depth), r.circuit_hash[:12]]
-            for r in records]
+    columns = ["job id", "status", "experiment", "state", "backend", "shots", "circuits", "depth",
+               "circuit hash"]
+    rows = [[r.job_id or "-", "planned" if dry_run else r.status.value, r.experiment_type,
+             r.logical_state or "-", r.backend, str(r.shots), str(r.num_circuits),
+             str(r.transpiled_depth), r.circuit_hash[:12]] for r in records]
     print_table(state.stdout, columns, rows)
+    deferred = sum(r.status.value == "deferred" for r in records)
     if dry_run:
         click.echo(f"Dry run: {len(records)} job(s) planned; nothing submitted or written.")
     elif records:
-        click.echo(f"Submitted {len(records)} job(s); ledger: {path}")
-        click.echo("Collect the results with: qcollect --watch")
+        click.echo(f"Recorded {len(records)} job(s) ({len(records) - deferred} submitted, "
+                   f"{deferred} deferred); ledger: {path}")
+        click.echo("Collect the results (and submit deferred jobs) with: qcollect --watch")
     else:
         click.echo("Nothing was submitted.")

@@ -1,0 +1,153 @@
+"""``qcourier budget``: the QPU budget of each key over the rolling window; the estimate model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qcourier.cli._common import (
+    AppState,
+    get_state,
+    handle_errors,
+    json_option,
+    ledger_dir_option,
+    print_table,
+)
+
+
+@click.command()
+@click.option("--no-service", is_flag=True,
+              help="Do not ask the services for their own usage figures (ledger only, offline).")
+@ledger_dir_option
+@json_option
+@handle_errors
+def main(no_service: bool, ledger_dir: Path | None, as_json: bool) -> None:
+    """Show each key's QPU budget over the rolling 28-day window, from the ledger.
+
+    \b
+    One row per key: each IBM API key in the ledger or configured, and the local
+    service's simulated budget.
+      limit      QCOURIER_BUDGET_SECONDS_<N>, else QCOURIER_BUDGET_SECONDS (600)
+      used       QPU seconds recorded for jobs that finished in the window
+      reserved   estimated seconds of jobs pending or being submitted
+      remaining  limit - used - reserved
+    Unless --no-service, each service's own usage figure is shown beside the
+    ledger's used, with the difference (service - ledger); a service that cannot
+    answer shows "unavailable: <reason>". Then the QPU-time estimate model's
+    record over finished jobs: actual / estimate, and the mean absolute error.
+
+    \b
+    --json prints:
+      {"now": ISO time, "window_days": 28,
+       "keys": [{"service", "key_index", "limit_seconds", "used_seconds",
+                 "reserved_seconds", "remaining_seconds", "jobs_used",
+                 "jobs_reserved", "window_start", "now",
+                 "service_usage": null (--no-service)
+                   | {"usage_seconds", "limit_seconds", "difference_seconds"}
+                   | {"error": "<reason>"}}, ...],
+       "model_accuracy": {"<service>": {"count", "mean_ratio", "median_ratio",
+                          "mean_abs_error_seconds", "by_experiment": {...}}}}
+
+    \b
+    Examples:
+      qcourier budget
+      qcourier budget --no-service
+      qcourier budget --json | jq '.keys[] | {service, key_index, remaining_seconds}'
+    """
+    from qcourier.ledger import Ledger, utc_now
+
+    state = get_state()
+    fold = Ledger(state.ledger_dir(ledger_dir)).fold()
+    for problem in fold.problems:
+        state.warn(str(problem))
+    report = budget_report(state, fold.records, utc_now(), ask_services=not no_service)
+    if as_json:
+        state.emit_json(report)
+        return
+    _print_keys(state, report["keys"], with_service=not no_service)
+    _print_accuracy(state, report["model_accuracy"])
+
+
+def budget_report(state: AppState, records: list[Any], now: Any, ask_services: bool
+                  ) -> dict[str, Any]:
+    """The ``--json`` payload: every key's budget (and service figure), the model's record."""
+    from qcourier.budget import WINDOW, budget_state, model_accuracy
+
+    settings = state.get_settings()
+    keys = []
+    for service, key_index in _keys(state, records):
+        budget = budget_state(records, service, key_index, settings.budget_limit(key_index), now)
+        entry = budget.to_dict()
+        entry["service_usage"] = _service_usage(state, budget) if ask_services else None
+        keys.append(entry)
+    accuracy = {}
+    for service in sorted({r.service for r in records}):
+        figures = model_accuracy(records, service=service)
+        if figures.count:
+            accuracy[service] = figures.to_dict()
+    return {"now": now.isoformat(), "window_days": WINDOW.days, "keys": keys,
+            "model_accuracy": accuracy}
+
+
+def _keys(state: AppState, records: list[Any]) -> list[tuple[str, int | None]]:
+    """Keys in the ledger, every configured IBM key, or else the default service's."""
+    from qcourier.budget import budget_key, budget_keys
+
+    keys = set(budget_keys(records))
+    keys |= {("ibm", key.index) for key in state.get_settings().api_keys()}
+    if not keys:
+        name = state.default_service_name()
+        keys.add(budget_key(name, None if name == "local" else 0))
+    return sorted(keys, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+
+
+def _service_usage(state: AppState, budget: Any) -> dict[str, Any]:
+    from qcourier.errors import QcourierError
+
+    try:
+        usage = state.get_pool().get(budget.service, budget.key_index).usage()
+    except QcourierError as exc:
+        return {"error": str(exc)}
+    return {"usage_seconds": usage.usage_seconds, "limit_seconds": usage.limit_seconds,
+            "difference_seconds": usage.usage_seconds - budget.used_seconds}
+
+
+def _print_keys(state: AppState, keys: list[dict[str, Any]], with_service: bool) -> None:
+    columns = ["service", "key", "limit s", "used s", "reserved s", "remaining s", "jobs done",
+               "jobs open"]
+    if with_service:
+        columns += ["service used s", "difference s"]
+    rows = []
+    for k in keys:
+        row = [k["service"], "-" if k["key_index"] is None else str(k["key_index"]),
+               f"{k['limit_seconds']:.1f}", f"{k['used_seconds']:.1f}",
+               f"{k['reserved_seconds']:.1f}", f"{k['remaining_seconds']:.1f}",
+               str(k["jobs_used"]), str(k["jobs_reserved"])]
+        if with_service:
+            usage = k["service_usage"]
+            if "error" in usage:
+                row += [f"unavailable: {usage['error']}", "-"]
+            else:
+                row += [f"{usage['usage_seconds']:.1f}", f"{usage['difference_seconds']:+.1f}"]
+        rows.append(row)
+    print_table(state.stdout, columns, rows)
+    if keys:
+        start, end = (keys[0][k][:16].replace("T", " ") for k in ("window_start", "now"))
+        click.echo(f"Window: {start} to {end} UTC (28 days, rolling)")
+
+
+def _print_accuracy(state: AppState, accuracy: dict[str, dict[str, Any]]) -> None:
+    if not accuracy:
+        click.echo("Estimate model: no finished job has both an estimate and a recorded usage yet.")
+        return
+    click.echo("Estimate model (actual / estimate, over finished jobs):")
+    rows = []
+    for service, overall in accuracy.items():
+        groups = [("all", overall), *overall.get("by_experiment", {}).items()]
+        for experiment, f in groups:
+            rows.append([service, experiment, str(f["count"]), f"{f['mean_ratio']:.3f}",
+                         f"{f['median_ratio']:.3f}", f"{f['mean_abs_error_seconds']:.2f}"])
+    print_table(state.stdout, ["service", "experiment", "jobs", "mean ratio", "median ratio",
+                               "mean abs error s"], rows)

@@ -1,0 +1,172 @@
+"""Dispatch: putting one ledger record's job on its service, crash-safely and within limits.
+
+The intent protocol. Before the service is called, an intent line (status ``submitting``)
+is appended with a fresh request id, which is also a job tag (``request:<id>``). When the
+service answers with a job id, the ``submitted`` line follows. If the process dies in
+between, :func:`resolve_intent` (run by every ``qcollect``) asks the service for the job
+carrying that tag and completes the record, or, when no such job has appeared after a
+grace period, marks it ``submit_failed``. A submission is never retried blindly: only an
+HTTP 429 (the job was certainly not created) is retried inside the IBM adapter, so one
+intent never becomes two jobs.
+
+Circuits are stored content-addressed as ``<ledger>/circuits/<isa_circuit_hash>.qpy``, so a
+``deferred`` job (or a retry of a failed one) can be submitted later by another process with
+exactly the circuits that were planned.
+
+The queue: at most ``max_pending`` jobs per service and key are pending (submitted, queued,
+running, or in an intent) at once, and at most ``per_minute`` submissions are made per key
+in any 60 seconds. Jobs beyond that are recorded as ``deferred``; ``qcollect`` submits them
+as slots free up.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qcourier import ledger as ledger_mod
+from qcourier.errors import QcourierError
+from qcourier.files import atomic_write_bytes
+from qcourier.ledger import JobStatus, Ledger, LedgerRecord, utc_now
+from qcourier.services.base import QuantumService, ServiceError, TransientServiceError
+
+if TYPE_CHECKING:
+    from qiskit import QuantumCircuit
+
+CIRCUITS_DIR = "circuits"
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Limits per service and key, and how long an unresolved intent may wait."""
+
+    max_pending: int = 3
+    per_minute: int = 5
+    intent_grace: timedelta = timedelta(minutes=10)
+
+
+# -- circuits ------------------------------------------------------------------------------------
+
+def store_circuits(ledger: Ledger, isa_hash: str, circuits: list[QuantumCircuit]) -> Path:
+    """Store a job's ISA circuits once, under their hash."""
+    from io import BytesIO
+
+    from qiskit import qpy
+
+    path = ledger.directory / CIRCUITS_DIR / f"{isa_hash}.qpy"
+    if not path.exists():
+        buffer = BytesIO()
+        qpy.dump(circuits, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_circuits(ledger: Ledger, record: LedgerRecord) -> list[QuantumCircuit]:
+    """The stored ISA circuits of a record, checked against its ``isa_circuit_hash``.
+
+    Raises:
+        QcourierError: they are missing or do not match the hash.
+    """
+    from qiskit import qpy
+
+    from qcourier.provenance import circuit_hash
+
+    path = ledger.directory / CIRCUITS_DIR / f"{record.isa_circuit_hash}.qpy"
+    try:
+        with open(path, "rb") as fh:
+            circuits = list(qpy.load(fh))
+    except (OSError, ValueError) as exc:
+        raise QcourierError(f"circuits of record {record.record_id} unreadable at {path}: {exc}") from None
+    if circuit_hash(circuits) != record.isa_circuit_hash:
+        raise QcourierError(f"circuits at {path} do not match record {record.record_id}'s hash")
+    return circuits
+
+
+# -- the queue -----------------------------------------------------------------------------------
+
+def queue_key(record: LedgerRecord) -> tuple[str, int | None]:
+    """Which service and key a record's job belongs to (limits apply per key)."""
+    return (record.service, record.api_key_index)
+
+
+def open_slots(records: Iterable[LedgerRecord], policy: QueuePolicy, now: datetime) -> int:
+    """How many more jobs one key may submit now, given its records."""
+    pending = recent = 0
+    minute_ago = now - timedelta(seconds=60)
+    for record in records:
+        if record.status.is_pending or record.status is JobStatus.SUBMITTING:
+            pending += 1
+        if (record.submission_time is not None and record.submission_time > minute_ago
+                and record.status is not JobStatus.DEFERRED):
+            recent += 1
+    return max(0, min(policy.max_pending - pending, policy.per_minute - recent))
+
+
+# -- the intent protocol ------------------------------------------------------------------------
+
+def job_tags(record: LedgerRecord, batch: str, request_id: str) -> list[str]:
+    """The tags of a job: qcourier's, its experiment, batch, request and circuit hash."""
+    return ["qcourier", f"experiment:{record.experiment_type}", f"batch:{batch}",
+            f"request:{request_id}", f"circuit:{record.circuit_hash}"]
+
+
+def submit_record(
+    service: QuantumService, path: Path, record: LedgerRecord, circuits: list[QuantumCircuit]
+) -> LedgerRecord:
+    """Submit a planned or deferred record's job under an intent line; return the new state.
+
+    Raises:
+        TransientServiceError: the service may or may not have created the job; the intent
+            stays, and :func:`resolve_intent` settles it later.
+        ServiceError: the service refused the job; the record is now ``submit_failed``.
+    """
+    request_id = secrets.token_hex(8)
+    now = utc_now()
+    batch = path.stem.removeprefix("submitted_jobs_")
+    intent = record.evolve(status=JobStatus.SUBMITTING, request_id=request_id, job_id=None,
+                           tags=job_tags(record, batch, request_id), submission_time=now,
+                           error=None)
+    ledger_mod.append(path, intent)
+    try:
+        job_id = service.submit(record.backend, circuits, record.shots, intent.tags,
+                                record.max_execution_time)
+    except TransientServiceError:
+        raise
+    except ServiceError as exc:
+        ledger_mod.append(path, intent.evolve(status=JobStatus.SUBMIT_FAILED, error=str(exc)))
+        raise
+    submitted = intent.evolve(status=JobStatus.SUBMITTED, job_id=job_id)
+    ledger_mod.append(path, submitted)
+    return submitted
+
+
+def resolve_intent(
+    service: QuantumService, path: Path, record: LedgerRecord, policy: QueuePolicy, now: datetime
+) -> LedgerRecord | None:
+    """Settle an intent left by a process that died: the job it made, or ``submit_failed``.
+
+    Returns the updated record, or ``None`` while the grace period has not passed.
+
+    Raises:
+        ServiceError: the service could not be asked (try again next time).
+    """
+    found = sorted(service.find_jobs(["qcourier", f"request:{record.request_id}"]))
+    if found:
+        note = None if len(found) == 1 else f"several jobs carry request:{record.request_id}: {found}"
+        updated = record.evolve(status=JobStatus.SUBMITTED, job_id=found[0], error=note)
+        ledger_mod.append(path, updated)
+        return updated
+    started = record.submission_time or record.updated_at
+    if now - started < policy.intent_grace:
+        return None
+    updated = record.evolve(
+        status=JobStatus.SUBMIT_FAILED,
+        error=f"no job carries tag request:{record.request_id} {policy.intent_grace} after the "
+              "intent: the submission never reached the service",
+    )
+    ledger_mod.append(path, updated)
+    return updated
