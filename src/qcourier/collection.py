@@ -1,9 +1,21 @@
-"""Collection: poll pending jobs, fetch and analyse finished ones, record what changed.
+"""Collection: settle intents, poll pending jobs, fetch and analyse finished ones, record
+what changed, and submit deferred jobs as the queue frees up.
 
-``collect_pending`` folds the ledger, skips records that are final, polls the rest, and for
-every job that finished: writes its result file atomically, records its sha256, and appends
-the final ledger line. It appends nothing for a job whose state did not change, so running
-it again changes nothing. Only one collector runs on a ledger at a time.
+One ``collect_pending`` run:
+
+1. folds the ledger; records that are final are counted, and a completed record whose result
+   file is missing or no longer matches its sha256 gets its result downloaded again;
+2. settles ``submitting`` intents left by a process that died (``dispatch.resolve_intent``);
+3. polls every pending job with the service and key that submitted it; a finished job gets
+   its result file (written atomically) and a new ledger line; a job with fewer shots than
+   asked is ``partial``; a failed job keeps the service's message and a failure class;
+4. with ``resubmit_failed``, records retries of failed jobs whose failure was the system's
+   (and of partial ones), linked by ``retry_of``/``retry_count``, as ``deferred``;
+5. submits ``deferred`` jobs while their key has free pending slots, submissions left this
+   minute, and (through ``admit``) budget.
+
+It appends nothing for a job whose state did not change, so running it again changes
+nothing. Only one collector runs on a ledger at a time.
 """
 
 from __future__ import annotations
@@ -17,8 +29,16 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from qcourier import ledger as ledger_mod
+from qcourier.dispatch import (
+    QueuePolicy,
+    load_circuits,
+    open_slots,
+    queue_key,
+    resolve_intent,
+    submit_record,
+)
 from qcourier.errors import QcourierError, UsageError
-from qcourier.files import atomic_write_bytes
+from qcourier.files import atomic_write_bytes, sha256_file
 from qcourier.ledger import Entry, JobStatus, Ledger, LedgerProblem, LedgerRecord, utc_now
 from qcourier.provenance import calibration_for_qubits, load_snapshot
 from qcourier.services import ServicePool
@@ -41,6 +61,8 @@ STATUS_FOR_STATE = {
 }
 
 Progress = Callable[[str], None]
+#: Given a deferred record and the current records, a reason not to submit it now, or None.
+Admit = Callable[[LedgerRecord, list[LedgerRecord]], str | None]
 
 
 class CollectorBusy(QcourierError):
@@ -51,18 +73,16 @@ class CollectorBusy(QcourierError):
 
 @dataclass
 class JobOutcome:
-    """What one poll found for one job."""
+    """What this run found or did for one record."""
 
     record: LedgerRecord
-    state: JobState | None  # None when the job could not be polled
+    state: JobState | None  # the service's state, where it was asked
     changed: bool
     message: str | None = None
     analysis: dict[str, Any] | None = None
     rejected_credentials: bool = False
-
-    @property
-    def poll_failed(self) -> bool:
-        return self.state is None
+    #: The job could not be polled or collected this time (exit code 1).
+    failed: bool = False
 
 
 @dataclass
@@ -89,8 +109,12 @@ class CollectReport:
 
     @property
     def pending(self) -> int:
-        """Jobs still on their way (submitted, queued, running); ``error`` ones are not."""
-        return sum(1 for o in self.outcomes if o.record.status.is_pending)
+        """Records still needing qcollect: on their way, in an intent, or deferred."""
+        return sum(1 for o in self.outcomes if o.record.status.is_open)
+
+    @property
+    def deferred(self) -> int:
+        return sum(1 for o in self.outcomes if o.record.status is JobStatus.DEFERRED)
 
     @property
     def errors(self) -> int:
@@ -104,7 +128,7 @@ class CollectReport:
     @property
     def exit_code(self) -> int:
         """0 when every job could be polled, 1 when any could not."""
-        return 1 if any(o.poll_failed for o in self.outcomes) else 0
+        return 1 if any(o.failed for o in self.outcomes) else 0
 
 
 def collector_lock(ledger: Ledger) -> FileLock:
@@ -119,16 +143,20 @@ def collect_pending(
     paths: list[Path] | None = None,
     job_id: str | None = None,
     default_service: str = "local",
+    policy: QueuePolicy = QueuePolicy(),
+    resubmit_failed: bool = False,
+    max_retries: int = 3,
+    admit: Admit | None = None,
     progress: Progress = lambda _: None,
 ) -> CollectReport:
-    """Poll every non-final job in the ledger (or in ``paths``, or only ``job_id``).
-
-    Each record is polled with the service (and API key) that submitted it. A job that
-    cannot be polled this time (unreachable service, rejected key) is reported and left as
-    it is, to be polled next time; a job the service does not know gets status ``error``.
+    """One collection run over the ledger (or ``paths``, or only ``job_id``): see the module.
 
     Args:
         default_service: the service asked about a ``job_id`` that no ledger file knows.
+        policy: the pending cap, rate and intent grace period per key.
+        resubmit_failed: retry failed jobs whose failure was the system's, and partial ones.
+        max_retries: how many retries one original job may have.
+        admit: a last check before a deferred job is submitted (the budget guard).
 
     Raises:
         CollectorBusy: another collector holds the ledger's lock.
@@ -136,58 +164,187 @@ def collect_pending(
     """
     pool = services if isinstance(services, ServicePool) else ServicePool.of(services)
     ledger.ensure_writable()
+    run = _Run(pool, ledger, policy, admit or (lambda _r, _all: None), progress)
     try:
         with collector_lock(ledger):
-            return _collect(pool, ledger, paths, job_id, default_service, progress)
+            return run.collect(paths, job_id, default_service, resubmit_failed, max_retries)
     except Timeout:
         raise CollectorBusy(
             f"another qcollect is already collecting {ledger.directory}; nothing done"
         ) from None
 
 
-def _collect(
-    pool: ServicePool,
-    ledger: Ledger,
-    paths: list[Path] | None,
-    job_id: str | None,
-    default_service: str,
-    progress: Progress,
-) -> CollectReport:
-    fold = ledger.fold(paths)
-    report = CollectReport(problems=fold.problems)
-    entries = list(fold.entries.values())
-    if job_id is not None:
-        entries = [e for e in entries if e.record.job_id == job_id]
-        if not entries:
-            report.unrecorded = poll_unrecorded(pool.get(default_service), job_id)
-            return report
-    unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
-    for entry in entries:
-        record = entry.record
-        if record.status.is_final:
-            report.already_final += 1
-            report.already_final_completed += record.status is JobStatus.COMPLETED
-            continue
-        if record.job_id is None:
-            report.skipped.append(f"record {record.record_id} has no job id")
-            continue
-        where = (record.service, record.api_key_index)
-        if where not in unreachable:
+class _Run:
+    """The state of one collection run: the records as they are now, and the services."""
+
+    def __init__(self, pool: ServicePool, ledger: Ledger, policy: QueuePolicy, admit: Admit,
+                 progress: Progress):
+        self.pool = pool
+        self.ledger = ledger
+        self.policy = policy
+        self.admit = admit
+        self.progress = progress
+        self.report = CollectReport()
+        self.entries: dict[str, Entry] = {}
+        self.unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
+
+    def collect(self, paths: list[Path] | None, job_id: str | None, default_service: str,
+                resubmit_failed: bool, max_retries: int) -> CollectReport:
+        fold = self.ledger.fold(paths)
+        self.report.problems = fold.problems
+        self.entries = dict(fold.entries)
+        selected = list(self.entries.values())
+        if job_id is not None:
+            selected = [e for e in selected if e.record.job_id == job_id]
+            if not selected:
+                self.report.unrecorded = poll_unrecorded(self.pool.get(default_service), job_id)
+                return self.report
+        deferred = []
+        for entry in selected:
+            status = entry.record.status
+            if status is JobStatus.DEFERRED:
+                deferred.append(entry)
+            elif status.is_final:
+                self._check_final(entry)
+            else:
+                self._advance(entry)
+        if job_id is None:
+            if resubmit_failed:
+                deferred += self._plan_retries(max_retries)
+            self._drain(deferred)
+        if self.report.newly_final:
+            self.report.collected_path = _write_collected(self.ledger, self.report.newly_final)
+        return self.report
+
+    def _outcome(self, outcome: JobOutcome, path: Path) -> None:
+        self.report.outcomes.append(outcome)
+        self.entries[outcome.record.record_id] = Entry(outcome.record, path)
+
+    def _service(self, record: LedgerRecord) -> QuantumService | None:
+        where = queue_key(record)
+        if where not in self.unreachable:
             try:
-                service = pool.for_record(record)
+                return self.pool.for_record(record)
             except QcourierError as exc:
-                unreachable[where] = str(exc)
-        if where in unreachable:
-            report.outcomes.append(JobOutcome(record, None, False, unreachable[where]))
-            continue
-        progress(f"polling {record.job_id}")
-        outcome = _poll_one(service, ledger, entry)
+                self.unreachable[where] = str(exc)
+        return None
+
+    def _not_reachable(self, entry: Entry) -> None:
+        reason = self.unreachable[queue_key(entry.record)]
+        self._outcome(JobOutcome(entry.record, None, False, reason, failed=True), entry.path)
+
+    def _check_final(self, entry: Entry) -> None:
+        """Count a final record; download a completed one's result again if its file is bad."""
+        record = entry.record
+        problem = _result_file_problem(self.ledger, record)
+        if problem is None:
+            self.report.already_final += 1
+            self.report.already_final_completed += record.status is JobStatus.COMPLETED
+            return
+        service = self._service(record)
+        if service is None:
+            self._not_reachable(entry)
+            return
+        self.progress(f"downloading the result of {record.job_id} again ({problem})")
+        try:
+            outcome = _finish(service, self.ledger, entry, JobStatusReport(record.job_id, JobState.DONE))
+            outcome.message = f"result downloaded again: {problem}"
+        except ServiceError as exc:
+            outcome = JobOutcome(record, None, False, f"not collected: {exc}", failed=True)
+        self._outcome(outcome, entry.path)
+
+    def _advance(self, entry: Entry) -> None:
+        """Settle an intent, then poll the job."""
+        record = entry.record
+        if record.status is not JobStatus.SUBMITTING and record.job_id is None:
+            self.report.skipped.append(f"record {record.record_id} has no job id")
+            return
+        service = self._service(record)
+        if service is None:
+            self._not_reachable(entry)
+            return
+        if record.status is JobStatus.SUBMITTING:
+            try:
+                settled = resolve_intent(service, entry.path, record, self.policy, utc_now())
+            except ServiceError as exc:
+                self._outcome(JobOutcome(record, None, False, f"intent not settled: {exc}",
+                                         failed=True), entry.path)
+                return
+            if settled is None:
+                self._outcome(JobOutcome(record, None, False, "intent waiting for its job"),
+                              entry.path)
+                return
+            entry = Entry(settled, entry.path)
+            if settled.status is JobStatus.SUBMIT_FAILED:
+                self._outcome(JobOutcome(settled, None, True, settled.error), entry.path)
+                return
+        self.progress(f"polling {entry.record.job_id}")
+        outcome = _poll_one(service, self.ledger, entry)
         if outcome.rejected_credentials:
-            unreachable[where] = outcome.message or "credentials rejected"
-        report.outcomes.append(outcome)
-    if report.newly_final:
-        report.collected_path = _write_collected(ledger, report.newly_final)
-    return report
+            self.unreachable[queue_key(record)] = outcome.message or "credentials rejected"
+        self._outcome(outcome, entry.path)
+
+    def _plan_retries(self, max_retries: int) -> list[Entry]:
+        """Deferred retry records for failed (system) and partial jobs not yet retried."""
+        retried = {e.record.retry_of for e in self.entries.values() if e.record.retry_of}
+        retries = []
+        for entry in list(self.entries.values()):
+            record = entry.record
+            eligible = (record.status is JobStatus.PARTIAL
+                        or (record.status is JobStatus.FAILED and record.failure_class == "system"))
+            if not eligible or record.record_id in retried or record.retry_count >= max_retries:
+                continue
+            retry = LedgerRecord.model_validate({
+                **record.model_dump(),
+                "record_id": ledger_mod.new_record_id(), "status": JobStatus.DEFERRED,
+                "job_id": None, "request_id": None, "tags": [], "submission_time": None,
+                "completion_time": None, "error": None, "failure_class": None,
+                "result_path": None, "result_sha256": None, "usage_seconds": None,
+                "queue_seconds": None, "retry_of": record.record_id,
+                "retry_count": record.retry_count + 1, "updated_at": utc_now(),
+            })
+            ledger_mod.append(entry.path, retry)
+            self.entries[retry.record_id] = Entry(retry, entry.path)
+            retries.append(Entry(retry, entry.path))
+        return retries
+
+    def _drain(self, deferred: list[Entry]) -> None:
+        """Submit deferred jobs, oldest first, while their key has room."""
+        for entry in deferred:
+            record = self.entries[entry.record.record_id].record
+            service = self._service(record)
+            if service is None:
+                self._not_reachable(entry)
+                continue
+            mine = [e.record for e in self.entries.values() if queue_key(e.record) == queue_key(record)]
+            reason = None if open_slots(mine, self.policy, utc_now()) else "waiting for a free slot"
+            reason = reason or self.admit(record, [e.record for e in self.entries.values()])
+            if reason:
+                self._outcome(JobOutcome(record, None, False, f"deferred: {reason}"), entry.path)
+                continue
+            self.progress(f"submitting deferred {record.experiment_type} job")
+            try:
+                submitted = submit_record(service, entry.path, record,
+                                          load_circuits(self.ledger, record))
+            except ServiceError as exc:
+                latest = self.ledger.fold([entry.path]).entries[record.record_id].record
+                self._outcome(JobOutcome(latest, None, True, f"submission failed: {exc}",
+                                         failed=True), entry.path)
+                continue
+            self._outcome(JobOutcome(submitted, JobState.QUEUED, True, "submitted (was deferred)"),
+                          entry.path)
+
+
+def _result_file_problem(ledger: Ledger, record: LedgerRecord) -> str | None:
+    """Why a completed record's result file cannot be trusted, or None if it can."""
+    if record.status is not JobStatus.COMPLETED or not record.result_path:
+        return None
+    path = ledger.directory / record.result_path
+    if not path.is_file():
+        return "its result file is missing"
+    if sha256_file(path) != record.result_sha256:
+        return "its result file does not match the sha256 in the ledger"
+    return None
 
 
 def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry) -> JobOutcome:
@@ -199,12 +356,12 @@ def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry) -> JobOutco
         return _record_not_found(entry, f"not found: {exc}")
     except ServiceError as exc:  # unreachable or rejected: poll again next time
         return JobOutcome(record, None, False, f"not polled: {exc}",
-                          rejected_credentials=isinstance(exc, AuthenticationError))
+                          rejected_credentials=isinstance(exc, AuthenticationError), failed=True)
     try:
         return _apply_status(service, ledger, entry, status)
     except ServiceError as exc:  # the result or metrics could not be fetched this time
         return JobOutcome(record, None, False, f"not collected: {exc}",
-                          rejected_credentials=isinstance(exc, AuthenticationError))
+                          rejected_credentials=isinstance(exc, AuthenticationError), failed=True)
 
 
 def _apply_status(
@@ -220,6 +377,7 @@ def _apply_status(
         updated = record.evolve(
             status=new_status,
             error=_error_text(status),
+            failure_class=classify_failure(status) if new_status is JobStatus.FAILED else None,
             completion_time=metrics.finished or utc_now(),
             usage_seconds=metrics.usage_seconds,
             queue_seconds=metrics.queue_seconds,
@@ -244,7 +402,29 @@ def _record_not_found(entry: Entry, reason: str) -> JobOutcome:
     if changed:
         record = record.evolve(status=JobStatus.ERROR, error=reason)
         ledger_mod.append(entry.path, record)
-    return JobOutcome(record, None, changed, reason)
+    return JobOutcome(record, None, changed, reason, failed=True)
+
+
+#: Reason codes IBM documents as system-side failures (not charged, worth retrying).
+SYSTEM_REASON_CODES = frozenset({1517, 1519, 1520, 1521, 1522, 1523, 1524, 1525, 1526, 1527,
+                                 1528, 1529, 5001})
+_SYSTEM_WORDS = ("internal error", "system error", "backend is offline", "unavailable",
+                 "maintenance", "try again")
+
+
+def classify_failure(status: JobStatusReport) -> str:
+    """``"system"`` for a failure on the service's side (not charged: worth retrying), else
+    ``"user"`` (the circuit or options: retrying would spend budget for the same failure).
+
+    System: a reason code in :data:`SYSTEM_REASON_CODES`, or a message saying it is an
+    internal or system error, or that the backend is offline, unavailable or in maintenance.
+    Everything else, including "ran too long" (1305, over max_execution_time), is a user
+    failure: when in doubt, do not spend budget again.
+    """
+    if status.reason_code in SYSTEM_REASON_CODES:
+        return "system"
+    message = (status.error_message or "").lower()
+    return "system" if any(word in message for word in _SYSTEM_WORDS) else "user"
 
 
 def _finish(
@@ -273,9 +453,13 @@ def _finish(
     }
     relative = Path("jobs") / f"{record.job_id}.json"
     sha = atomic_write_bytes(ledger.directory / relative, json.dumps(payload, indent=1).encode())
+    short = [(i, n) for i, n in enumerate(result.shots) if n < record.shots]
+    partial = (f"partial result: circuit {short[0][0]} has {short[0][1]} of {record.shots} shots"
+               if short else None)
     updated = record.evolve(
-        status=JobStatus.COMPLETED,
-        error=None,
+        status=JobStatus.PARTIAL if partial else JobStatus.COMPLETED,
+        error=partial,
+        failure_class="system" if partial else None,
         completion_time=metrics.finished or utc_now(),
         result_path=relative.as_posix(),
         result_sha256=sha,
@@ -283,7 +467,7 @@ def _finish(
         queue_seconds=metrics.queue_seconds,
     )
     ledger_mod.append(entry.path, updated)
-    message = f"analysis failed: {analysis_error}" if analysis_error else None
+    message = partial or (f"analysis failed: {analysis_error}" if analysis_error else None)
     return JobOutcome(updated, status.state, True, message, analysis)
 
 

@@ -47,13 +47,24 @@ Examples:
               help="Repeat until no job is pending (submitted, queued, running); Ctrl-C stops.")
 @click.option("--interval", type=float, default=300.0, show_default=True,
               help="Seconds between polls with --watch.")
+@click.option("--resubmit-failed", is_flag=True,
+              help="Resubmit failed jobs whose failure was the system's (not charged) and "
+              "partial ones, as new linked jobs; never those that failed through the circuit or "
+              "options.")
+@click.option("--max-retries", type=click.IntRange(0, 100), default=3, show_default=True,
+              help="With --resubmit-failed: retries allowed per original job.")
+@click.option("--max-pending", type=click.IntRange(1, 1000), default=None,
+              help="Pending jobs allowed per key when submitting deferred jobs "
+              "[default: $QCOURIER_MAX_PENDING or 3].")
 @ledger_dir_option
 @service_option
 @json_option
 @handle_errors
 def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool, interval: float,
+         resubmit_failed: bool, max_retries: int, max_pending: int | None,
          ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
     from qcourier.collection import collect_pending
+    from qcourier.config import queue_policy
     from qcourier.errors import UsageError
     from qcourier.ledger import Ledger, check_ledger_file
 
@@ -69,8 +80,11 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     pool = state.get_pool()
     try:
         while True:
-            report = collect_pending(pool, ledger, paths=paths, job_id=job_id,
-                                     default_service=service or state.default_service_name())
+            report = collect_pending(
+                pool, ledger, paths=paths, job_id=job_id,
+                default_service=service or state.default_service_name(),
+                policy=queue_policy(state.get_settings(), max_pending),
+                resubmit_failed=resubmit_failed, max_retries=max_retries)
             _print_report(state, report, as_json)
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break
@@ -94,10 +108,17 @@ def _print_report(state, report, as_json: bool) -> None:
         click.echo(f"Job {u.job_id}: {u.state.value} (not in the ledger)")
         return
     for o in report.outcomes:
-        shown = o.state.value if o.state is not None else "NOT POLLED"
-        line = f"Job {o.record.job_id}: {shown}"
+        if o.failed:
+            shown = "NOT POLLED"
+        elif o.state is not None:
+            shown = o.state.value
+        else:
+            shown = o.record.status.value.upper()
+        line = f"Job {o.record.job_id or '(' + o.record.experiment_type + ', not submitted)'}: {shown}"
         click.echo(line + (f" — {o.message}" if o.message else ""))
     summary = f"Completed: {report.completed}/{report.total}  Pending: {report.pending}/{report.total}"
+    if report.deferred:
+        summary += f"  (of which deferred: {report.deferred})"
     if report.errors:
         summary += f"  Errors: {report.errors}/{report.total}"
     click.echo(summary)
@@ -110,6 +131,7 @@ def _report_json(report) -> dict:
         "jobs": [
             {"job_id": o.record.job_id, "record_id": o.record.record_id,
              "state": None if o.state is None else o.state.value, "status": o.record.status.value,
+             "failed": o.failed,
              "changed": o.changed, "message": o.message, "result_path": o.record.result_path}
             for o in report.outcomes
         ],
@@ -118,6 +140,7 @@ def _report_json(report) -> dict:
         "completed": report.completed,
         "pending": report.pending,
         "errors": report.errors,
+        "deferred": report.deferred,
         "total": report.total,
         "already_final": report.already_final,
         "collected_results": None if report.collected_path is None else str(report.collected_path),
