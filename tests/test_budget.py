@@ -174,7 +174,8 @@ def test_pace_holds_the_whole_window_to_the_limit():
     assert pace_allowance(records, "ibm", 0, 600, NOW, 9.0)[0]
     allowed, reason = pace_allowance(records, "ibm", 0, 600, NOW, 11.0)
     assert not allowed
-    assert "in the last 27.0 days + 11.0 s would exceed the even-spread allowance of 600.0 s" in reason
+    assert ("in the last 27.0 days + 11.0 s would exceed the even-spread allowance of 600.0 s"
+            in reason)
     # The oldest job (27 days old) leaves the window in a day.
     assert reason.endswith("next submission possible in about 24.0 h")
     assert pace_allowance(records, "ibm", 0, 600, NOW + DAY, 11.0)[0]
@@ -236,8 +237,8 @@ def test_model_accuracy_over_finished_jobs_with_both_figures():
 # -- per-key limits -----------------------------------------------------------------------------
 
 def test_budget_limit_default_global_and_per_key(monkeypatch, tmp_path: Path):
-    for name in ("QCOURIER_BUDGET_SECONDS", "QCOURIER_BUDGET_SECONDS_0", "QCOURIER_BUDGET_SECONDS_2"):
-        monkeypatch.delenv(name, raising=False)
+    for suffix in ("", "_0", "_1", "_2", "_3"):
+        monkeypatch.delenv(f"QCOURIER_BUDGET_SECONDS{suffix}", raising=False)
     assert Settings().budget_limit(0) == 600.0
     assert Settings().budget_limit(None) == 600.0
     monkeypatch.setenv("QCOURIER_BUDGET_SECONDS", "300")

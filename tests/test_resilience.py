@@ -1,0 +1,211 @@
+"""Never lose a job, never submit one twice: intents, dedupe, the queue, retries, result checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env, ledger_records, script
+from qcourier.cli import collect, submit
+from qcourier.cli._common import AppState
+from qcourier.ledger import JobStatus
+from qcourier.services.base import JobResult
+from qcourier.services.local import LocalService, LocalServiceConfig
+
+KILL_AFTER_ACCEPT = """
+import os, signal, sys
+import qcourier.services.local as local
+accept = local.LocalService.submit
+def submit_then_die(self, *args, **kwargs):
+    job_id = accept(self, *args, **kwargs)          # the service has accepted the job ...
+    os.kill(os.getpid(), signal.SIGKILL)            # ... and qsubmit dies before recording it
+local.LocalService.submit = submit_then_die
+from qcourier.cli.submit import main
+sys.argv = ["qsubmit", *sys.argv[1:]]
+main()
+"""
+
+KILL_BEFORE_CALL = KILL_AFTER_ACCEPT.replace("job_id = accept(self, *args, **kwargs)", "pass")
+
+
+def run(args, env, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def service_jobs_with_tag(tmp_path: Path, tag: str) -> list[str]:
+    return LocalService(LocalServiceConfig(root=tmp_path / "service")).find_jobs([tag])
+
+
+def test_kill_9_right_after_the_service_accepted_the_job(tmp_path: Path):
+    env = cli_env(tmp_path)
+    killed = run([sys.executable, "-c", KILL_AFTER_ACCEPT, "-e", "bell", "--shots", "20"], env, tmp_path)
+    assert killed.returncode == -9
+    [intent] = ledger_records(tmp_path / "ledger")
+    assert intent["status"] == "submitting" and intent["job_id"] is None
+    request_tag = f"request:{intent['request_id']}"
+    [job_id] = service_jobs_with_tag(tmp_path, request_tag)  # the job exists, unrecorded
+
+    col = run([script("qcollect")], env, tmp_path)
+    assert col.returncode == 0, col.stderr
+    [record] = ledger_records(tmp_path / "ledger")
+    assert record["job_id"] == job_id and record["status"] == "completed"
+    assert service_jobs_with_tag(tmp_path, request_tag) == [job_id]  # never two jobs
+    assert len(service_jobs_with_tag(tmp_path, "qcourier")) == 1
+
+
+def test_an_intent_that_never_reached_the_service_becomes_submit_failed(tmp_path: Path):
+    env = cli_env(tmp_path)
+    run([sys.executable, "-c", KILL_BEFORE_CALL, "-e", "bell", "--shots", "20"], env, tmp_path)
+    [intent] = ledger_records(tmp_path / "ledger")
+    assert intent["status"] == "submitting"
+    within_grace = run([script("qcollect")], env, tmp_path)
+    assert within_grace.returncode == 0 and "SUBMITTING" in within_grace.stdout
+    assert ledger_records(tmp_path / "ledger")[0]["status"] == "submitting"
+    after_grace = run([script("qcollect")], {**env, "QCOURIER_INTENT_GRACE_SECONDS": "0"}, tmp_path)
+    assert after_grace.returncode == 0
+    [record] = ledger_records(tmp_path / "ledger")
+    assert record["status"] == "submit_failed" and "never reached the service" in record["error"]
+    assert service_jobs_with_tag(tmp_path, "qcourier") == []
+
+
+def test_identical_jobs_are_skipped_unless_forced(invoke, tmp_path: Path):
+    first = json.loads(invoke(submit.main, ["-e", "bell", "--shots", "20", "--json"]).stdout)
+    job_id = first["jobs"][0]["job_id"]
+    again = invoke(submit.main, ["-e", "bell", "--shots", "20"])
+    assert again.exit_code == 0
+    assert f"identical to job {job_id}" in again.stderr and "--force" in again.stderr
+    assert "Nothing was submitted." in again.stdout
+    assert len(ledger_records(tmp_path / "ledger")) == 1
+    other_shots = invoke(submit.main, ["-e", "bell", "--shots", "21"])  # not identical
+    assert "Skipped" not in other_shots.stderr
+    forced = invoke(submit.main, ["-e", "bell", "--shots", "20", "--force"])
+    assert "Skipped" not in forced.stderr
+    assert len(ledger_records(tmp_path / "ledger")) == 3
+
+
+def replay_pending(ledger_dir: Path) -> int:
+    """The most jobs ever pending at once, replaying every ledger line in time order."""
+    lines = [json.loads(line) for f in ledger_dir.glob("submitted_jobs_*.jsonl")
+             for line in f.read_text().splitlines()]
+    state, most = {}, 0
+    for line in sorted(lines, key=lambda x: x["updated_at"]):
+        state[line["record_id"]] = JobStatus(line["status"])
+        most = max(most, sum(s.is_pending or s is JobStatus.SUBMITTING for s in state.values()))
+    return most
+
+
+def test_a_deferred_study_drains_with_never_more_than_three_pending(tmp_path: Path):
+    env = cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="0.4", QCOURIER_LOCAL_RUN_SECONDS="0.2",
+                  QCOURIER_SUBMISSIONS_PER_MINUTE="100")  # the rate has its own test
+    sub = run([script("qsubmit"), "-e", "deployment", "-p", "width=3", "--shots", "50",
+               "--repeat", "10"], env, tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    statuses = Counter(r["status"] for r in ledger_records(tmp_path / "ledger"))
+    assert statuses == {"submitted": 3, "deferred": 7}
+    assert "7 deferred" in sub.stdout
+    status = run([script("qcourier"), "status"], env, tmp_path)
+    assert status.stdout.count("deferred") == 7
+    for _ in range(40):  # cron, every few minutes, compressed
+        col = run([script("qcollect")], env, tmp_path)
+        assert col.returncode == 0, col.stderr
+        if "Pending: 0/10" in col.stdout:
+            break
+        import time
+
+        time.sleep(0.3)
+    assert Counter(r["status"] for r in ledger_records(tmp_path / "ledger")) == {"completed": 10}
+    assert replay_pending(tmp_path / "ledger") <= 3
+
+
+def test_the_per_minute_rate_defers_submissions(invoke, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("QCOURIER_SUBMISSIONS_PER_MINUTE", "2")
+    result = invoke(submit.main, ["-e", "bell", "--shots", "10", "--repeat", "4", "--max-pending", "10"])
+    assert result.exit_code == 0
+    statuses = Counter(r["status"] for r in ledger_records(tmp_path / "ledger"))
+    assert statuses == {"submitted": 2, "deferred": 2}
+    result = invoke(collect.main, [])  # within the same minute: still deferred
+    assert "waiting for a free slot" in result.stdout
+    assert Counter(r["status"] for r in ledger_records(tmp_path / "ledger"))["deferred"] == 2
+
+
+def test_system_failures_are_resubmitted_up_to_max_retries(invoke, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("QCOURIER_LOCAL_FAILURE_RATE", "1")
+    invoke(submit.main, ["-e", "bell", "--shots", "10"])
+    invoke(collect.main, [])
+    [failed] = ledger_records(tmp_path / "ledger")
+    assert failed["status"] == "failed" and failed["failure_class"] == "system"
+    result = invoke(collect.main, ["--resubmit-failed", "--max-retries", "2"])
+    assert "submitted (was deferred)" in result.stdout
+    invoke(collect.main, ["--resubmit-failed", "--max-retries", "2"])  # collects retry 1, submits retry 2
+    invoke(collect.main, ["--resubmit-failed", "--max-retries", "2"])  # collects retry 2; no retry 3
+    records = ledger_records(tmp_path / "ledger")
+    assert [r["retry_count"] for r in records] == [0, 1, 2]
+    assert records[1]["retry_of"] == records[0]["record_id"]
+    assert records[2]["retry_of"] == records[1]["record_id"]
+    assert all(r["status"] == "failed" for r in records)
+    assert len({r["job_id"] for r in records}) == 3
+
+
+def test_user_failures_are_never_resubmitted(invoke, tmp_path: Path):
+    class UserErrorService(LocalService):
+        def job_status(self, job_id):
+            report = super().job_status(job_id)
+            from qcourier.services.base import JobState, JobStatusReport
+
+            return JobStatusReport(job_id, JobState.ERROR, "Invalid circuit: bad instruction", 1234)
+
+    svc = UserErrorService(LocalServiceConfig(root=tmp_path / "service", queue_seconds=0, run_seconds=0))
+    state = lambda: AppState(service=svc)  # noqa: E731
+    invoke(submit.main, ["-e", "bell", "--shots", "10"], state())
+    invoke(collect.main, [], state())
+    invoke(collect.main, ["--resubmit-failed"], state())
+    [record] = ledger_records(tmp_path / "ledger")
+    assert record["status"] == "failed" and record["failure_class"] == "user"
+
+
+def test_a_result_with_fewer_shots_is_partial_and_retried(invoke, tmp_path: Path):
+    class ShortService(LocalService):
+        short = True
+
+        def job_result(self, job_id):
+            result = super().job_result(job_id)
+            if not ShortService.short:
+                return result
+            counts = [{k: max(0, n - 1) for k, n in c.items()} for c in result.counts]
+            return JobResult(counts=counts, metadata=result.metadata)
+
+    svc = ShortService(LocalServiceConfig(root=tmp_path / "service", queue_seconds=0, run_seconds=0))
+    invoke(submit.main, ["-e", "bell", "--shots", "100"], AppState(service=svc))
+    result = invoke(collect.main, [], AppState(service=svc))
+    assert "partial result" in result.stdout
+    [record] = ledger_records(tmp_path / "ledger")
+    assert record["status"] == "partial" and record["result_path"]
+    ShortService.short = False
+    invoke(collect.main, ["--resubmit-failed"], AppState(service=svc))
+    invoke(collect.main, [], AppState(service=svc))
+    records = ledger_records(tmp_path / "ledger")
+    assert [r["status"] for r in records] == ["partial", "completed"]
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "delete"])
+def test_a_damaged_result_file_is_downloaded_again(invoke, tmp_path: Path, damage):
+    invoke(submit.main, ["-e", "bell", "--shots", "10"])
+    invoke(collect.main, [])
+    [record] = ledger_records(tmp_path / "ledger")
+    path = tmp_path / "ledger" / record["result_path"]
+    if damage == "corrupt":
+        path.write_text(path.read_text().replace('"counts"', '"c0unts"'))
+    else:
+        path.unlink()
+    result = invoke(collect.main, [])
+    assert result.exit_code == 0 and "result downloaded again" in result.stdout
+    import hashlib
+
+    [record] = ledger_records(tmp_path / "ledger")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == record["result_sha256"]
+    assert "result downloaded again" not in invoke(collect.main, []).stdout
