@@ -90,7 +90,7 @@ def test_completion_time_falls_back_to_the_last_ledger_line():
     assert budget_state([inside, outside], "ibm", 0, 600, NOW).used_seconds == 4.0
 
 
-def test_reserved_counts_pending_and_submitting_jobs_but_not_deferred_or_error():
+def test_reserved_counts_pending_submitting_and_deferred_jobs_but_not_error():
     records = [pending(HOUR, 5.0, JobStatus.SUBMITTED),
                pending(HOUR, 6.0, JobStatus.QUEUED),
                pending(HOUR, 7.0, JobStatus.RUNNING),
@@ -100,10 +100,10 @@ def test_reserved_counts_pending_and_submitting_jobs_but_not_deferred_or_error()
                pending(HOUR, 100.0, JobStatus.DEFERRED),
                pending(HOUR, 100.0, JobStatus.ERROR)]
     state = budget_state(records + [done(DAY, 20.0)], "ibm", 0, 600, NOW)
-    assert state.reserved_seconds == pytest.approx(35.0)
-    assert state.jobs_reserved == 6
+    assert state.reserved_seconds == pytest.approx(135.0)
+    assert state.jobs_reserved == 7
     assert state.used_seconds == 20.0
-    assert state.remaining_seconds == pytest.approx(600 - 20 - 35)
+    assert state.remaining_seconds == pytest.approx(600 - 20 - 135)
 
 
 def test_keys_are_separate_budgets_and_local_is_its_own():
@@ -163,8 +163,8 @@ def test_pace_refuses_right_after_heavy_usage_and_allows_once_time_passes():
 def test_pace_counts_reservations_of_pending_jobs():
     records = [pending(HOUR, 20.0)]
     assert not pace_allowance(records, "ibm", 0, 600, NOW, 5.0)[0]
-    # Deferred jobs are not at the service: they reserve nothing.
-    assert pace_allowance([pending(HOUR, 20.0, JobStatus.DEFERRED)], "ibm", 0, 600, NOW, 5.0)[0]
+    # Deferred jobs are committed to: they count as well.
+    assert not pace_allowance([pending(HOUR, 20.0, JobStatus.DEFERRED)], "ibm", 0, 600, NOW, 5.0)[0]
 
 
 def test_pace_holds_the_whole_window_to_the_limit():

@@ -230,3 +230,13 @@ def test_a_saved_qiskit_account_is_used_when_no_token_is_set(emu, tmp_path: Path
     [line] = ledger_records(tmp_path / "ledger")
     assert line["service"] == "ibm" and line["api_key_index"] == 0
     assert emu.jobs[line["job_id"]]["instance"] == "instance-0"
+
+
+def test_a_deferred_job_is_submitted_to_ibm_by_qcollect(emu, invoke, tmp_path: Path):
+    invoke(submit.main, ["-e", "bell", "--shots", "50", "--repeat", "2", "--max-pending", "1"])
+    assert sorted(r["status"] for r in ledger_records(tmp_path / "ledger")) == ["deferred", "submitted"]
+    result = invoke(collect.main, ["--watch", "--interval", "0.3", "--max-pending", "1"])
+    assert result.exit_code == 0 and "submitted (was deferred)" in result.stdout
+    records = ledger_records(tmp_path / "ledger")
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    assert {emu.jobs[r["job_id"]]["tags"][3] for r in records} == {f"request:{r['request_id']}" for r in records}

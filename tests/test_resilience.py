@@ -209,3 +209,41 @@ def test_a_damaged_result_file_is_downloaded_again(invoke, tmp_path: Path, damag
     [record] = ledger_records(tmp_path / "ledger")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == record["result_sha256"]
     assert "result downloaded again" not in invoke(collect.main, []).stdout
+
+
+def test_the_budget_guard_refuses_what_the_budget_cannot_pay(invoke, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("QCOURIER_BUDGET_SECONDS", "1")
+    result = invoke(submit.main, ["-e", "bell", "--shots", "10"])
+    assert result.exit_code == 1
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
+    assert "need about 2.1 s of QPU time but only 1.0 s of 1 s remain" in line
+    assert "--allow-over-budget" in line
+    assert ledger_records(tmp_path / "ledger") == [] and not (tmp_path / "service").exists()
+    result = invoke(submit.main, ["-e", "bell", "--shots", "10", "--allow-over-budget"])
+    assert result.exit_code == 0 and len(ledger_records(tmp_path / "ledger")) == 1
+
+
+def test_pace_holds_an_hourly_heartbeat_to_an_even_spread(invoke, tmp_path: Path):
+    # 600 s over 28 days with a day's burst: about 21.4 s may be spent at once.
+    submitted = 0
+    for _ in range(15):
+        result = invoke(submit.main, ["-e", "bell", "--shots", "10", "--pace", "--force"])
+        assert result.exit_code == 0, result.output
+        if "Not submitted" in result.stderr:
+            break
+        submitted += 1
+    assert 5 <= submitted < 15
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("Not submitted")]
+    assert "pace" in line and "even-spread allowance" in line
+    assert len(ledger_records(tmp_path / "ledger")) == submitted
+
+
+def test_deferred_jobs_wait_for_budget(invoke, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("QCOURIER_BUDGET_SECONDS", "5")
+    invoke(submit.main, ["-e", "bell", "--shots", "10", "--repeat", "3", "--max-pending", "1",
+                         "--allow-over-budget"])
+    assert Counter(r["status"] for r in ledger_records(tmp_path / "ledger")) == {"submitted": 1, "deferred": 2}
+    invoke(collect.main, ["--max-pending", "1"])  # collects the first, submits the second
+    result = invoke(collect.main, ["--max-pending", "1"])  # collects the second; the third would overspend
+    assert "deferred: local: these jobs need about 2.1 s" in result.stdout
+    assert Counter(r["status"] for r in ledger_records(tmp_path / "ledger")) == {"completed": 2, "deferred": 1}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -115,12 +115,11 @@ def _utc(moment: datetime) -> datetime:
 
 
 def is_reserving(status: JobStatus) -> bool:
-    """Whether a job in ``status`` holds a reservation: at the service, or being submitted.
-
-    Deferred jobs do not: they are not at the service yet, and the guard is applied when
-    they are submitted.
+    """Whether a job in ``status`` holds a reservation: at the service, being submitted, or
+    deferred (committed to: qcollect will submit it). When qcollect checks a deferred job
+    before submitting it, the deferred jobs (itself and those queued behind it) are left out.
     """
-    return status.is_pending or status is JobStatus.SUBMITTING
+    return status.is_open
 
 
 def _finished_at(record: LedgerRecord) -> datetime:
@@ -420,3 +419,39 @@ def _accuracy(pairs: list[tuple[float, float]]) -> ModelAccuracy:
     errors = [abs(actual - estimate) for estimate, actual in pairs]
     return ModelAccuracy(len(pairs), statistics.fmean(ratios), statistics.median(ratios),
                          statistics.fmean(errors))
+
+
+@dataclass(frozen=True)
+class BudgetGuard:
+    """What ``qsubmit`` and ``qcollect`` check before a job spends QPU time.
+
+    Attributes:
+        limit_for: the window's limit in seconds for a key index (``None``: local).
+        allow_over_budget: submit even when the estimate exceeds what remains.
+        pace: also hold submissions to an even spread of the budget (``pace_allowance``).
+    """
+
+    limit_for: Callable[[int | None], float]
+    allow_over_budget: bool = False
+    pace: bool = False
+
+    def refusal(self, records: Iterable[LedgerRecord], service: str, key_index: int | None,
+                estimate: float, now: datetime) -> tuple[str | None, bool]:
+        """Why ``estimate`` more seconds may not be spent now, and whether that is only pace.
+
+        Returns ``(None, False)`` when the spending is allowed.
+        """
+        records = list(records)
+        limit = self.limit_for(key_index)
+        state = budget_state(records, service, key_index, limit, now)
+        if estimate > state.remaining_seconds and not self.allow_over_budget:
+            return (f"{state.label}: these jobs need about {estimate:.1f} s of QPU time but only "
+                    f"{max(state.remaining_seconds, 0.0):.1f} s of {limit:.0f} s remain in the "
+                    f"28-day window (used {state.used_seconds:.1f} s, reserved "
+                    f"{state.reserved_seconds:.1f} s); nothing submitted "
+                    "(--allow-over-budget overrides)", False)
+        if self.pace:
+            allowed, reason = pace_allowance(records, service, key_index, limit, now, estimate)
+            if not allowed:
+                return f"{state.label}: {reason}", True
+        return None, False

@@ -18,6 +18,7 @@ from qcourier import ledger as ledger_mod
 from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
 from qcourier.ledger import JobStatus, Ledger, LedgerRecord, utc_now
+from qcourier.budget import BudgetGuard
 from qcourier.dispatch import QueuePolicy, open_slots, queue_key, store_circuits, submit_record
 from qcourier.provenance import (
     GitState,
@@ -94,6 +95,9 @@ class SubmissionOutcome:
     error: str | None = None
     #: Jobs not submitted because an identical one exists, one line each.
     skipped: list[str] = field(default_factory=list)
+    #: Why the budget guard refused the whole submission, and whether only for pace.
+    refusal: str | None = None
+    paced: bool = False
 
     @property
     def dry_run(self) -> bool:
@@ -293,6 +297,7 @@ def submit_plan(
     existing: list[LedgerRecord],
     policy: QueuePolicy = QueuePolicy(),
     force: bool = False,
+    guard: BudgetGuard | None = None,
     progress: Progress = _quiet,
 ) -> SubmissionOutcome:
     """Submit the planned jobs under the intent protocol, deferring what the queue cannot take.
@@ -302,31 +307,45 @@ def submit_plan(
     refuses or fails a submission, the jobs before it stay recorded, the rest are not
     submitted, and ``error`` says why.
 
+    The budget guard sees the estimate of all the jobs to be recorded (deferred ones too)
+    before any is submitted: it refuses the whole submission or none of it.
+
     Args:
         existing: every record of the ledger (the fold); this run's records are added to it.
     """
-    save_snapshot(target.ledger.snapshots_dir, plan.calibration)
-    path = target.open()
-    outcome = SubmissionOutcome(plan, path, [])
+    outcome = SubmissionOutcome(plan, None, [])
     earlier = {dedupe_key(r): r for r in existing if r.status in _DUPLICATE_STATUSES}
-    for index, job in enumerate(plan.jobs, start=1):
+    jobs = []
+    for job in plan.jobs:
         duplicate = None if force else earlier.get(dedupe_key(job.record))
-        if duplicate is not None:
-            outcome.skipped.append(
-                f"{job.experiment}: identical to job {duplicate.job_id or duplicate.record_id} "
-                f"({duplicate.status.value}); not submitted (use --force to submit it again)")
+        if duplicate is None:
+            jobs.append(job)
             continue
+        outcome.skipped.append(
+            f"{job.experiment}: identical to job {duplicate.job_id or duplicate.record_id} "
+            f"({duplicate.status.value}); not submitted (use --force to submit it again)")
+    if guard is not None and jobs:
+        estimate = sum(job.record.estimated_qpu_seconds or 0.0 for job in jobs)
+        outcome.refusal, outcome.paced = guard.refusal(
+            existing, plan.service.name, plan.service.api_key_index, estimate, utc_now())
+        if outcome.refusal:
+            return outcome
+    if not jobs:
+        return outcome
+    save_snapshot(target.ledger.snapshots_dir, plan.calibration)
+    path = outcome.ledger_path = target.open()
+    for index, job in enumerate(jobs, start=1):
         store_circuits(target.ledger, job.record.isa_circuit_hash, job.isa_circuits)
         mine = [r for r in existing if queue_key(r) == queue_key(job.record)]
         if open_slots(mine, policy, utc_now()) == 0:
             record = job.record.evolve(status=JobStatus.DEFERRED)
             ledger_mod.append(path, record)
         else:
-            progress(f"submitting job {index}/{len(plan.jobs)} ({job.experiment})")
+            progress(f"submitting job {index}/{len(jobs)} ({job.experiment})")
             try:
                 record = submit_record(plan.service, path, job.record, job.isa_circuits)
             except ServiceError as exc:
-                left = len(plan.jobs) - index + 1
+                left = len(jobs) - index + 1
                 outcome.error = f"{exc} ({left} job(s) not submitted)"
                 if isinstance(exc, TransientServiceError):
                     outcome.error += "; the last one may have reached the service: qcollect will find out"
@@ -353,8 +372,13 @@ class SubmissionReport:
         return [s for o in self.outcomes for s in o.skipped]
 
     @property
+    def paced(self) -> list[str]:
+        """Submissions held back by ``--pace`` (not failures: exit 0)."""
+        return [o.refusal for o in self.outcomes if o.refusal and o.paced]
+
+    @property
     def exit_code(self) -> int:
-        """0 when every service took its jobs, 1 when any failed."""
+        """0 when every service took its jobs (or pace held them back), 1 when any failed."""
         return 1 if self.failures else 0
 
 
@@ -371,6 +395,7 @@ def submit_everywhere(
     limits: ExecutionLimits = ExecutionLimits(),
     policy: QueuePolicy = QueuePolicy(),
     force: bool = False,
+    guard: BudgetGuard | None = None,
     progress: Progress = _quiet,
 ) -> SubmissionReport:
     """Plan and submit the same experiments to each service, into one ledger file.
@@ -380,7 +405,7 @@ def submit_everywhere(
     """
     report = SubmissionReport()
     target = LedgerTarget(ledger, jobs_file)
-    existing = [] if dry_run else ledger.fold().records
+    existing = ledger.fold().records
     for service in services:
         try:
             plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
@@ -389,10 +414,12 @@ def submit_everywhere(
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
                 continue
             outcome = submit_plan(target, plan, existing=existing, policy=policy, force=force,
-                                  progress=progress)
+                                  guard=guard, progress=progress)
             report.outcomes.append(outcome)
             if outcome.error:
                 report.failures.append(outcome.error)
+            if outcome.refusal and not outcome.paced:
+                report.failures.append(outcome.refusal)
         except (AuthenticationError, BudgetExceededError, TransientServiceError) as exc:
             report.failures.append(str(exc))
     target.discard_if_unused()

@@ -84,7 +84,8 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                 pool, ledger, paths=paths, job_id=job_id,
                 default_service=service or state.default_service_name(),
                 policy=queue_policy(state.get_settings(), max_pending),
-                resubmit_failed=resubmit_failed, max_retries=max_retries)
+                resubmit_failed=resubmit_failed, max_retries=max_retries,
+                admit=budget_admission(state.get_settings()))
             _print_report(state, report, as_json)
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break
@@ -93,6 +94,23 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
         state.info("Stopped. Every ledger line and result file written so far is whole.")
         raise SystemExit(130) from None
     raise SystemExit(report.exit_code)
+
+
+def budget_admission(settings):
+    """The budget check qcollect makes before submitting a deferred job."""
+    from qcourier.budget import BudgetGuard
+    from qcourier.ledger import JobStatus, utc_now
+
+    guard = BudgetGuard(settings.budget_limit)
+
+    def admit(record, records):
+        # Other deferred jobs wait their turn behind this one: they must not block it.
+        others = [r for r in records if r.status is not JobStatus.DEFERRED]
+        reason, _ = guard.refusal(others, record.service, record.api_key_index,
+                                  record.estimated_qpu_seconds or 0.0, utc_now())
+        return reason
+
+    return admit
 
 
 def _print_report(state, report, as_json: bool) -> None:

@@ -33,6 +33,7 @@ Examples:
   qsubmit --experiment ghz --param width=8 --shots 2000 --repeat 3
   qsubmit --experiment bell --dry-run --json
   qsubmit --experiment both --service ibm --submit-all
+  qsubmit --experiment deployment --pace --force     # hourly heartbeat from cron
 {EXIT_CODES_HELP}"""
 
 
@@ -57,6 +58,12 @@ Examples:
 @click.option("--max-pending", type=click.IntRange(1, 1000), default=None,
               help="Pending jobs allowed per key; more are recorded as deferred and submitted by "
               "qcollect as slots free [default: $QCOURIER_MAX_PENDING or 3].")
+@click.option("--allow-over-budget", is_flag=True,
+              help="Submit even if the estimated QPU time exceeds what remains of the key's "
+              "28-day budget.")
+@click.option("--pace", is_flag=True,
+              help="For a heartbeat from cron: skip (exit 0, one line) a submission that would "
+              "spend the budget faster than an even spread over the 28-day window.")
 @click.option("--submit-all", is_flag=True,
               help="Submit the same jobs once per configured IBM API key.")
 @api_key_option
@@ -66,9 +73,10 @@ Examples:
 @handle_errors
 def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: int | None,
          repeat: int, jobs_file: Path | None, repo: Path | None, dry_run: bool, force: bool,
-         max_pending: int | None, submit_all: bool,
+         max_pending: int | None, allow_over_budget: bool, pace: bool, submit_all: bool,
          api_key_index: int | None, ledger_dir: Path | None, service: str | None,
          as_json: bool) -> None:
+    from qcourier.budget import BudgetGuard
     from qcourier.config import queue_policy
     from qcourier.experiments import resolve
     from qcourier.ledger import Ledger, check_ledger_file
@@ -86,15 +94,19 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
         services, ledger, resolved, backend=backend, repeat=repeat, repo_path=repo,
         jobs_file=jobs_file, dry_run=dry_run, progress=state.info, force=force,
         limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap),
-        policy=queue_policy(settings, max_pending))
+        policy=queue_policy(settings, max_pending),
+        guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace))
     for line in report.skipped:
         state.info(f"Skipped: {line}")
+    for line in report.paced:
+        state.info(f"Not submitted: {line}")
     for warning in dict.fromkeys(w for o in report.outcomes for w in o.plan.warnings):
         state.warn(warning)
     if as_json:
         state.emit_json({"dry_run": dry_run, "ledger_path": report.ledger_path and str(report.ledger_path),
                          "jobs": [r.model_dump(mode="json") for r in report.records],
-                         "skipped": report.skipped, "failures": report.failures})
+                         "skipped": report.skipped, "paced": report.paced,
+                         "failures": report.failures})
     else:
         _print_table(state, report.records, report.ledger_path, dry_run)
     for failure in report.failures:
