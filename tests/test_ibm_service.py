@@ -240,3 +240,22 @@ def test_a_deferred_job_is_submitted_to_ibm_by_qcollect(emu, invoke, tmp_path: P
     records = ledger_records(tmp_path / "ledger")
     assert [r["status"] for r in records] == ["completed", "completed"]
     assert {emu.jobs[r["job_id"]]["tags"][3] for r in records} == {f"request:{r['request_id']}" for r in records}
+
+
+def test_recover_rebuilds_lost_ibm_jobs_for_every_key(emu, invoke, tmp_path: Path, monkeypatch):
+    from qcourier.cli import main
+
+    monkeypatch.setenv("IBM_QUANTUM_TOKEN_1", "good-token-1")
+    out = json.loads(invoke(submit.main, [*SMALL_BOTH, "--submit-all", "--json"]).stdout)
+    original = {j["job_id"]: j for j in out["jobs"]}
+    Path(out["ledger_path"]).unlink()
+    result = invoke(main.main, ["recover", "--json"])
+    assert result.exit_code == 0, result.output
+    recovered = {r["job_id"]: r for r in json.loads(result.stdout)["recovered"]}
+    assert set(recovered) == set(original)
+    for job_id, record in recovered.items():
+        for name in ("api_key_index", "experiment_type", "backend", "shots", "circuit_hash",
+                     "isa_circuit_hash", "params", "logical_state"):
+            assert record[name] == original[job_id][name], name
+    result = invoke(collect.main, ["--watch", "--interval", "0.3"])
+    assert "Completed: 4/4" in result.stdout

@@ -247,3 +247,46 @@ def test_deferred_jobs_wait_for_budget(invoke, tmp_path: Path, monkeypatch):
     result = invoke(collect.main, ["--max-pending", "1"])  # collects the second; the third would overspend
     assert "deferred: local: these jobs need about 2.1 s" in result.stdout
     assert Counter(r["status"] for r in ledger_records(tmp_path / "ledger")) == {"completed": 2, "deferred": 1}
+
+
+def test_a_ledger_file_deleted_mid_study_is_rebuilt_by_recover(invoke, tmp_path: Path):
+    from qcourier.cli import main
+
+    out = json.loads(invoke(submit.main, ["-e", "both", "-p", "rounds=2", "-p", "width=4",
+                                          "--shots", "100", "--json"]).stdout)
+    original = {j["job_id"]: j for j in out["jobs"]}
+    invoke(submit.main, ["-e", "bell", "--shots", "10"])  # another file, kept
+    Path(out["ledger_path"]).unlink()
+    assert len(ledger_records(tmp_path / "ledger")) == 1
+
+    dry = invoke(main.main, ["recover", "--dry-run"])
+    assert "Recovered 2 job(s) (dry run" in dry.stdout and "1 already in the ledger" in dry.stdout
+    assert len(ledger_records(tmp_path / "ledger")) == 1
+    result = invoke(main.main, ["recover", "--json"])
+    assert result.exit_code == 0, result.output
+    recovered = {r["job_id"]: r for r in json.loads(result.stdout)["recovered"]}
+    assert set(recovered) == set(original)
+    for job_id, record in recovered.items():
+        before = original[job_id]
+        for name in ("experiment_type", "logical_state", "backend", "shots", "circuit_hash",
+                     "isa_circuit_hash", "params", "request_id", "tags", "num_circuits"):
+            assert record[name] == before[name], name
+        assert record["recovered"] is True
+    assert "Nothing to recover" in invoke(main.main, ["recover"]).stdout
+
+    invoke(collect.main, [])
+    records = ledger_records(tmp_path / "ledger")
+    assert Counter(r["status"] for r in records) == {"completed": 3}
+    surface = next(r for r in records if r["experiment_type"] == "surface_code")
+    payload = json.loads((tmp_path / "ledger" / surface["result_path"]).read_text())
+    assert payload["analysis_error"] is None and len(payload["analysis"]["per_round"]) == 2
+
+
+def test_recover_leaves_an_unsettled_intent_to_qcollect(tmp_path: Path):
+    env = cli_env(tmp_path)
+    run([sys.executable, "-c", KILL_AFTER_ACCEPT, "-e", "bell", "--shots", "20"], env, tmp_path)
+    rec = run([script("qcourier"), "recover"], env, tmp_path)
+    assert rec.returncode == 0 and "Nothing to recover" in rec.stdout
+    run([script("qcollect")], env, tmp_path)
+    [record] = ledger_records(tmp_path / "ledger")
+    assert record["status"] == "completed"

@@ -8,7 +8,15 @@ import click
 
 from qcourier import __version__
 from qcourier.cli import budget, collect, submit
-from qcourier.cli._common import get_state, handle_errors, json_option, ledger_dir_option, print_table
+from qcourier.cli._common import (
+    api_key_option,
+    get_state,
+    handle_errors,
+    json_option,
+    ledger_dir_option,
+    print_table,
+    service_option,
+)
 
 
 @click.group(help="qcourier: submit quantum jobs now, collect and analyse their results later.\n\n"
@@ -94,3 +102,54 @@ def _type_name(annotation: object) -> str:
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(annotation))
     return getattr(annotation, "__name__", str(annotation))
+
+
+@main.command("recover")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              default=None, help="Only jobs created after this date (UTC).")
+@click.option("--dry-run", is_flag=True, help="List what would be recovered; write nothing.")
+@api_key_option
+@service_option
+@ledger_dir_option
+@json_option
+@handle_errors
+def recover(since, dry_run: bool, api_key_index: int | None, service: str | None,
+            ledger_dir: Path | None, as_json: bool) -> None:
+    """Rebuild ledger records for qcourier jobs that no ledger file knows.
+
+    Asks the service (every configured IBM key, or the one given) for the jobs tagged
+    `qcourier`, and writes a record, marked recovered, for each one missing from the
+    ledger (a deleted or lost JSONL), in a new ledger file. Then `qcollect` collects them.
+
+    \b
+    Examples:
+      qcourier recover
+      qcourier recover --since 2026-11-01 --api-key-index 1
+      qcourier recover --service local --dry-run
+    """
+    from datetime import UTC
+
+    from qcourier.ledger import Ledger
+    from qcourier.recovery import recover as run_recovery
+
+    state = get_state()
+    services = state.get_services(service, api_key_index,
+                                  every_key=service != "local" and api_key_index is None
+                                  and state.default_service_name() == "ibm")
+    report = run_recovery(services, Ledger(state.ledger_dir(ledger_dir)),
+                          since.replace(tzinfo=UTC) if since else None, dry_run)
+    if as_json:
+        state.emit_json({"recovered": [r.model_dump(mode="json") for r in report.recovered],
+                         "already_known": report.known, "ledger_path": report.ledger_path
+                         and str(report.ledger_path), "failures": report.failures})
+    else:
+        rows = [[r.job_id or "-", r.experiment_type, r.backend, r.service,
+                 str(r.api_key_index), str(r.submission_time or "-")] for r in report.recovered]
+        print_table(state.stdout, ["job id", "experiment", "backend", "service", "key", "created"], rows)
+        where = "(dry run: nothing written)" if dry_run else f"into {report.ledger_path}"
+        click.echo(f"Recovered {len(report.recovered)} job(s) {where}; "
+                   f"{report.known} already in the ledger."
+                   if report.recovered else f"Nothing to recover; {report.known} job(s) already in the ledger.")
+    for failure in report.failures:
+        click.echo(f"Error: {failure}", err=True)
+    raise SystemExit(report.exit_code)

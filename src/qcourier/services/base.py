@@ -114,6 +114,18 @@ class JobResult:
 
 
 @dataclass(frozen=True)
+class JobInfo:
+    """What the service itself knows of a job: enough to rebuild a lost ledger record."""
+
+    job_id: str
+    backend: str
+    tags: list[str]
+    created: datetime | None
+    shots: int | None
+    circuits: list[Any]
+
+
+@dataclass(frozen=True)
 class InstanceUsage:
     """QPU seconds the instance has used, as the service reports them."""
 
@@ -179,8 +191,12 @@ class QuantumService(ABC):
         """Timestamps and usage of the job."""
 
     @abstractmethod
-    def find_jobs(self, tags: Sequence[str]) -> list[str]:
-        """Ids of the jobs carrying all of ``tags``."""
+    def find_jobs(self, tags: Sequence[str], created_after: datetime | None = None) -> list[str]:
+        """Ids of the jobs carrying all of ``tags`` (created after ``created_after``)."""
+
+    @abstractmethod
+    def job_info(self, job_id: str) -> JobInfo:
+        """The job's backend, tags, creation time, shots and ISA circuits."""
 
     @abstractmethod
     def usage(self) -> InstanceUsage:

@@ -35,6 +35,7 @@ from qcourier.services.base import (
     BackendInfo,
     BudgetExceededError,
     InstanceUsage,
+    JobInfo,
     JobMetrics,
     JobNotFoundError,
     JobResult,
@@ -293,17 +294,35 @@ class IBMService(QuantumService):
             usage_seconds=float(seconds) if final and seconds is not None else None,
         )
 
-    def find_jobs(self, tags: Sequence[str]) -> list[str]:
+    def find_jobs(self, tags: Sequence[str], created_after: datetime | None = None) -> list[str]:
         def search() -> list[str]:
             found, skip = [], 0
             while True:
-                page = self._service().jobs(limit=100, skip=skip, job_tags=list(tags))
+                page = self._service().jobs(limit=100, skip=skip, job_tags=list(tags),
+                                            created_after=created_after)
                 found.extend(job.job_id() for job in page)
                 if len(page) < 100:
                     return found
                 skip += 100
 
         return self._call(f"jobs tagged {', '.join(tags)}", search)
+
+    def job_info(self, job_id: str) -> JobInfo:
+        def read() -> JobInfo:
+            job = self._job(job_id)
+            with _quiet():
+                params = job.inputs
+                backend = job.backend()
+            circuits, shots = [], params.get("shots")
+            for pub in params.get("pubs", []):
+                circuit = pub[0] if isinstance(pub, (list, tuple)) else getattr(pub, "circuit", pub)
+                circuits.append(circuit)
+                if isinstance(pub, (list, tuple)) and len(pub) > 2 and pub[2]:
+                    shots = pub[2]
+            return JobInfo(job_id, getattr(backend, "name", str(backend)), list(job.tags or []),
+                           job.creation_date, int(shots) if shots else None, circuits)
+
+        return self._call(f"details of job {job_id}", read)
 
     def usage(self) -> InstanceUsage:
         data = self._call("instance usage", lambda: self._service().usage())

@@ -47,6 +47,7 @@ from qcourier.files import atomic_write_bytes
 from qcourier.services.base import (
     BackendInfo,
     InstanceUsage,
+    JobInfo,
     JobMetrics,
     JobNotFoundError,
     JobResult,
@@ -241,13 +242,23 @@ class LocalService(QuantumService):
             usage_seconds=(0.0 if spec["fail"] else spec["usage_seconds"]) if done else None,
         )
 
-    def find_jobs(self, tags: Sequence[str]) -> list[str]:
+    def find_jobs(self, tags: Sequence[str], created_after: datetime | None = None) -> list[str]:
         wanted = set(tags)
         return [
             spec["job_id"]
             for spec in self._all_specs()
             if wanted.issubset(spec["tags"])
+            and (created_after is None or datetime.fromisoformat(spec["created"]) > created_after)
         ]
+
+    def job_info(self, job_id: str) -> JobInfo:
+        from qiskit import qpy
+
+        spec = self._spec(job_id)
+        with open(self._path(job_id, ".qpy"), "rb") as fh:
+            circuits = list(qpy.load(fh))
+        return JobInfo(job_id, spec["backend"], list(spec["tags"]),
+                       datetime.fromisoformat(spec["created"]), int(spec["shots"]), circuits)
 
     def usage(self) -> InstanceUsage:
         total = 0.0

@@ -1,0 +1,109 @@
+"""Recovery of lost ledger records from the service's own records of qcourier's jobs.
+
+Every qcourier job carries the tag ``qcourier`` and, in its first circuit's metadata, the
+experiment, parameters, job-unit metadata and logical circuit hash it was built from. A job
+that no ledger file knows (its JSONL was deleted or lost) is rebuilt from that into a full
+ledger record marked ``recovered``, in a new ledger file, so that ``qcollect`` collects and
+analyses it like any other. Jobs whose request id belongs to an unsettled intent are left to
+``qcollect``, which settles intents itself.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from qcourier import ledger as ledger_mod
+from qcourier.ledger import JobStatus, Ledger, LedgerRecord
+from qcourier.provenance import circuit_hash
+from qcourier.services.base import QuantumService, ServiceError
+
+
+@dataclass
+class RecoveryReport:
+    """What a recovery found: per service key, the jobs rebuilt and what went wrong."""
+
+    recovered: list[LedgerRecord] = field(default_factory=list)
+    known: int = 0
+    failures: list[str] = field(default_factory=list)
+    ledger_path: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+def recover(services: list[QuantumService], ledger: Ledger, since: datetime | None = None,
+            dry_run: bool = False) -> RecoveryReport:
+    """Write ledger records for the services' qcourier jobs that no ledger file knows."""
+    fold = ledger.fold()
+    known_jobs = {r.job_id for r in fold.records if r.job_id}
+    open_intents = {r.request_id for r in fold.records
+                    if r.status is JobStatus.SUBMITTING and r.request_id}
+    report = RecoveryReport()
+    for service in services:
+        try:
+            found = service.find_jobs(["qcourier"], created_after=since)
+        except ServiceError as exc:
+            report.failures.append(str(exc))
+            continue
+        for job_id in sorted(found):
+            if job_id in known_jobs:
+                report.known += 1
+                continue
+            try:
+                record = rebuild_record(service, job_id)
+            except ServiceError as exc:
+                report.failures.append(str(exc))
+                continue
+            if record.request_id in open_intents:
+                continue  # qcollect settles its intent
+            report.recovered.append(record)
+    if report.recovered and not dry_run:
+        report.ledger_path = ledger.new_file()
+        ledger_mod.append(report.ledger_path, report.recovered)
+    return report
+
+
+def rebuild_record(service: QuantumService, job_id: str) -> LedgerRecord:
+    """A ledger record for a job, from what the service knows of it."""
+    info = service.job_info(job_id)
+    tags = {t.partition(":")[0]: t.partition(":")[2] for t in info.tags if ":" in t}
+    meta: dict[str, Any] = {}
+    if info.circuits:
+        meta = dict((getattr(info.circuits[0], "metadata", None) or {}).get("qcourier") or {})
+    unit = dict(meta.get("unit") or {})
+    logical_state = unit.pop("logical_state", None)
+    gates: Counter[str] = Counter()
+    for circuit in info.circuits:
+        gates.update({name: int(n) for name, n in circuit.count_ops().items()})
+    depths = [c.depth() for c in info.circuits]
+    from qcourier.submission import physical_qubits
+
+    unit["physical_qubits"] = physical_qubits(info.circuits)
+    unit["circuit_depths"] = depths
+    isa_hash = circuit_hash(info.circuits)
+    return LedgerRecord(
+        job_id=job_id,
+        status=JobStatus.SUBMITTED,
+        service=service.name,
+        api_key_index=service.api_key_index,
+        backend=info.backend,
+        experiment_type=meta.get("experiment") or tags.get("experiment") or "unknown",
+        logical_state=None if logical_state is None else str(logical_state),
+        shots=info.shots or 0,
+        num_circuits=len(info.circuits),
+        circuit_hash=meta.get("circuit_hash") or tags.get("circuit") or isa_hash,
+        isa_circuit_hash=isa_hash,
+        transpiled_depth=max(depths, default=0),
+        transpiled_gates=dict(sorted(gates.items())),
+        submission_time=info.created,
+        tags=info.tags,
+        request_id=tags.get("request"),
+        params=dict(meta.get("params") or {}),
+        metadata=unit,
+        recovered=True,
+    )
