@@ -115,3 +115,33 @@ def test_ctrl_c_during_watch_stops_cleanly(tmp_path: Path):
     assert proc.returncode == 130
     assert "Stopped" in err and "Traceback" not in err
     assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitting", "submitted", "queued"]
+
+
+def test_qsubmit_waits_for_a_held_ledger_lock_and_loses_nothing(tmp_path: Path):
+    import threading
+    import time
+
+    env = cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="3600")
+    assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], env, tmp_path).returncode == 0
+    [path] = list((tmp_path / "ledger").glob("submitted_jobs_*.jsonl"))
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    lock.acquire()  # as a collector appending to this file would, only longer
+    released = threading.Event()
+
+    def release_later():
+        time.sleep(2.0)
+        lock.release()
+        released.set()
+
+    threading.Thread(target=release_later, daemon=True).start()
+    started = time.monotonic()
+    sub = run([script("qsubmit"), "-e", "bell", "--shots", "11", "--jobs-file", str(path)], env, tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    assert released.is_set()  # it waited for the lock instead of writing past it
+    assert time.monotonic() - started >= 2.0
+    col = run([script("qcollect")], env, tmp_path)  # and a collector appends after it
+    assert col.returncode == 0
+    records = ledger_records(tmp_path / "ledger")
+    assert sorted(r["shots"] for r in records) == [10, 11]
+    assert all(r["status"] == "queued" for r in records)
+    assert all(json.loads(line) for line in path.read_text().splitlines())
