@@ -124,7 +124,7 @@ def test_qsubmit_waits_for_a_held_ledger_lock_and_loses_nothing(tmp_path: Path):
     env = cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="3600")
     assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], env, tmp_path).returncode == 0
     [path] = list((tmp_path / "ledger").glob("submitted_jobs_*.jsonl"))
-    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    lock = FileLock(str(path.parent / f".{path.name}.lock"), thread_local=False)
     lock.acquire()  # as a collector appending to this file would, only longer
     released = threading.Event()
 
