@@ -259,3 +259,18 @@ def test_recover_rebuilds_lost_ibm_jobs_for_every_key(emu, invoke, tmp_path: Pat
             assert record[name] == original[job_id][name], name
     result = invoke(collect.main, ["--watch", "--interval", "0.3"])
     assert "Completed: 4/4" in result.stdout
+
+
+def test_a_job_created_before_a_lost_answer_is_recorded_once(emu, invoke, tmp_path: Path):
+    emu.fail("POST", r"/jobs$", 503, after=True)  # IBM made the job, then the answer was lost
+    result = invoke(submit.main, ["-e", "bell", "--shots", "50"])
+    assert result.exit_code == 1
+    assert "may have reached the service: qcollect will find out" in result.stderr
+    assert len(emu.jobs) == 1  # the client did not post it again
+    [intent] = ledger_records(tmp_path / "ledger")
+    assert intent["status"] == "submitting"
+    result = invoke(collect.main, ["--watch", "--interval", "0.3"])
+    assert result.exit_code == 0, result.output
+    [record] = ledger_records(tmp_path / "ledger")
+    assert record["status"] == "completed" and record["job_id"] == next(iter(emu.jobs))
+    assert len(emu.jobs) == 1

@@ -116,6 +116,7 @@ class IBMService(QuantumService):
         """The client, connected on first use (inside a bounded call, never around one)."""
         if self._client is None:
             self._client = self._connect()
+        _without_post_retries(self._client)
         return self._client
 
     def _connect(self) -> Any:
@@ -383,6 +384,29 @@ class _Worker:
 def _bounded(timeout: float, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``func(*args, **kwargs)``, abandoned with ``TimeoutError`` after ``timeout`` seconds."""
     return _Worker.run(timeout, lambda: func(*args, **kwargs))
+
+
+def _without_post_retries(client: Any) -> None:
+    """Stop the client from retrying POSTs itself (it does, on 5xx, by default).
+
+    A server that created a job and then failed to answer would otherwise get the same job
+    twice, spending budget twice. Without the retry, the submission fails, its intent line
+    stays, and qcollect finds the one job by its request tag. Other requests keep the
+    client's retries.
+    """
+    from qiskit_ibm_runtime.api.session import STATUS_FORCELIST
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    api = getattr(client, "_active_api_client", None)
+    session = getattr(api, "_session", None)
+    if session is None or getattr(session, "_qcourier_no_post_retry", False):
+        return
+    retry = Retry(total=5, connect=3, backoff_factor=0.5, status_forcelist=STATUS_FORCELIST,
+                  allowed_methods=Retry.DEFAULT_ALLOWED_METHODS)  # every method but POST
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, HTTPAdapter(max_retries=retry))
+    session._qcourier_no_post_retry = True
 
 
 def _chain(exc: BaseException | None) -> Any:
