@@ -274,3 +274,17 @@ def test_a_job_created_before_a_lost_answer_is_recorded_once(emu, invoke, tmp_pa
     [record] = ledger_records(tmp_path / "ledger")
     assert record["status"] == "completed" and record["job_id"] == next(iter(emu.jobs))
     assert len(emu.jobs) == 1
+
+
+def test_a_system_failure_on_ibm_is_resubmitted(emu, invoke, tmp_path: Path):
+    out = json.loads(invoke(submit.main, ["-e", "bell", "--shots", "50", "--json"]).stdout)
+    emu.set_job_state(out["jobs"][0]["job_id"], "Failed", reason="Error returned at backend level.",
+                      reason_code=1010)
+    invoke(collect.main, [])
+    result = invoke(collect.main, ["--resubmit-failed"])
+    assert "submitted (was deferred)" in result.stdout
+    invoke(collect.main, ["--watch", "--interval", "0.3"])
+    first, retry = ledger_records(tmp_path / "ledger")
+    assert first["status"] == "failed" and first["failure_class"] == "system"
+    assert retry["status"] == "completed" and retry["retry_of"] == first["record_id"]
+    assert len(emu.jobs) == 2

@@ -290,3 +290,19 @@ def test_recover_leaves_an_unsettled_intent_to_qcollect(tmp_path: Path):
     run([script("qcollect")], env, tmp_path)
     [record] = ledger_records(tmp_path / "ledger")
     assert record["status"] == "completed"
+
+
+@pytest.mark.parametrize(("message", "code", "expected"), [
+    ("Error returned at backend level.", 1010, "system"),
+    ("API Internal error", 1000, "system"),
+    ("something broke: internal error in the scheduler", None, "system"),
+    ("The backend is in maintenance", None, "system"),
+    ("RAN TOO LONG", 1305, "user"),
+    ("Invalid circuit: unsupported instruction", 1234, "user"),
+    (None, None, "user"),
+])
+def test_failure_classes(message, code, expected):
+    from qcourier.collection import classify_failure
+    from qcourier.services.base import JobState, JobStatusReport
+
+    assert classify_failure(JobStatusReport("j", JobState.ERROR, message, code)) == expected

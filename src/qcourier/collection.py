@@ -405,9 +405,10 @@ def _record_not_found(entry: Entry, reason: str) -> JobOutcome:
     return JobOutcome(record, None, changed, reason, failed=True)
 
 
-#: Reason codes IBM documents as system-side failures (not charged, worth retrying).
-SYSTEM_REASON_CODES = frozenset({1517, 1519, 1520, 1521, 1522, 1523, 1524, 1525, 1526, 1527,
-                                 1528, 1529, 5001})
+#: Codes IBM's error registry (quantum.cloud.ibm.com/docs/errors) answers with "Retry the
+#: action": API internal error, converter, validation-process, backend-level and queue
+#: publishing errors. Codes not known to be the system's count as the user's.
+SYSTEM_REASON_CODES = frozenset({1000, 1006, 1008, 1010, 1011})
 _SYSTEM_WORDS = ("internal error", "system error", "backend is offline", "unavailable",
                  "maintenance", "try again")
 

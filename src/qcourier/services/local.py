@@ -213,7 +213,7 @@ class LocalService(QuantumService):
         spec = self._spec(job_id)
         state = self._nominal_state(spec)
         if state is JobState.DONE and spec["fail"]:
-            return JobStatusReport(job_id, JobState.ERROR, INJECTED_FAILURE_MESSAGE, 1517)
+            return JobStatusReport(job_id, JobState.ERROR, INJECTED_FAILURE_MESSAGE, 1010)
         if state is JobState.DONE:
             try:
                 self._ensure_simulated(spec)
