@@ -133,9 +133,11 @@ def recover(since, dry_run: bool, api_key_index: int | None, service: str | None
     from qcourier.recovery import recover as run_recovery
 
     state = get_state()
-    services = state.get_services(service, api_key_index,
-                                  every_key=service != "local" and api_key_index is None
-                                  and state.default_service_name() == "ibm")
+    keys = state.get_settings().api_keys() if state.service is None else []
+    if (service or state.default_service_name()) == "ibm" and api_key_index is None and keys:
+        services = [state.get_pool().get("ibm", key.index) for key in keys]  # every key
+    else:
+        services = [state.get_service(service, api_key_index)]
     report = run_recovery(services, Ledger(state.ledger_dir(ledger_dir)),
                           since.replace(tzinfo=UTC) if since else None, dry_run)
     if as_json:
