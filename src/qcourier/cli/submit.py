@@ -120,7 +120,8 @@ def _print_table(state, records, path, dry_run: bool) -> None:
     rows = [[r.job_id or "-", "planned" if dry_run else r.status.value, r.experiment_type,
              r.logical_state or "-", r.backend, str(r.shots), str(r.num_circuits),
              str(r.transpiled_depth), r.circuit_hash[:12]] for r in records]
-    print_table(state.stdout, columns, rows)
+    if rows:
+        print_table(state.stdout, columns, rows)
     deferred = sum(r.status.value == "deferred" for r in records)
     if dry_run:
         click.echo(f"Dry run: {len(records)} job(s) planned; nothing submitted or written.")
