@@ -365,3 +365,41 @@ def test_light_commands_do_not_import_heavy_modules(tmp_path: Path, argv):
                          env={**os.environ, "QCOURIER_LEDGER_DIR": str(tmp_path / "ledger")})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_quiet_prints_only_changes_and_nothing_when_nothing_changed(invoke, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "0.3")
+    out = json.loads(invoke(submit.main, ["-e", "bell", "--shots", "10", "--json"]).stdout)
+    job_id = out["jobs"][0]["job_id"]
+    first = invoke(collect.main, ["--quiet"])
+    assert first.exit_code == 0
+    assert first.stdout.strip() == f"Job {job_id}: QUEUED" and first.stderr == ""
+    quiet_again = invoke(collect.main, ["--quiet"])  # still queued: nothing changed
+    assert quiet_again.stdout == "" and quiet_again.stderr == ""
+    import time
+
+    time.sleep(0.4)
+    done = invoke(collect.main, ["--quiet", "--log-file", tmp_path / "logs" / "qcollect.log"])
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"Job {job_id}: DONE" and lines[1].startswith("Collected results: ")
+    assert len(lines) == 2
+    assert invoke(collect.main, ["--quiet"]).stdout == ""
+    log = (tmp_path / "logs" / "qcollect.log").read_text().splitlines()
+    assert len(log) == 2 and log[0].endswith(f"Job {job_id}: DONE")
+    import re
+
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", line) for line in log)
+
+
+def test_status_filters(invoke, tmp_path: Path, monkeypatch):
+    invoke(submit.main, ["-e", "bell", "--shots", "10"])
+    invoke(collect.main, [])
+    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "3600")
+    invoke(submit.main, ["-e", "ghz", "-p", "width=3", "--shots", "10"])
+    out = json.loads(invoke(main.main, ["status", "--status", "completed", "--json"]).stdout)
+    assert [r["experiment_type"] for r in out] == ["bell"]
+    out = json.loads(invoke(main.main, ["status", "--experiment", "ghz", "--json"]).stdout)
+    assert [r["status"] for r in out] == ["submitted"]
+    assert json.loads(invoke(main.main, ["status", "--since", "2999-01-01", "--json"]).stdout) == []
+    text = invoke(main.main, ["status", "--status", "submitted"]).stdout
+    assert "1 of 2 job(s)" in text

@@ -36,6 +36,8 @@ class AppState:
     stdout: Console = field(default_factory=lambda: Console(highlight=False))
     stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
     announced: bool = False
+    #: Suppress informational messages (warnings and errors still show).
+    quiet: bool = False
 
     def get_settings(self) -> Any:
         """Settings from the environment and ``.env``, read once."""
@@ -109,8 +111,9 @@ class AppState:
     # -- output -----------------------------------------------------------------------------
 
     def info(self, message: str) -> None:
-        """A message for the user (stderr)."""
-        self.stderr.print(message, markup=False, soft_wrap=True)
+        """A message for the user (stderr), unless quiet."""
+        if not self.quiet:
+            self.stderr.print(message, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         """A warning for the user (stderr)."""

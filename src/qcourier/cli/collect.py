@@ -56,13 +56,24 @@ Examples:
 @click.option("--max-pending", type=click.IntRange(1, 1000), default=None,
               help="Pending jobs allowed per key when submitting deferred jobs "
               "[default: $QCOURIER_MAX_PENDING or 3].")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print only changes of status, new results and errors (for cron): a run "
+              "with nothing new prints nothing.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also append what each run reports to this file, with timestamps.")
+@click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="After each run, write metrics in the Prometheus text format to this file "
+              "(atomically), e.g. for node_exporter's textfile collector.")
 @ledger_dir_option
 @service_option
 @json_option
 @handle_errors
 def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool, interval: float,
-         resubmit_failed: bool, max_retries: int, max_pending: int | None,
+         resubmit_failed: bool, max_retries: int, max_pending: int | None, quiet: bool,
+         log_file: Path | None, prometheus: Path | None,
          ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
+    from contextlib import nullcontext
+
     from qcourier.collection import collect_pending
     from qcourier.config import queue_policy
     from qcourier.errors import UsageError
@@ -73,23 +84,39 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     if interval <= 0:
         raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}")
     state = get_state()
+    state.quiet = quiet
     if jobs_file is not None:
         ledger, paths = Ledger(check_ledger_file(jobs_file).parent), [jobs_file]
     else:
         ledger, paths = Ledger(state.ledger_dir(ledger_dir)), None
-    pool = state.get_pool()
+    pool, settings = state.get_pool(), state.get_settings()
+    live = watch and not (as_json or quiet) and state.stdout.is_terminal
     try:
-        while True:
-            report = collect_pending(
-                pool, ledger, paths=paths, job_id=job_id,
-                default_service=service or state.default_service_name(),
-                policy=queue_policy(state.get_settings(), max_pending),
-                resubmit_failed=resubmit_failed, max_retries=max_retries,
-                admit=budget_admission(state.get_settings()))
-            _print_report(state, report, as_json)
-            if not watch or report.pending == 0 or report.unrecorded is not None:
-                break
-            time.sleep(interval)
+        with _LiveView(state.stdout) if live else nullcontext() as view:
+            while True:
+                report = collect_pending(
+                    pool, ledger, paths=paths, job_id=job_id,
+                    default_service=service or state.default_service_name(),
+                    policy=queue_policy(settings, max_pending),
+                    resubmit_failed=resubmit_failed, max_retries=max_retries,
+                    admit=budget_admission(settings))
+                out, err = report_lines(report, quiet)
+                if log_file is not None:
+                    _append_log(log_file, out + err)
+                if prometheus is not None:
+                    _write_metrics(prometheus, ledger, settings, report)
+                if as_json:
+                    state.emit_json(_report_json(report))
+                elif view is not None:
+                    view.show(ledger.fold(paths).records, out[-1] if out else "")
+                else:
+                    for line in err:
+                        click.echo(line, err=True)
+                    for line in out:
+                        click.echo(line)
+                if not watch or report.pending == 0 or report.unrecorded is not None:
+                    break
+                time.sleep(interval)
     except KeyboardInterrupt:
         state.info("Stopped. Every ledger line and result file written so far is whole.")
         raise SystemExit(130) from None
@@ -113,35 +140,89 @@ def budget_admission(settings):
     return admit
 
 
-def _print_report(state, report, as_json: bool) -> None:
-    if as_json:
-        state.emit_json(_report_json(report))
-        return
-    for problem in report.problems:
-        state.warn(str(problem))
-    for reason in report.skipped:
-        state.info(f"Skipped: {reason}")
+def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
+    """What a run reports: (stdout lines, stderr lines). Quiet keeps changes and errors only."""
+    err = [f"Warning: {p}" for p in report.problems]
+    err += [] if quiet else [f"Skipped: {reason}" for reason in report.skipped]
     if report.unrecorded is not None:
         u = report.unrecorded
-        click.echo(f"Job {u.job_id}: {u.state.value} (not in the ledger)")
-        return
+        return [f"Job {u.job_id}: {u.state.value} (not in the ledger)"], err
+    out = []
     for o in report.outcomes:
+        if quiet and not (o.changed or o.failed):
+            continue
         if o.failed:
             shown = "NOT POLLED"
         elif o.state is not None:
             shown = o.state.value
         else:
             shown = o.record.status.value.upper()
-        line = f"Job {o.record.job_id or '(' + o.record.experiment_type + ', not submitted)'}: {shown}"
-        click.echo(line + (f" — {o.message}" if o.message else ""))
-    summary = f"Completed: {report.completed}/{report.total}  Pending: {report.pending}/{report.total}"
-    if report.deferred:
-        summary += f"  (of which deferred: {report.deferred})"
-    if report.errors:
-        summary += f"  Errors: {report.errors}/{report.total}"
-    click.echo(summary)
+        name = o.record.job_id or f"({o.record.experiment_type}, not submitted)"
+        out.append(f"Job {name}: {shown}" + (f" — {o.message}" if o.message else ""))
     if report.collected_path is not None:
-        click.echo(f"Collected results: {report.collected_path}")
+        out.append(f"Collected results: {report.collected_path}")
+    if not quiet:
+        summary = (f"Completed: {report.completed}/{report.total}  "
+                   f"Pending: {report.pending}/{report.total}")
+        if report.deferred:
+            summary += f"  (of which deferred: {report.deferred})"
+        if report.errors:
+            summary += f"  Errors: {report.errors}/{report.total}"
+        out.append(summary)
+    return out, err
+
+
+def _append_log(path: Path, lines: list[str]) -> None:
+    from qcourier.ledger import utc_now
+
+    if not lines:
+        return
+    stamp = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.writelines(f"{stamp} {line}\n" for line in lines)
+
+
+def _write_metrics(path: Path, ledger, settings, report) -> None:
+    from qcourier.ledger import utc_now
+    from qcourier.metrics import write_prometheus
+
+    polled_ok = report.exit_code == 0
+    write_prometheus(path, ledger.fold().records, settings.budget_limit, utc_now(),
+                     last_poll=utc_now() if polled_ok else None)
+
+
+class _LiveView:
+    """A live-updating table of the ledger's jobs, for --watch on a terminal."""
+
+    def __init__(self, console):
+        from rich.live import Live
+
+        self._live = Live(console=console, auto_refresh=False)
+
+    def __enter__(self):
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._live.__exit__(*exc)
+
+    def show(self, records, caption: str) -> None:
+        from rich import box
+        from rich.table import Table
+
+        from qcourier.ledger import utc_now
+
+        table = Table(box=box.SIMPLE, caption=caption,
+                      title=f"qcollect --watch · {utc_now():%H:%M:%S} UTC · Ctrl-C stops")
+        for column in ("job id", "experiment", "key", "status", "queue s", "QPU s"):
+            table.add_column(column)
+        for r in records:
+            table.add_row(r.job_id or "-", r.experiment_type,
+                          "-" if r.api_key_index is None else str(r.api_key_index), r.status.value,
+                          "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
+                          "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}")
+        self._live.update(table, refresh=True)
 
 
 def _report_json(report) -> dict:

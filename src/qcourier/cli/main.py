@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from qcourier import __version__
+from qcourier.ledger import JobStatus
 from qcourier.cli import budget, collect, submit
 from qcourier.cli._common import (
     api_key_option,
@@ -33,34 +34,56 @@ main.add_command(budget.main, "budget")
 
 
 @main.command("status")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice([s.value for s in JobStatus]),
+              help="Only jobs in this status (repeatable).")
+@click.option("--experiment", "experiments_", multiple=True, metavar="NAME",
+              help="Only jobs of this experiment (repeatable).")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              default=None, help="Only jobs submitted (or deferred) since this date, UTC.")
 @ledger_dir_option
 @json_option
 @handle_errors
-def status(ledger_dir: Path | None, as_json: bool) -> None:
+def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, ledger_dir: Path | None,
+           as_json: bool) -> None:
     """Show the latest state of every job in the ledger.
+
+    With --json: a list with one object per job, each the job's latest ledger line (the
+    LedgerRecord fields, see the README).
 
     \b
     Examples:
       qcourier status
-      qcourier status --json
+      qcourier status --status deferred --status submitting
+      qcourier status --experiment surface_code --since 2026-11-01 --json
     """
+    from datetime import UTC
+
     from qcourier.ledger import Ledger
 
     state = get_state()
     fold = Ledger(state.ledger_dir(ledger_dir)).fold()
     for problem in fold.problems:
         state.warn(str(problem))
-    records = fold.records
+    cutoff = since.replace(tzinfo=UTC) if since else None
+    records = [r for r in fold.records
+               if (not statuses or r.status.value in statuses)
+               and (not experiments_ or r.experiment_type in experiments_)
+               and (cutoff is None or (r.submission_time or r.updated_at) >= cutoff)]
     if as_json:
         state.emit_json([r.model_dump(mode="json") for r in records])
         return
-    columns = ["job id", "experiment", "state", "backend", "service", "status", "submitted", "updated"]
+    columns = ["job id", "experiment", "state", "backend", "service", "key", "status", "submitted",
+               "queue s", "QPU s"]
     rows = [[r.job_id or "-", r.experiment_type, r.logical_state or "-", r.backend, r.service,
-             r.status.value,
+             "-" if r.api_key_index is None else str(r.api_key_index), r.status.value,
              r.submission_time.strftime("%Y-%m-%d %H:%M:%S") if r.submission_time else "-",
-             r.updated_at.strftime("%Y-%m-%d %H:%M:%S")] for r in records]
-    print_table(state.stdout, columns, rows)
-    click.echo(f"{len(records)} job(s)")
+             "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
+             "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}"] for r in records]
+    if rows:
+        print_table(state.stdout, columns, rows)
+    click.echo(f"{len(records)} of {len(fold.records)} job(s)" if len(records) != len(fold.records)
+               else f"{len(records)} job(s)")
 
 
 @main.command("experiments")
