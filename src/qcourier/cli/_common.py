@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,6 +115,16 @@ class AppState:
         """A message for the user (stderr), unless quiet."""
         if not self.quiet:
             self.stderr.print(message, markup=False, soft_wrap=True)
+
+    @contextmanager
+    def progress(self) -> Iterator[Callable[[str], None]]:
+        """A callback for progress messages: a live spinner line on a terminal, plain lines
+        on stderr otherwise (and nothing when quiet)."""
+        if self.quiet or not self.stderr.is_terminal:
+            yield self.info
+            return
+        with self.stderr.status("starting") as status:
+            yield lambda message: status.update(message)
 
     def warn(self, message: str) -> None:
         """A warning for the user (stderr)."""

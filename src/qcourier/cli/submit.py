@@ -90,12 +90,13 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
         ledger.ensure_writable()
     services = state.get_services(service, api_key_index, submit_all)
     settings = state.get_settings()
-    report = submit_everywhere(
-        services, ledger, resolved, backend=backend, repeat=repeat, repo_path=repo,
-        jobs_file=jobs_file, dry_run=dry_run, progress=state.info, force=force,
-        limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap),
-        policy=queue_policy(settings, max_pending),
-        guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace))
+    with state.progress() as progress:
+        report = submit_everywhere(
+            services, ledger, resolved, backend=backend, repeat=repeat, repo_path=repo,
+            jobs_file=jobs_file, dry_run=dry_run, progress=progress, force=force,
+            limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap),
+            policy=queue_policy(settings, max_pending),
+            guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace))
     for line in report.skipped:
         state.info(f"Skipped: {line}")
     for line in report.paced:
