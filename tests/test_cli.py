@@ -403,3 +403,18 @@ def test_status_filters(invoke, tmp_path: Path, monkeypatch):
     assert json.loads(invoke(main.main, ["status", "--since", "2999-01-01", "--json"]).stdout) == []
     text = invoke(main.main, ["status", "--status", "submitted"]).stdout
     assert "1 of 2 job(s)" in text
+
+
+def test_qcollect_writes_prometheus_metrics(invoke, tmp_path: Path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    invoke(submit.main, ["-e", "bell", "--shots", "10"])
+    prom = tmp_path / "textfile" / "qcourier.prom"
+    prom.parent.mkdir()
+    result = invoke(collect.main, ["--prometheus", prom])
+    assert result.exit_code == 0
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(prom.read_text()) for s in family.samples}
+    assert samples[("qcourier_jobs", (("experiment", "bell"), ("status", "completed")))] == 1
+    assert samples[("qcourier_qpu_seconds_limit", (("key", "-"), ("service", "local")))] == 600
+    assert samples[("qcourier_last_successful_poll_timestamp_seconds", ())] > 0
