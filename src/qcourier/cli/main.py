@@ -8,7 +8,7 @@ import click
 
 from qcourier import __version__
 from qcourier.ledger import JobStatus
-from qcourier.cli import budget, collect, submit
+from qcourier.cli import budget, collect, report, submit
 from qcourier.cli._common import (
     api_key_option,
     get_state,
@@ -31,6 +31,7 @@ def main() -> None:
 main.add_command(submit.main, "submit")
 main.add_command(collect.main, "collect")
 main.add_command(budget.main, "budget")
+main.add_command(report.main, "report")
 
 
 @main.command("status")
