@@ -297,3 +297,24 @@ def test_plots_of_a_completed_local_study(invoke, tmp_path: Path):
         assert path.stat().st_size > 1000 and path.read_bytes().startswith(PNG_SIGNATURE)
     text = invoke(main.main, ["report", "--plots", "out"]).stdout
     assert "Wrote 8 plot(s):" in text and "Heartbeat fidelity: latest" in text
+
+
+def test_report_writes_prometheus_metrics_keeping_the_last_poll(invoke, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from qcourier.cli import collect, main, submit
+
+    invoke(submit.main, ["-e", "bell", "--shots", "10"])
+    prom = tmp_path / "qcourier.prom"
+    invoke(collect.main, ["--prometheus", prom])
+
+    def samples():
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
+
+    polled = samples()[("qcourier_last_successful_poll_timestamp_seconds", ())]
+    result = invoke(main.main, ["report", "--prometheus", prom])
+    assert result.exit_code == 0
+    after = samples()
+    assert after[("qcourier_last_successful_poll_timestamp_seconds", ())] == polled
+    assert after[("qcourier_jobs", (("experiment", "bell"), ("status", "completed")))] == 1

@@ -20,10 +20,14 @@ from qcourier.cli._common import (
 @click.command()
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Also write PNG plots into this directory (created if needed).")
+@click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the metrics qcollect --prometheus writes to this file (keeping "
+              "its last-successful-poll time).")
 @ledger_dir_option
 @json_option
 @handle_errors
-def main(plots_dir: Path | None, ledger_dir: Path | None, as_json: bool) -> None:
+def main(plots_dir: Path | None, prometheus: Path | None, ledger_dir: Path | None,
+         as_json: bool) -> None:
     """Report the study: job SLIs, QPU budget per key, each experiment over time.
 
     \b
@@ -98,6 +102,11 @@ def main(plots_dir: Path | None, ledger_dir: Path | None, as_json: bool) -> None
     for skipped in report.skipped_results:
         state.warn(f"result of job {skipped['job_id']} skipped: {skipped['reason']}")
     plots = write_plots(report, fold.records, directory, plots_dir) if plots_dir else None
+    if prometheus is not None:
+        from qcourier.metrics import write_prometheus
+
+        write_prometheus(prometheus, fold.records, state.get_settings().budget_limit, utc_now(),
+                         last_poll=None)
     if as_json:
         state.emit_json({**report.to_dict(), "plots": plots.to_dict() if plots else None})
         return
