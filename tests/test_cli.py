@@ -135,9 +135,9 @@ def test_job_id_unknown_to_the_ledger_but_known_to_the_service(invoke, tmp_path:
 
 
 def test_watch_repeats_until_done(invoke, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "0.5")
+    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "2")
     invoke(submit.main, ["-e", "bell", "--shots", "10"])
-    result = invoke(collect.main, ["--watch", "--interval", "0.3"])
+    result = invoke(collect.main, ["--watch", "--interval", "0.5"])
     assert result.exit_code == 0
     assert result.stdout.count("Pending: 1/1") >= 1
     assert result.stdout.strip().endswith("Pending: 0/1") or "Collected results" in result.stdout
@@ -368,7 +368,7 @@ def test_light_commands_do_not_import_heavy_modules(tmp_path: Path, argv):
 
 
 def test_quiet_prints_only_changes_and_nothing_when_nothing_changed(invoke, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "0.3")
+    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "3")
     out = json.loads(invoke(submit.main, ["-e", "bell", "--shots", "10", "--json"]).stdout)
     job_id = out["jobs"][0]["job_id"]
     first = invoke(collect.main, ["--quiet"])
@@ -378,7 +378,7 @@ def test_quiet_prints_only_changes_and_nothing_when_nothing_changed(invoke, tmp_
     assert quiet_again.stdout == "" and quiet_again.stderr == ""
     import time
 
-    time.sleep(0.4)
+    time.sleep(3.1)
     done = invoke(collect.main, ["--quiet", "--log-file", tmp_path / "logs" / "qcollect.log"])
     lines = done.stdout.strip().splitlines()
     assert lines[0] == f"Job {job_id}: DONE" and lines[1].startswith("Collected results: ")

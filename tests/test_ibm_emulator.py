@@ -149,7 +149,8 @@ def test_backends_properties_status_and_least_busy(emu: IBMEmulator):
 
 
 def test_bell_job_end_to_end_in_job_mode(monkeypatch: pytest.MonkeyPatch):
-    with IBMEmulator(queue_seconds=0.4, run_seconds=0.4) as emu:
+    # The queue is long enough for the checks below to see QUEUED on a loaded machine.
+    with IBMEmulator(queue_seconds=3.0, run_seconds=0.4) as emu:
         for name, value in emu.client_env().items():
             monkeypatch.setenv(name, value)
         service = connect(emu)
