@@ -154,7 +154,7 @@ def test_system_failures_are_resubmitted_up_to_max_retries(invoke, tmp_path: Pat
 def test_user_failures_are_never_resubmitted(invoke, tmp_path: Path):
     class UserErrorService(LocalService):
         def job_status(self, job_id):
-            report = super().job_status(job_id)
+            super().job_status(job_id)  # unknown jobs still raise
             from qcourier.services.base import JobState, JobStatusReport
 
             return JobStatusReport(job_id, JobState.ERROR, "Invalid circuit: bad instruction", 1234)

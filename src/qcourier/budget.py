@@ -455,3 +455,14 @@ class BudgetGuard:
             if not allowed:
                 return f"{state.label}: {reason}", True
         return None, False
+
+    def admit_deferred(self, record: LedgerRecord, records: Iterable[LedgerRecord],
+                       now: datetime) -> str | None:
+        """Why a deferred job may not be submitted now, or ``None`` if it may.
+
+        The other deferred jobs wait their turn behind it, so they do not count against it.
+        """
+        others = [r for r in records if r.status is not JobStatus.DEFERRED]
+        reason, _ = self.refusal(others, record.service, record.api_key_index,
+                                 record.estimated_qpu_seconds or 0.0, now)
+        return reason

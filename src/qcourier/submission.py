@@ -151,15 +151,15 @@ def plan_submission(
     for experiment, params, unit in built:
         progress(f"transpiling {experiment.name} ({len(unit.circuits)} circuits) for {backend_name}")
         isa = transpile(unit.circuits, target)
+        template = _record_for(service, backend_name, experiment, params, unit, isa, git, snapshot)
         # Travels with the job (QPY keeps circuit metadata; the hashes ignore it), so that
         # `qcourier recover` can rebuild the ledger record of a job whose ledger file is lost.
         isa[0].metadata = {"qcourier": {"experiment": experiment.name,
-                                        "params": params.model_dump(mode="json"),
+                                        "params": template.params,
                                         "unit": unit.metadata,
-                                        "circuit_hash": circuit_hash(unit.circuits)}}
+                                        "circuit_hash": template.circuit_hash}}
         check_input_size(isa, experiment.name)
         estimate = estimate_qpu_seconds(isa, unit.shots, target)
-        template = _record_for(service, backend_name, experiment, params, unit, isa, git, snapshot)
         template = template.model_copy(update={
             "calibration_age_hours": age,
             "estimated_qpu_seconds": estimate,

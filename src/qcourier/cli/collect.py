@@ -99,7 +99,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                     default_service=service or state.default_service_name(),
                     policy=queue_policy(settings, max_pending),
                     resubmit_failed=resubmit_failed, max_retries=max_retries,
-                    admit=budget_admission(settings))
+                    admit=_budget_admission(settings))
                 out, err = report_lines(report, quiet)
                 if log_file is not None:
                     _append_log(log_file, out + err)
@@ -123,21 +123,12 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     raise SystemExit(report.exit_code)
 
 
-def budget_admission(settings):
-    """The budget check qcollect makes before submitting a deferred job."""
+def _budget_admission(settings):
     from qcourier.budget import BudgetGuard
-    from qcourier.ledger import JobStatus, utc_now
+    from qcourier.ledger import utc_now
 
     guard = BudgetGuard(settings.budget_limit)
-
-    def admit(record, records):
-        # Other deferred jobs wait their turn behind this one: they must not block it.
-        others = [r for r in records if r.status is not JobStatus.DEFERRED]
-        reason, _ = guard.refusal(others, record.service, record.api_key_index,
-                                  record.estimated_qpu_seconds or 0.0, utc_now())
-        return reason
-
-    return admit
+    return lambda record, records: guard.admit_deferred(record, records, utc_now())
 
 
 def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
