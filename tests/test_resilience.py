@@ -109,7 +109,9 @@ def test_a_deferred_study_drains_with_never_more_than_three_pending(tmp_path: Pa
     assert statuses == {"submitted": 3, "deferred": 7}
     assert "7 deferred" in sub.stdout
     status = run([script("qcourier"), "status"], env, tmp_path)
-    assert status.stdout.count("deferred") == 7
+    rows = status.stdout.splitlines()[1:-1]
+    assert sum(row.split()[6] == "deferred" for row in rows) == 7
+    assert status.stdout.splitlines()[-1] == "10 job(s): 7 deferred, 3 submitted"
     for _ in range(40):  # cron, every few minutes, compressed
         col = run([script("qcollect")], env, tmp_path)
         assert col.returncode == 0, col.stderr

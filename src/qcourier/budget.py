@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from qcourier.ledger import JobStatus, LedgerRecord
+from qcourier.ledger import JobStatus, RecordView
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -97,14 +97,14 @@ def budget_key(service: str, key_index: int | None) -> BudgetKey:
     return (service, None) if service == "local" else (service, key_index)
 
 
-def budget_keys(records: Iterable[LedgerRecord]) -> list[BudgetKey]:
+def budget_keys(records: Iterable[RecordView]) -> list[BudgetKey]:
     """Every budget key the records use, sorted (local first, then IBM keys by index)."""
     keys = {budget_key(r.service, r.api_key_index) for r in records}
     return sorted(keys, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
 
 
-def _of_key(records: Iterable[LedgerRecord], service: str, key_index: int | None
-            ) -> list[LedgerRecord]:
+def _of_key(records: Iterable[RecordView], service: str, key_index: int | None
+            ) -> list[RecordView]:
     key = budget_key(service, key_index)
     return [r for r in records if budget_key(r.service, r.api_key_index) == key]
 
@@ -122,7 +122,7 @@ def is_reserving(status: JobStatus) -> bool:
     return status.is_open
 
 
-def _finished_at(record: LedgerRecord) -> datetime:
+def _finished_at(record: RecordView) -> datetime:
     return _utc(record.completion_time or record.updated_at)
 
 
@@ -174,7 +174,7 @@ class BudgetState:
         }
 
 
-def budget_state(records: Iterable[LedgerRecord], service: str, key_index: int | None,
+def budget_state(records: Iterable[RecordView], service: str, key_index: int | None,
                  limit_seconds: float, now: datetime) -> BudgetState:
     """The budget of key ``(service, key_index)`` at ``now``, from the folded ledger records.
 
@@ -213,7 +213,7 @@ def budget_state(records: Iterable[LedgerRecord], service: str, key_index: int |
 
 # -- the pace rule ----------------------------------------------------------------------------
 
-def pace_allowance(records: Iterable[LedgerRecord], service: str, key_index: int | None,
+def pace_allowance(records: Iterable[RecordView], service: str, key_index: int | None,
                    limit_seconds: float, now: datetime, estimate: float,
                    burst: timedelta = DEFAULT_PACE_BURST) -> tuple[bool, str]:
     """Whether a job of ``estimate`` QPU seconds keeps the key on an even spread of its budget.
@@ -270,7 +270,7 @@ def pace_allowance(records: Iterable[LedgerRecord], service: str, key_index: int
     return False, reason
 
 
-def _pace_charges(records: list[LedgerRecord]) -> list[tuple[datetime, float, bool]]:
+def _pace_charges(records: list[RecordView]) -> list[tuple[datetime, float, bool]]:
     """``(time, seconds, open)`` of each job the pace rule counts."""
     charges = []
     for record in records:
@@ -388,7 +388,7 @@ class ModelAccuracy:
         return data
 
 
-def model_accuracy(records: Iterable[LedgerRecord], *, service: str | None = None
+def model_accuracy(records: Iterable[RecordView], *, service: str | None = None
                    ) -> ModelAccuracy:
     """How the QPU-time estimates compare with the usage recorded for the same jobs.
 
@@ -435,7 +435,7 @@ class BudgetGuard:
     allow_over_budget: bool = False
     pace: bool = False
 
-    def refusal(self, records: Iterable[LedgerRecord], service: str, key_index: int | None,
+    def refusal(self, records: Iterable[RecordView], service: str, key_index: int | None,
                 estimate: float, now: datetime) -> tuple[str | None, bool]:
         """Why ``estimate`` more seconds may not be spent now, and whether that is only pace.
 
@@ -456,7 +456,7 @@ class BudgetGuard:
                 return f"{state.label}: {reason}", True
         return None, False
 
-    def admit_deferred(self, record: LedgerRecord, records: Iterable[LedgerRecord],
+    def admit_deferred(self, record: RecordView, records: Iterable[RecordView],
                        now: datetime) -> str | None:
         """Why a deferred job may not be submitted now, or ``None`` if it may.
 

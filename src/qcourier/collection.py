@@ -21,6 +21,7 @@ nothing. Only one collector runs on a ledger at a time.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,15 @@ from qcourier.dispatch import (
 )
 from qcourier.errors import QcourierError, UsageError
 from qcourier.files import atomic_write_bytes, sha256_file
-from qcourier.ledger import Entry, JobStatus, Ledger, LedgerProblem, LedgerRecord, utc_now
+from qcourier.ledger import (
+    Entry,
+    JobStatus,
+    Ledger,
+    LedgerProblem,
+    LedgerRecord,
+    RecordView,
+    utc_now,
+)
 from qcourier.provenance import calibration_for_qubits, load_snapshot
 from qcourier.services import ServicePool
 from qcourier.services.base import (
@@ -61,8 +70,10 @@ STATUS_FOR_STATE = {
 }
 
 Progress = Callable[[str], None]
+#: Completed results re-hashed per run, in turns (see :class:`ResultCheck`).
+RESULT_CHECK_BATCH = 100
 #: Given a deferred record and the current records, a reason not to submit it now, or None.
-Admit = Callable[[LedgerRecord, list[LedgerRecord]], str | None]
+Admit = Callable[[LedgerRecord, list[RecordView]], str | None]
 
 
 class CollectorBusy(QcourierError):
@@ -147,6 +158,7 @@ def collect_pending(
     resubmit_failed: bool = False,
     max_retries: int = 3,
     admit: Admit | None = None,
+    verify_batch: int | None = RESULT_CHECK_BATCH,
     progress: Progress = lambda _: None,
 ) -> CollectReport:
     """One collection run over the ledger (or ``paths``, or only ``job_id``): see the module.
@@ -157,6 +169,8 @@ def collect_pending(
         resubmit_failed: retry failed jobs whose failure was the system's, and partial ones.
         max_retries: how many retries one original job may have.
         admit: a last check before a deferred job is submitted (the budget guard).
+        verify_batch: how many completed results to re-hash this run (``None``: all); every
+            result file's existence is checked on every run (:class:`ResultCheck`).
 
     Raises:
         CollectorBusy: another collector holds the ledger's lock.
@@ -164,7 +178,8 @@ def collect_pending(
     """
     pool = services if isinstance(services, ServicePool) else ServicePool.of(services)
     ledger.ensure_writable()
-    run = _Run(pool, ledger, policy, admit or (lambda _r, _all: None), progress)
+    run = _Run(pool, ledger, policy, admit or (lambda _r, _all: None), progress,
+               ResultCheck(ledger, verify_batch))
     try:
         with collector_lock(ledger):
             return run.collect(paths, job_id, default_service, resubmit_failed, max_retries)
@@ -178,13 +193,14 @@ class _Run:
     """The state of one collection run: the records as they are now, and the services."""
 
     def __init__(self, pool: ServicePool, ledger: Ledger, policy: QueuePolicy, admit: Admit,
-                 progress: Progress):
+                 progress: Progress, results: ResultCheck):
         self.pool = pool
         self.ledger = ledger
         self.policy = policy
         self.admit = admit
         self.progress = progress
         self.report = CollectReport()
+        self.results = results
         self.entries: dict[str, Entry] = {}
         self.unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
 
@@ -195,13 +211,13 @@ class _Run:
         self.entries = dict(fold.entries)
         selected = list(self.entries.values())
         if job_id is not None:
-            selected = [e for e in selected if e.record.job_id == job_id]
+            selected = [e for e in selected if e.summary.job_id == job_id]
             if not selected:
                 self.report.unrecorded = poll_unrecorded(self.pool.get(default_service), job_id)
                 return self.report
         deferred = []
         for entry in selected:
-            status = entry.record.status
+            status = entry.summary.status
             if status is JobStatus.DEFERRED:
                 deferred.append(entry)
             elif status.is_final:
@@ -214,11 +230,12 @@ class _Run:
             self._drain(deferred)
         if self.report.newly_final:
             self.report.collected_path = _write_collected(self.ledger, self.report.newly_final)
+        self.results.save()
         return self.report
 
     def _outcome(self, outcome: JobOutcome, path: Path) -> None:
         self.report.outcomes.append(outcome)
-        self.entries[outcome.record.record_id] = Entry(outcome.record, path)
+        self.entries[outcome.record.record_id] = Entry.of(outcome.record, path)
 
     def _service(self, record: LedgerRecord) -> QuantumService | None:
         where = queue_key(record)
@@ -235,12 +252,12 @@ class _Run:
 
     def _check_final(self, entry: Entry) -> None:
         """Count a final record; download a completed one's result again if its file is bad."""
-        record = entry.record
-        problem = _result_file_problem(self.ledger, record)
+        problem = self.results.problem(entry.summary)
         if problem is None:
             self.report.already_final += 1
-            self.report.already_final_completed += record.status is JobStatus.COMPLETED
+            self.report.already_final_completed += entry.summary.status is JobStatus.COMPLETED
             return
+        record = entry.record
         service = self._service(record)
         if service is None:
             self._not_reachable(entry)
@@ -274,7 +291,7 @@ class _Run:
                 self._outcome(JobOutcome(record, None, False, "intent waiting for its job"),
                               entry.path)
                 return
-            entry = Entry(settled, entry.path)
+            entry = Entry.of(settled, entry.path)
             if settled.status is JobStatus.SUBMIT_FAILED:
                 self._outcome(JobOutcome(settled, None, True, settled.error), entry.path)
                 return
@@ -286,14 +303,15 @@ class _Run:
 
     def _plan_retries(self, max_retries: int) -> list[Entry]:
         """Deferred retry records for failed (system) and partial jobs not yet retried."""
-        retried = {e.record.retry_of for e in self.entries.values() if e.record.retry_of}
+        retried = {e.summary.retry_of for e in self.entries.values() if e.summary.retry_of}
         retries = []
         for entry in list(self.entries.values()):
-            record = entry.record
-            eligible = (record.status is JobStatus.PARTIAL
-                        or (record.status is JobStatus.FAILED and record.failure_class == "system"))
-            if not eligible or record.record_id in retried or record.retry_count >= max_retries:
+            summary = entry.summary
+            eligible = (summary.status is JobStatus.PARTIAL
+                        or (summary.status is JobStatus.FAILED and summary.failure_class == "system"))
+            if not eligible or summary.record_id in retried or summary.retry_count >= max_retries:
                 continue
+            record = entry.record
             retry = LedgerRecord.model_validate({
                 **record.model_dump(),
                 "record_id": ledger_mod.new_record_id(), "status": JobStatus.DEFERRED,
@@ -304,8 +322,8 @@ class _Run:
                 "retry_count": record.retry_count + 1, "updated_at": utc_now(),
             })
             ledger_mod.append(entry.path, retry)
-            self.entries[retry.record_id] = Entry(retry, entry.path)
-            retries.append(Entry(retry, entry.path))
+            self.entries[retry.record_id] = Entry.of(retry, entry.path)
+            retries.append(Entry.of(retry, entry.path))
         return retries
 
     def _drain(self, deferred: list[Entry]) -> None:
@@ -316,9 +334,10 @@ class _Run:
             if service is None:
                 self._not_reachable(entry)
                 continue
-            mine = [e.record for e in self.entries.values() if queue_key(e.record) == queue_key(record)]
+            summaries = [e.summary for e in self.entries.values()]
+            mine = [s for s in summaries if queue_key(s) == queue_key(record)]
             reason = None if open_slots(mine, self.policy, utc_now()) else "waiting for a free slot"
-            reason = reason or self.admit(record, [e.record for e in self.entries.values()])
+            reason = reason or self.admit(record, summaries)
             if reason:
                 self._outcome(JobOutcome(record, None, False, f"deferred: {reason}"), entry.path)
                 continue
@@ -335,16 +354,68 @@ class _Run:
                           entry.path)
 
 
-def _result_file_problem(ledger: Ledger, record: LedgerRecord) -> str | None:
-    """Why a completed record's result file cannot be trusted, or None if it can."""
-    if record.status is not JobStatus.COMPLETED or not record.result_path:
+class ResultCheck:
+    """Whether completed records' result files can still be trusted, cheaply on every run.
+
+    Every run checks that every result file exists (one listing of ``jobs/``), and
+    re-hashes ``batch`` of them against the sha256 in the ledger, taking turns over the
+    completed records (a cursor in ``cache/result-check.json``), so a study of 100,000 jobs
+    costs a run a listing and ``batch`` hashes, and every file is re-hashed once every
+    ``n / batch`` runs. ``batch=None`` re-hashes them all. A result file is hashed when it
+    is written, so a new one is always right.
+    """
+
+    def __init__(self, ledger: Ledger, batch: int | None):
+        self.ledger = ledger
+        self.batch = batch
+        self.state_path = ledger.directory / "cache" / "result-check.json"
+        self._listing: set[str] | None = None
+        self._position = 0  # index of the next completed record among this run's
+        try:
+            self.cursor = int(json.loads(self.state_path.read_bytes())["cursor"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.cursor = 0
+
+    def problem(self, record: RecordView) -> str | None:
+        """Why a completed record's result file cannot be trusted, or None if it can."""
+        if record.status is not JobStatus.COMPLETED or not record.result_path:
+            return None
+        position, self._position = self._position, self._position + 1
+        path = self.ledger.directory / record.result_path
+        if not self._exists(record.result_path, path):
+            return "its result file is missing"
+        if self._due(position) and sha256_file(path) != record.result_sha256:
+            return "its result file does not match the sha256 in the ledger"
         return None
-    path = ledger.directory / record.result_path
-    if not path.is_file():
-        return "its result file is missing"
-    if sha256_file(path) != record.result_sha256:
-        return "its result file does not match the sha256 in the ledger"
-    return None
+
+    def _exists(self, relative: str, path: Path) -> bool:
+        parts = Path(relative).parts
+        if len(parts) != 2 or parts[0] != "jobs":  # not where qcourier writes them: ask
+            return path.is_file()
+        if self._listing is None:
+            try:
+                self._listing = set(os.listdir(self.ledger.results_dir))
+            except OSError:
+                self._listing = set()
+        return parts[1] in self._listing
+
+    def _due(self, position: int) -> bool:
+        if self.batch is None:
+            return True
+        return self.cursor <= position < self.cursor + self.batch
+
+    def save(self) -> None:
+        """Move the cursor past this run's batch (to the start after the last record)."""
+        if self.batch is None:
+            return
+        nxt = self.cursor + self.batch
+        nxt = 0 if nxt >= self._position else nxt
+        if nxt != self.cursor:
+            try:
+                atomic_write_bytes(self.state_path, json.dumps({"cursor": nxt}).encode(),
+                                   durable=False)
+            except OSError:
+                pass  # a cache: the next run starts from the same place
 
 
 def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry) -> JobOutcome:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from qcourier import ledger as ledger_mod
 from qcourier.errors import QcourierError
 from qcourier.files import atomic_write_bytes
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord, utc_now
+from qcourier.ledger import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
 from qcourier.services.base import QuantumService, ServiceError, TransientServiceError
 
 if TYPE_CHECKING:
@@ -88,12 +88,12 @@ def load_circuits(ledger: Ledger, record: LedgerRecord) -> list[QuantumCircuit]:
 
 # -- the queue -----------------------------------------------------------------------------------
 
-def queue_key(record: LedgerRecord) -> tuple[str, int | None]:
+def queue_key(record: RecordView) -> tuple[str, int | None]:
     """Which service and key a record's job belongs to (limits apply per key)."""
     return (record.service, record.api_key_index)
 
 
-def open_slots(records: Iterable[LedgerRecord], policy: QueuePolicy, now: datetime) -> int:
+def open_slots(records: Iterable[RecordView], policy: QueuePolicy, now: datetime) -> int:
     """How many more jobs one key may submit now, given its records."""
     pending = recent = 0
     minute_ago = now - timedelta(seconds=60)

@@ -8,16 +8,21 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename); return its sha256."""
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename); return its sha256.
+
+    ``durable=False`` skips the fsyncs: after a power cut the file may be old or absent,
+    but never half-written (for caches, which can always be rebuilt).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -25,6 +30,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> str:
         except FileNotFoundError:
             pass
         raise
+    if not durable:
+        return hashlib.sha256(data).hexdigest()
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

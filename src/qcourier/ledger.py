@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +31,8 @@ from qcourier.errors import LedgerError, UsageError
 SCHEMA_VERSION = 1
 LEDGER_GLOB = "submitted_jobs_*.jsonl"
 LOCK_TIMEOUT_SECONDS = 30.0
+#: Where derived, deletable data lives: ``<ledger>/cache/`` (the fold index is in ``index/``).
+INDEX_DIR = "cache/index"
 
 
 class JobStatus(StrEnum):
@@ -151,12 +153,105 @@ class LedgerProblem:
         return f"{self.path}:{self.line}: {kind} skipped ({self.reason})"
 
 
-@dataclass(frozen=True)
-class Entry:
-    """The current state of one record and the file it lives in."""
+class RecordSummary(NamedTuple):
+    """The fields of a record that listing, budgeting and queueing need.
 
-    record: LedgerRecord
-    path: Path
+    A fold keeps one summary per record in memory; the whole record is read from its latest
+    line only when asked for (:attr:`Entry.record`), so a ledger of 100,000 jobs folds in
+    little time and memory. The names and types are those of :class:`LedgerRecord`, so code
+    that reads only these fields takes either.
+    """
+
+    record_id: str
+    job_id: str | None
+    status: JobStatus
+    service: str
+    backend: str
+    experiment_type: str
+    logical_state: str | None
+    shots: int
+    circuit_hash: str
+    api_key_index: int | None
+    submission_time: datetime | None
+    updated_at: datetime
+    completion_time: datetime | None
+    estimated_qpu_seconds: float | None
+    max_execution_time: int | None
+    request_id: str | None
+    retry_of: str | None
+    retry_count: int
+    failure_class: str | None
+    error: str | None
+    result_path: str | None
+    result_sha256: str | None
+    usage_seconds: float | None
+    queue_seconds: float | None
+
+    @classmethod
+    def of(cls, record: LedgerRecord) -> RecordSummary:
+        """The summary of a whole record."""
+        return cls._make(getattr(record, name) for name in cls._fields)
+
+
+#: What code that only reads summary fields accepts.
+RecordView = LedgerRecord | RecordSummary
+
+
+class Entry:
+    """The current state of one record: its summary, and where its latest line is.
+
+    ``record`` reads and validates that line on first use (or is given, for a record just
+    written).
+    """
+
+    __slots__ = ("summary", "path", "offset", "length", "_record")
+
+    def __init__(self, summary: RecordSummary, path: Path, offset: int = -1, length: int = 0,
+                 record: LedgerRecord | None = None):
+        self.summary = summary
+        self.path = path
+        self.offset = offset
+        self.length = length
+        self._record = record
+
+    @classmethod
+    def of(cls, record: LedgerRecord, path: Path) -> Entry:
+        """The entry of a record held in memory (just written, or just read)."""
+        return cls(RecordSummary.of(record), path, record=record)
+
+    @property
+    def record(self) -> LedgerRecord:
+        """The whole record, read from its line in the ledger file on first use.
+
+        Raises:
+            LedgerError: the line can no longer be read as the record it was.
+        """
+        if self._record is None:
+            self._record = _read_record_at(self.path, self.offset, self.length,
+                                           self.summary.record_id)
+        return self._record
+
+
+def _read_record_at(path: Path, offset: int, length: int, record_id: str) -> LedgerRecord:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            raw = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        record = LedgerRecord.model_validate_json(raw)
+    except (OSError, ValidationError) as exc:
+        raise LedgerError(
+            f"{path}: the line of record {record_id} at byte {offset} can no longer be read "
+            f"({exc.__class__.__name__}); the file was changed after it was indexed — remove "
+            f"{path.parent / INDEX_DIR} and try again"
+        ) from None
+    if record.record_id != record_id:
+        raise LedgerError(
+            f"{path}: byte {offset} no longer holds record {record_id}; the file was changed "
+            f"after it was indexed — remove {path.parent / INDEX_DIR} and try again"
+        )
+    return record
 
 
 @dataclass
@@ -167,9 +262,27 @@ class Fold:
     problems: list[LedgerProblem] = field(default_factory=list)
 
     @property
+    def summaries(self) -> list[RecordSummary]:
+        """Latest summaries, in the order the records were first written (cheap)."""
+        return [e.summary for e in self.entries.values()]
+
+    @property
     def records(self) -> list[LedgerRecord]:
-        """Latest records, in the order they were first written."""
+        """Latest whole records, in the order they were first written (reads every line)."""
         return [e.record for e in self.entries.values()]
+
+    @staticmethod
+    def lines(entries: Iterable[Entry]) -> Iterator[bytes]:
+        """The latest line of each entry (JSON, no newline), reading each file once."""
+        data: dict[Path, bytes] = {}
+        for entry in entries:
+            if entry._record is not None or entry.offset < 0:
+                yield entry.record.model_dump_json().encode()
+                continue
+            if entry.path not in data:
+                data.clear()  # entries come file by file: keep one file in memory
+                data[entry.path] = entry.path.read_bytes()
+            yield data[entry.path][entry.offset:entry.offset + entry.length]
 
 
 def _lock_for(path: Path) -> FileLock:
@@ -229,10 +342,10 @@ def read_lines(path: Path) -> Iterator[tuple[int, LedgerRecord | LedgerProblem]]
             yield number, LedgerRecord.model_validate_json(raw)
         except ValidationError as exc:
             torn = torn_tail and number == last
-            yield number, LedgerProblem(path, number, _summarise(exc), torn=torn)
+            yield number, LedgerProblem(path, number, summarise_error(exc), torn=torn)
 
 
-def _summarise(exc: ValidationError) -> str:
+def summarise_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     return f"{where}: {err['msg']}" if where else err["msg"]
@@ -295,15 +408,34 @@ class Ledger:
                 raise LedgerError(f"cannot create {path}: {exc.strerror or exc}") from None
         raise LedgerError(f"too many ledger files named for {stamp} in {self.directory}")
 
+    @property
+    def index_dir(self) -> Path:
+        """Where the fold index lives: ``<ledger>/cache/index/`` (derived, safe to delete)."""
+        return self.directory / INDEX_DIR
+
     def fold(self, paths: Iterable[Path] | None = None) -> Fold:
-        """The latest state of every record in the given files (default: all of them)."""
+        """The latest state of every record in the given files (default: all of them).
+
+        Each file's fold is kept in an index (:mod:`qcourier.ledger_index`), so only lines
+        appended since the last fold are read and validated; whole records are read from
+        their lines on demand (:attr:`Entry.record`).
+
+        Raises:
+            LedgerError: a ledger file cannot be read.
+        """
+        from qcourier.ledger_index import fold_file
+
         result = Fold()
+        home = self.directory.resolve()
         for path in self.files() if paths is None else paths:
-            for _number, item in read_lines(path):
-                if isinstance(item, LedgerProblem):
-                    result.problems.append(item)
-                    continue
-                result.entries[item.record_id] = Entry(item, path)
+            path = Path(path)
+            index_dir = self.index_dir if path.resolve().parent == home else None
+            try:
+                entries, problems = fold_file(path, index_dir)
+            except OSError as exc:
+                raise LedgerError(f"cannot read ledger file {path}: {exc.strerror or exc}") from None
+            result.entries.update(entries)
+            result.problems.extend(problems)
         return result
 
 

@@ -49,7 +49,7 @@ from prometheus_client.samples import Sample
 
 from qcourier.budget import BudgetKey, budget_key, budget_keys, budget_state
 from qcourier.files import atomic_write_bytes
-from qcourier.ledger import JobStatus, LedgerRecord
+from qcourier.ledger import JobStatus, RecordView
 
 PREFIX = "qcourier_"
 LAST_POLL_METRIC = "qcourier_last_successful_poll_timestamp_seconds"
@@ -59,7 +59,7 @@ QUEUE_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.PARTIAL})
 LOCAL_KEY_LABEL = "-"
 
 
-def write_prometheus(path: Path, records: Iterable[LedgerRecord],
+def write_prometheus(path: Path, records: Iterable[RecordView],
                      limits: Callable[[int | None], float], now: datetime,
                      last_poll: datetime | None, *, experiments: Iterable[str] = (),
                      keys: Iterable[BudgetKey] = ()) -> None:
@@ -128,7 +128,7 @@ def _key_label(key_index: int | None) -> str:
 class _LedgerCollector:
     """A one-shot collector: the metric families of one set of records."""
 
-    def __init__(self, records: list[LedgerRecord], limits: Callable[[int | None], float],
+    def __init__(self, records: list[RecordView], limits: Callable[[int | None], float],
                  now: datetime, last_poll_seconds: float | None, experiments: list[str],
                  keys: list[BudgetKey]) -> None:
         self.records = records

@@ -40,8 +40,8 @@ def recover(services: list[QuantumService], ledger: Ledger, since: datetime | No
             dry_run: bool = False) -> RecoveryReport:
     """Write ledger records for the services' qcourier jobs that no ledger file knows."""
     fold = ledger.fold()
-    known_jobs = {r.job_id for r in fold.records if r.job_id}
-    open_intents = {r.request_id for r in fold.records
+    known_jobs = {r.job_id for r in fold.summaries if r.job_id}
+    open_intents = {r.request_id for r in fold.summaries
                     if r.status is JobStatus.SUBMITTING and r.request_id}
     report = RecoveryReport()
     for service in services:

@@ -3,7 +3,9 @@
 ``plan_submission`` does everything that needs no service call beyond reading the backend
 (build, transpile, hash, provenance); ``submit_plan`` submits each planned job and appends
 its ledger line right after the service accepted it. A dry run stops after planning and
-writes nothing.
+writes nothing. Transpiled circuits are reused from ``<ledger>/cache/transpiled/`` when the
+same circuits were transpiled for the same backend and calibration before (see
+:mod:`qcourier.transpile_cache`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from qcourier import ledger as ledger_mod
 from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord, utc_now
+from qcourier.ledger import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
 from qcourier.budget import BudgetGuard
 from qcourier.dispatch import QueuePolicy, open_slots, queue_key, store_circuits, submit_record
 from qcourier.provenance import (
@@ -28,6 +30,7 @@ from qcourier.provenance import (
     save_snapshot,
     snapshot_sha256,
 )
+from qcourier.transpile_cache import TranspileCache, TranspiledUnit, cache_inputs, cache_key
 from qcourier.services.base import (
     AuthenticationError,
     BudgetExceededError,
@@ -74,6 +77,9 @@ class Plan:
     calibration: dict[str, Any]
     git: GitState
     warnings: list[str] = field(default_factory=list)
+    #: Job units whose transpilation came from the transpile cache, and those transpiled.
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,14 @@ def plan_submission(
     repo_path: Path | None = None,
     limits: ExecutionLimits = ExecutionLimits(),
     progress: Progress = _quiet,
+    transpile_cache: Path | None = None,
+    update_cache: bool = True,
 ) -> Plan:
     """Build, transpile and hash every job of a submission.
+
+    Args:
+        transpile_cache: directory of the transpile cache; None transpiles everything afresh.
+        update_cache: False to only read the cache (a dry run writes nothing).
 
     Raises:
         UsageError: bad repeat count, unknown backend, circuits wider than the backend, or a
@@ -148,17 +160,27 @@ def plan_submission(
     plan = Plan(service, backend_name, [], calibration, git, [git.warning] if git.warning else [])
     if age is not None and age > STALE_CALIBRATION_HOURS and not service.simulated:
         plan.warnings.append(f"the calibration of {backend_name} is {age:.0f} hours old")
+    cache = None if transpile_cache is None else TranspileCache(transpile_cache, writable=update_cache)
     for experiment, params, unit in built:
-        progress(f"transpiling {experiment.name} ({len(unit.circuits)} circuits) for {backend_name}")
-        isa = transpile(unit.circuits, target)
-        template = _record_for(service, backend_name, experiment, params, unit, isa, git, snapshot)
+        logical_hash = circuit_hash(unit.circuits)
+        transpiled = _transpile_unit(unit, logical_hash, backend_name, target, snapshot, cache,
+                                     f"{experiment.name} ({len(unit.circuits)} circuits) for {backend_name}",
+                                     progress)
+        if transpiled.cached:
+            plan.cache_hits += 1
+        else:
+            plan.cache_misses += 1
+        isa = transpiled.circuits
+        template = _record_for(service, backend_name, experiment, params, unit, transpiled,
+                               logical_hash, git, snapshot)
+        stored_metadata = isa[0].metadata
         # Travels with the job (QPY keeps circuit metadata; the hashes ignore it), so that
         # `qcourier recover` can rebuild the ledger record of a job whose ledger file is lost.
         isa[0].metadata = {"qcourier": {"experiment": experiment.name,
                                         "params": template.params,
                                         "unit": unit.metadata,
                                         "circuit_hash": template.circuit_hash}}
-        check_input_size(isa, experiment.name)
+        _check_planned_input_size(transpiled, stored_metadata, experiment.name)
         estimate = estimate_qpu_seconds(isa, unit.shots, target)
         template = template.model_copy(update={
             "calibration_age_hours": age,
@@ -170,7 +192,70 @@ def plan_submission(
                 PlannedJob(experiment.name, isa, unit.shots,
                            template.model_copy(update={"record_id": ledger_mod.new_record_id()}))
             )
+    if cache is not None:
+        plan.warnings.extend(cache.warnings)
     return plan
+
+
+def _transpile_unit(
+    unit: JobUnit,
+    logical_hash: str,
+    backend_name: str,
+    target: Any,
+    snapshot: str,
+    cache: TranspileCache | None,
+    what: str,
+    progress: Progress,
+) -> TranspiledUnit:
+    """The unit's ISA circuits and derived values: from the cache, or transpiled (and cached).
+
+    Each call returns circuit objects of its own (a hit loads them anew from QPY), so the
+    provenance metadata the caller attaches to them is never shared with another plan.
+    """
+    from io import BytesIO
+
+    from qiskit import qpy
+
+    key = inputs = None
+    if cache is not None:
+        inputs = cache_inputs(logical_hash=logical_hash, circuits=unit.circuits,
+                              backend_name=backend_name, backend=target, snapshot=snapshot,
+                              optimization_level=OPTIMIZATION_LEVEL, seed=TRANSPILER_SEED)
+        key = cache_key(inputs)
+        hit = cache.load(key, inputs)
+        if hit is not None:
+            progress(f"reusing cached transpilation of {what}")
+            return hit
+    progress(f"transpiling {what}")
+    isa = transpile(unit.circuits, target)
+    # Dumped before the caller adds provenance metadata: the entry must hold the transpiler's
+    # output alone, since other experiments or params may share these circuits.
+    buffer = BytesIO()
+    qpy.dump(isa, buffer)
+    payload = buffer.getvalue()
+    transpiled = describe_transpiled(isa, len(payload))
+    if cache is not None:
+        cache.store(key, inputs, transpiled, payload)
+    return transpiled
+
+
+def describe_transpiled(isa: list[QuantumCircuit], qpy_size: int) -> TranspiledUnit:
+    """What a ledger record needs from ISA circuits: hash, depths, gate counts, qubits.
+
+    Args:
+        qpy_size: length in bytes of the circuits' QPY (for the job input size).
+    """
+    gates: Counter[str] = Counter()
+    for circuit in isa:
+        gates.update({name: int(n) for name, n in circuit.count_ops().items()})
+    return TranspiledUnit(
+        circuits=isa,
+        isa_circuit_hash=circuit_hash(isa),
+        circuit_depths=[c.depth() for c in isa],
+        transpiled_gates=dict(sorted(gates.items())),
+        physical_qubits=physical_qubits(isa),
+        qpy_size=qpy_size,
+    )
 
 
 def transpile(circuits: list[QuantumCircuit], backend: Any) -> list[QuantumCircuit]:
@@ -195,13 +280,48 @@ def check_input_size(circuits: list[QuantumCircuit], experiment: str) -> int:
 
     buffer = BytesIO()
     qpy.dump(circuits, buffer)
-    size = (len(buffer.getvalue()) + 2) // 3 * 4
+    size = _base64_length(len(buffer.getvalue()))
     if size > MAX_INPUT_BYTES:
         raise UsageError(
             f"the {experiment} job's input is {size / 2**20:.1f} MB, over the service's limit of "
             f"{MAX_INPUT_BYTES / 2**20:.0f} MB; use fewer or smaller circuits per job"
         )
     return size
+
+
+def _base64_length(n: int) -> int:
+    return (n + 2) // 3 * 4
+
+
+#: Below the limit by more than this, the size derived from the cached QPY length is trusted.
+_INPUT_SIZE_MARGIN = 2**20
+
+
+def _check_planned_input_size(transpiled: TranspiledUnit, replaced_metadata: dict[str, Any],
+                              experiment: str) -> int:
+    """:func:`check_input_size` of a planned job, without a QPY dump when far from the limit.
+
+    Args:
+        replaced_metadata: the first circuit's metadata when ``qpy_size`` was measured.
+
+    The QPY differs from the one measured in ``transpiled.qpy_size`` only by the first
+    circuit's metadata, which QPY stores as compact JSON; near the limit the job is dumped
+    again and measured exactly.
+
+    Raises:
+        UsageError: the input exceeds the service's limit.
+    """
+    import json
+
+    def compact(metadata: dict[str, Any]) -> int:
+        return len(json.dumps(metadata, separators=(",", ":")).encode())
+
+    circuits = transpiled.circuits
+    estimate = _base64_length(transpiled.qpy_size - compact(replaced_metadata)
+                              + compact(circuits[0].metadata))
+    if estimate > MAX_INPUT_BYTES - _INPUT_SIZE_MARGIN:
+        return check_input_size(circuits, experiment)
+    return estimate
 
 
 def physical_qubits(circuits: list[QuantumCircuit]) -> list[int]:
@@ -223,17 +343,16 @@ def _record_for(
     experiment: Experiment,
     params: ExperimentParams,
     unit: JobUnit,
-    isa: list[QuantumCircuit],
+    transpiled: TranspiledUnit,
+    logical_hash: str,
     git: GitState,
     snapshot: str,
 ) -> LedgerRecord:
-    gates: Counter[str] = Counter()
-    for circuit in isa:
-        gates.update({name: int(n) for name, n in circuit.count_ops().items()})
     metadata = dict(unit.metadata)
     logical_state = metadata.pop("logical_state", None)
-    metadata["physical_qubits"] = physical_qubits(isa)
-    metadata["circuit_depths"] = [c.depth() for c in isa]
+    # Copies: the record must not share lists with the transpiled unit.
+    metadata["physical_qubits"] = list(transpiled.physical_qubits)
+    metadata["circuit_depths"] = list(transpiled.circuit_depths)
     return LedgerRecord(
         service=service.name,
         api_key_index=service.api_key_index,
@@ -241,11 +360,11 @@ def _record_for(
         experiment_type=experiment.name,
         logical_state=None if logical_state is None else str(logical_state),
         shots=unit.shots,
-        num_circuits=len(isa),
-        circuit_hash=circuit_hash(unit.circuits),
-        isa_circuit_hash=circuit_hash(isa),
+        num_circuits=len(transpiled.circuits),
+        circuit_hash=logical_hash,
+        isa_circuit_hash=transpiled.isa_circuit_hash,
         transpiled_depth=max(metadata["circuit_depths"]),
-        transpiled_gates=dict(sorted(gates.items())),
+        transpiled_gates=dict(transpiled.transpiled_gates),
         git_commit=git.commit,
         git_dirty=git.dirty,
         params=params.model_dump(mode="json"),
@@ -286,7 +405,7 @@ class LedgerTarget:
             self._created = False
 
 
-def dedupe_key(record: LedgerRecord) -> tuple:
+def dedupe_key(record: RecordView) -> tuple:
     """What makes two jobs the same: service, key, backend, circuits, shots and options."""
     return (record.service, record.api_key_index, record.backend, record.circuit_hash,
             record.shots, record.max_execution_time)
@@ -300,7 +419,7 @@ def submit_plan(
     target: LedgerTarget,
     plan: Plan,
     *,
-    existing: list[LedgerRecord],
+    existing: list[RecordView],
     policy: QueuePolicy = QueuePolicy(),
     force: bool = False,
     guard: BudgetGuard | None = None,
@@ -403,19 +522,25 @@ def submit_everywhere(
     force: bool = False,
     guard: BudgetGuard | None = None,
     progress: Progress = _quiet,
+    transpile_cache: Path | None = None,
 ) -> SubmissionReport:
     """Plan and submit the same experiments to each service, into one ledger file.
 
     A service that fails (rejected key, exhausted budget, unreachable) is reported and the
     others go on. Bad usage (an unknown backend, say) raises before that service submits.
+
+    Args:
+        transpile_cache: directory of the transpile cache, or None to transpile afresh. A dry
+            run reads it but does not write it.
     """
     report = SubmissionReport()
     target = LedgerTarget(ledger, jobs_file)
-    existing = ledger.fold().records
+    existing: list[RecordView] = ledger.fold().summaries
     for service in services:
         try:
             plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
-                                   repo_path=repo_path, limits=limits, progress=progress)
+                                   repo_path=repo_path, limits=limits, progress=progress,
+                                   transpile_cache=transpile_cache, update_cache=not dry_run)
             if dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
                 continue

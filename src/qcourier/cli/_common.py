@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +133,16 @@ class AppState:
     def emit_json(self, payload: Any) -> None:
         """Machine-readable output on stdout."""
         click.echo(json.dumps(payload, indent=2, default=str))
+
+    def emit_json_lines(self, items: Iterable[bytes]) -> None:
+        """A JSON list on stdout whose items are already JSON (written as they come)."""
+        out = sys.stdout
+        out.write("[")
+        for n, item in enumerate(items):
+            out.write(",\n" if n else "\n")
+            out.write(item.decode())
+        out.write("\n]\n")
+        out.flush()
 
 
 def get_state() -> AppState:

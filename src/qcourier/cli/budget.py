@@ -62,7 +62,7 @@ def main(no_service: bool, ledger_dir: Path | None, as_json: bool) -> None:
     fold = Ledger(state.ledger_dir(ledger_dir)).fold()
     for problem in fold.problems:
         state.warn(str(problem))
-    report = budget_report(state, fold.records, utc_now(), ask_services=not no_service)
+    report = budget_report(state, fold.summaries, utc_now(), ask_services=not no_service)
     if as_json:
         state.emit_json(report)
         return

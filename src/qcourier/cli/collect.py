@@ -56,6 +56,9 @@ Examples:
 @click.option("--max-pending", type=click.IntRange(1, 1000), default=None,
               help="Pending jobs allowed per key when submitting deferred jobs "
               "[default: $QCOURIER_MAX_PENDING or 3].")
+@click.option("--verify-results", is_flag=True,
+              help="Re-hash every completed job's result file against the ledger now (each "
+              "run checks that they all exist and re-hashes 100 of them, in turns).")
 @click.option("--quiet", "-q", is_flag=True,
               help="Print only changes of status, new results and errors (for cron): a run "
               "with nothing new prints nothing.")
@@ -69,12 +72,13 @@ Examples:
 @json_option
 @handle_errors
 def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool, interval: float,
-         resubmit_failed: bool, max_retries: int, max_pending: int | None, quiet: bool,
+         resubmit_failed: bool, max_retries: int, max_pending: int | None,
+         verify_results: bool, quiet: bool,
          log_file: Path | None, prometheus: Path | None,
          ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
     from contextlib import nullcontext
 
-    from qcourier.collection import collect_pending
+    from qcourier.collection import RESULT_CHECK_BATCH, collect_pending
     from qcourier.config import queue_policy
     from qcourier.errors import UsageError
     from qcourier.ledger import Ledger, check_ledger_file
@@ -99,7 +103,8 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                     default_service=service or state.default_service_name(),
                     policy=queue_policy(settings, max_pending),
                     resubmit_failed=resubmit_failed, max_retries=max_retries,
-                    admit=_budget_admission(settings))
+                    admit=_budget_admission(settings),
+                    verify_batch=None if verify_results else RESULT_CHECK_BATCH)
                 out, err = report_lines(report, quiet)
                 if log_file is not None:
                     _append_log(log_file, out + err)
@@ -108,7 +113,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                 if as_json:
                     state.emit_json(_report_json(report))
                 elif view is not None:
-                    view.show(ledger.fold(paths).records, out[-1] if out else "")
+                    view.show(ledger.fold(paths).summaries, out[-1] if out else "")
                 else:
                     for line in err:
                         click.echo(line, err=True)
@@ -179,7 +184,7 @@ def _write_metrics(path: Path, ledger, settings, report) -> None:
     from qcourier.metrics import write_prometheus
 
     polled_ok = report.exit_code == 0
-    write_prometheus(path, ledger.fold().records, settings.budget_limit, utc_now(),
+    write_prometheus(path, ledger.fold().summaries, settings.budget_limit, utc_now(),
                      last_poll=utc_now() if polled_ok else None)
 
 
@@ -198,6 +203,9 @@ class _LiveView:
     def __exit__(self, *exc):
         return self._live.__exit__(*exc)
 
+    #: Finished jobs shown below the open ones (the most recent): a study can have thousands.
+    FINISHED_SHOWN = 20
+
     def show(self, records, caption: str) -> None:
         from rich import box
         from rich.table import Table
@@ -208,7 +216,12 @@ class _LiveView:
                       title=f"qcollect --watch · {utc_now():%H:%M:%S} UTC · Ctrl-C stops")
         for column in ("job id", "experiment", "key", "status", "queue s", "QPU s"):
             table.add_column(column)
-        for r in records:
+        open_ = [r for r in records if not r.status.is_final]
+        finished = sorted((r for r in records if r.status.is_final), key=lambda r: r.updated_at)
+        shown = open_ + finished[-self.FINISHED_SHOWN:]
+        if len(shown) < len(records):
+            table.caption = f"{caption} · {len(records) - len(shown)} older finished jobs not shown"
+        for r in shown:
             table.add_row(r.job_id or "-", r.experiment_type,
                           "-" if r.api_key_index is None else str(r.api_key_index), r.status.value,
                           "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",

@@ -42,12 +42,15 @@ main.add_command(report.main, "report")
               help="Only jobs of this experiment (repeatable).")
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               default=None, help="Only jobs submitted (or deferred) since this date, UTC.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Show at most this many jobs in the table, the most recent (0: all). "
+                   "--json always lists every matching job.")
 @ledger_dir_option
 @json_option
 @handle_errors
-def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, ledger_dir: Path | None,
-           as_json: bool) -> None:
-    """Show the latest state of every job in the ledger.
+def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limit: int,
+           ledger_dir: Path | None, as_json: bool) -> None:
+    """Show the latest state of every job in the ledger: a table, then counts per status.
 
     With --json: a list with one object per job, each the job's latest ledger line (the
     LedgerRecord fields, see the README).
@@ -56,8 +59,10 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, ledg
     Examples:
       qcourier status
       qcourier status --status deferred --status submitting
+      qcourier status --limit 0 > all-jobs.txt
       qcourier status --experiment surface_code --since 2026-11-01 --json
     """
+    from collections import Counter
     from datetime import UTC
 
     from qcourier.ledger import Ledger
@@ -67,24 +72,31 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, ledg
     for problem in fold.problems:
         state.warn(str(problem))
     cutoff = since.replace(tzinfo=UTC) if since else None
-    records = [r for r in fold.records
-               if (not statuses or r.status.value in statuses)
-               and (not experiments_ or r.experiment_type in experiments_)
-               and (cutoff is None or (r.submission_time or r.updated_at) >= cutoff)]
+    chosen = [e for e in fold.entries.values()
+              if (not statuses or e.summary.status.value in statuses)
+              and (not experiments_ or e.summary.experiment_type in experiments_)
+              and (cutoff is None or (e.summary.submission_time or e.summary.updated_at) >= cutoff)]
     if as_json:
-        state.emit_json([r.model_dump(mode="json") for r in records])
+        state.emit_json_lines(fold.lines(chosen))
         return
+    records = [e.summary for e in chosen]
+    shown = records[-limit:] if limit else records
     columns = ["job id", "experiment", "state", "backend", "service", "key", "status", "submitted",
                "queue s", "QPU s"]
     rows = [[r.job_id or "-", r.experiment_type, r.logical_state or "-", r.backend, r.service,
              "-" if r.api_key_index is None else str(r.api_key_index), r.status.value,
              r.submission_time.strftime("%Y-%m-%d %H:%M:%S") if r.submission_time else "-",
              "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
-             "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}"] for r in records]
+             "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}"] for r in shown]
     if rows:
         print_table(state.stdout, columns, rows)
-    click.echo(f"{len(records)} of {len(fold.records)} job(s)" if len(records) != len(fold.records)
-               else f"{len(records)} job(s)")
+    if len(shown) < len(records):
+        click.echo(f"(the {len(shown)} most recent shown; --limit 0 shows all {len(records)})")
+    counts = Counter(r.status.value for r in records)
+    by_status = ", ".join(f"{counts[s.value]} {s.value}" for s in JobStatus if counts[s.value])
+    total = (f"{len(records)} of {len(fold.entries)} job(s)" if len(records) != len(fold.entries)
+             else f"{len(records)} job(s)")
+    click.echo(f"{total}: {by_status}" if by_status else total)
 
 
 @main.command("experiments")
