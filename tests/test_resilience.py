@@ -213,6 +213,31 @@ def test_a_damaged_result_file_is_downloaded_again(invoke, tmp_path: Path, damag
     assert "result downloaded again" not in invoke(collect.main, []).stdout
 
 
+def test_result_files_are_rehashed_in_turns_and_all_at_once_on_request(
+        invoke, tmp_path: Path, monkeypatch):
+    """Each run checks that every result file exists but re-hashes only a batch of them, in
+    turns; --verify-results re-hashes them all."""
+    monkeypatch.setattr("qcourier.collection.RESULT_CHECK_BATCH", 2)
+    monkeypatch.setattr("qcourier.cli.collect.RESULT_CHECK_BATCH", 2, raising=False)
+    invoke(submit.main, ["-e", "bell", "--shots", "10", "--repeat", "3", "--force"])
+    invoke(collect.main, [])
+    records = ledger_records(tmp_path / "ledger")
+    assert [r["status"] for r in records] == ["completed"] * 3
+    last = tmp_path / "ledger" / records[2]["result_path"]
+    last.write_text(last.read_text().replace('"counts"', '"c0unts"'))
+    runs = [invoke(collect.main, []).stdout for _ in range(3)]
+    # Positions 0-1 are re-hashed first, then 2: the damage is found on the second run.
+    assert ["result downloaded again" in out for out in runs] == [False, True, False]
+    # The cursor is now at position 2: damage position 0, and delete position 1's file.
+    first = tmp_path / "ledger" / records[0]["result_path"]
+    first.write_text(first.read_text().replace('"counts"', '"c0unts"'))
+    (tmp_path / "ledger" / records[1]["result_path"]).unlink()
+    out = invoke(collect.main, []).stdout  # a missing file is found on any run
+    assert out.count("result downloaded again") == 1 and records[1]["job_id"] in out
+    out = invoke(collect.main, ["--verify-results"]).stdout
+    assert out.count("result downloaded again") == 1 and records[0]["job_id"] in out
+
+
 def test_the_budget_guard_refuses_what_the_budget_cannot_pay(invoke, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("QCOURIER_BUDGET_SECONDS", "1")
     result = invoke(submit.main, ["-e", "bell", "--shots", "10"])
