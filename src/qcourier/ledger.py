@@ -86,7 +86,9 @@ class LedgerRecord(BaseModel):
     Unknown fields (written by a newer qcourier) are kept, not dropped.
     """
 
-    model_config = ConfigDict(extra="allow")
+    # defer_build: the validator is built on first use, not on import, so commands that
+    # read only the fold index (status, a qcollect with nothing to do) start faster.
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     schema_version: int = SCHEMA_VERSION
     record_id: str = Field(default_factory=new_record_id)

@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from qcourier.errors import QcourierError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,11 +36,36 @@ class AppState:
     settings: Any = None
     service: Any = None
     pool: Any = None
-    stdout: Console = field(default_factory=lambda: Console(highlight=False))
-    stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    #: rich consoles, made on first use (importing rich costs start-up time a run printing
+    #: plain lines to a pipe or cron's mail does not need to pay).
+    consoles: dict[str, Console] = field(default_factory=dict, repr=False)
     announced: bool = False
     #: Suppress informational messages (warnings and errors still show).
     quiet: bool = False
+
+    @property
+    def stdout(self) -> Console:
+        """A rich console on stdout."""
+        return self._console("stdout")
+
+    @property
+    def stderr(self) -> Console:
+        """A rich console on stderr."""
+        return self._console("stderr")
+
+    def _console(self, which: str) -> Console:
+        if which not in self.consoles:
+            
+            self.consoles[which] = Console(stderr=which == "stderr", highlight=False)
+        return self.consoles[which]
+
+    @staticmethod
+    def is_terminal(stream: str = "stdout") -> bool:
+        """Whether stdout (or stderr) is a terminal, known without importing rich."""
+        try:
+            return getattr(sys, stream).isatty()
+        except (AttributeError, ValueError):
+            return False
 
     def get_settings(self) -> Any:
         """Settings from the environment and ``.env``, read once."""
@@ -114,13 +141,13 @@ class AppState:
     def info(self, message: str) -> None:
         """A message for the user (stderr), unless quiet."""
         if not self.quiet:
-            self.stderr.print(message, markup=False, soft_wrap=True)
+            self._print_err(message)
 
     @contextmanager
     def progress(self) -> Iterator[Callable[[str], None]]:
         """A callback for progress messages: a live spinner line on a terminal, plain lines
         on stderr otherwise (and nothing when quiet)."""
-        if self.quiet or not self.stderr.is_terminal:
+        if self.quiet or not self.is_terminal("stderr"):
             yield self.info
             return
         with self.stderr.status("starting") as status:
@@ -128,7 +155,13 @@ class AppState:
 
     def warn(self, message: str) -> None:
         """A warning for the user (stderr)."""
-        self.stderr.print(f"Warning: {message}", markup=False, soft_wrap=True)
+        self._print_err(f"Warning: {message}")
+
+    def _print_err(self, message: str) -> None:
+        if self.is_terminal("stderr"):
+            self.stderr.print(message, markup=False, soft_wrap=True)
+        else:
+            click.echo(message, err=True)
 
     def emit_json(self, payload: Any) -> None:
         """Machine-readable output on stdout."""
@@ -198,9 +231,38 @@ api_key_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
 
-def print_table(console: Console, columns: list[str], rows: list[list[str]]) -> None:
+class LazyChoice(click.Choice):
+    """A ``click.Choice`` whose choices are found on first use, not at import.
+
+    Finding the experiments means reading installed entry points and importing pydantic,
+    which ``--help`` and other commands of the group should not pay for. Help shows
+    ``metavar`` (the option's help text names the built-in choices).
+    """
+
+    def __init__(self, load: Callable[[], Iterable[str]], metavar: str):
+        self._load = load
+        self._loaded: tuple[str, ...] | None = None
+        self._metavar = metavar
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self._loaded is None:
+            self._loaded = tuple(self._load())
+        return self._loaded
+
+    @choices.setter
+    def choices(self, value: Iterable[str]) -> None:
+        self._loaded = tuple(value)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return self._metavar
+
+
+def print_table(state: AppState, columns: list[str], rows: list[list[str]]) -> None:
     """A table on stdout: rich on a terminal, plain aligned columns (never cut) otherwise."""
-    if console.is_terminal:
+    if state.is_terminal():
+        console = state.stdout
         from rich import box
         from rich.table import Table
 
@@ -212,5 +274,5 @@ def print_table(console: Console, columns: list[str], rows: list[list[str]]) -> 
         console.print(table)
         return
     widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
-    for row in [columns, *rows]:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    click.echo("\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+                         for row in [columns, *rows]))

@@ -132,7 +132,7 @@ def _print_keys(state: AppState, keys: list[dict[str, Any]], with_service: bool)
             else:
                 row += [f"{usage['usage_seconds']:.1f}", f"{usage['difference_seconds']:+.1f}"]
         rows.append(row)
-    print_table(state.stdout, columns, rows)
+    print_table(state, columns, rows)
     if keys:
         start, end = (keys[0][k][:16].replace("T", " ") for k in ("window_start", "now"))
         click.echo(f"Window: {start} to {end} UTC (28 days, rolling)")
@@ -149,5 +149,5 @@ def _print_accuracy(state: AppState, accuracy: dict[str, dict[str, Any]]) -> Non
         for experiment, f in groups:
             rows.append([service, experiment, str(f["count"]), f"{f['mean_ratio']:.3f}",
                          f"{f['median_ratio']:.3f}", f"{f['mean_abs_error_seconds']:.2f}"])
-    print_table(state.stdout, ["service", "experiment", "jobs", "mean ratio", "median ratio",
+    print_table(state, ["service", "experiment", "jobs", "mean ratio", "median ratio",
                                "mean abs error s"], rows)

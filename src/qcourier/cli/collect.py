@@ -94,7 +94,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     else:
         ledger, paths = Ledger(state.ledger_dir(ledger_dir)), None
     pool, settings = state.get_pool(), state.get_settings()
-    live = watch and not (as_json or quiet) and state.stdout.is_terminal
+    live = watch and not (as_json or quiet) and state.is_terminal()
     try:
         with _LiveView(state.stdout) if live else nullcontext() as view:
             while True:

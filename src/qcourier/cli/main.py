@@ -89,7 +89,7 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
              "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
              "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}"] for r in shown]
     if rows:
-        print_table(state.stdout, columns, rows)
+        print_table(state, columns, rows)
     if len(shown) < len(records):
         click.echo(f"(the {len(shown)} most recent shown; --limit 0 shows all {len(records)})")
     counts = Counter(r.status.value for r in records)
@@ -183,7 +183,7 @@ def recover(since, dry_run: bool, api_key_index: int | None, service: str | None
     else:
         rows = [[r.job_id or "-", r.experiment_type, r.backend, r.service,
                  str(r.api_key_index), str(r.submission_time or "-")] for r in report.recovered]
-        print_table(state.stdout, ["job id", "experiment", "backend", "service", "key", "created"], rows)
+        print_table(state, ["job id", "experiment", "backend", "service", "key", "created"], rows)
         where = "(dry run: nothing written)" if dry_run else f"into {report.ledger_path}"
         click.echo(f"Recovered {len(report.recovered)} job(s) {where}; "
                    f"{report.known} already in the ledger."

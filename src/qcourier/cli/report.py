@@ -145,7 +145,7 @@ def _print_slis(state: AppState, report: Any) -> None:
                  + ", ".join(f"{k} {n}" for k, n in by_class.items())])
     rows.append(["submit_failed / error", f"{failures['submit_failed']} / {failures['error']}",
                  "never became a job / could not be polled"])
-    print_table(state.stdout, ["indicator", "value", "detail"], rows)
+    print_table(state, ["indicator", "value", "detail"], rows)
 
 
 def _print_budget(state: AppState, report: Any) -> None:
@@ -159,7 +159,7 @@ def _print_budget(state: AppState, report: Any) -> None:
         rows.append([b.service, "-" if b.key_index is None else str(b.key_index),
                      f"{b.limit_seconds:.1f}", f"{b.used_seconds:.1f}", share,
                      f"{b.reserved_seconds:.1f}", f"{b.remaining_seconds:.1f}"])
-    print_table(state.stdout, ["service", "key", "limit s", "used s", "used %", "reserved s",
+    print_table(state, ["service", "key", "limit s", "used s", "used %", "reserved s",
                                "remaining s"], rows)
     click.echo("QPU budget over the rolling 28-day window.")
 
