@@ -30,7 +30,13 @@ from qcourier.provenance import (
     save_snapshot,
     snapshot_sha256,
 )
-from qcourier.transpile_cache import TranspileCache, TranspiledUnit, cache_inputs, cache_key
+from qcourier.transpile_cache import (
+    TranspileCache,
+    TranspileContext,
+    TranspiledUnit,
+    cache_inputs,
+    cache_key,
+)
 from qcourier.services.base import (
     AuthenticationError,
     BudgetExceededError,
@@ -160,12 +166,12 @@ def plan_submission(
     plan = Plan(service, backend_name, [], calibration, git, [git.warning] if git.warning else [])
     if age is not None and age > STALE_CALIBRATION_HOURS and not service.simulated:
         plan.warnings.append(f"the calibration of {backend_name} is {age:.0f} hours old")
-    cache = None if transpile_cache is None else TranspileCache(transpile_cache, writable=update_cache)
+    cache, context = _open_cache(transpile_cache, update_cache, backend_name, target, snapshot,
+                                 plan.warnings)
     for experiment, params, unit in built:
         logical_hash = circuit_hash(unit.circuits)
-        transpiled = _transpile_unit(unit, logical_hash, backend_name, target, snapshot, cache,
-                                     f"{experiment.name} ({len(unit.circuits)} circuits) for {backend_name}",
-                                     progress)
+        what = f"{experiment.name} ({len(unit.circuits)} circuits) for {backend_name}"
+        transpiled = _transpile_unit(unit, logical_hash, target, cache, context, what, progress)
         if transpiled.cached:
             plan.cache_hits += 1
         else:
@@ -197,13 +203,33 @@ def plan_submission(
     return plan
 
 
-def _transpile_unit(
-    unit: JobUnit,
-    logical_hash: str,
+def _open_cache(
+    directory: Path | None,
+    writable: bool,
     backend_name: str,
     target: Any,
     snapshot: str,
+    warnings: list[str],
+) -> tuple[TranspileCache | None, TranspileContext | None]:
+    """The transpile cache and this plan's context for it, or (None, None) when disabled."""
+    if directory is None:
+        return None, None
+    try:
+        context = TranspileContext.for_backend(backend_name, target, snapshot,
+                                               OPTIMIZATION_LEVEL, TRANSPILER_SEED)
+    except Exception as exc:  # an odd backend object must not fail the submission
+        warnings.append(f"transpile cache not used: cannot fingerprint the target of "
+                        f"{backend_name} ({type(exc).__name__})")
+        return None, None
+    return TranspileCache(directory, writable=writable), context
+
+
+def _transpile_unit(
+    unit: JobUnit,
+    logical_hash: str,
+    target: Any,
     cache: TranspileCache | None,
+    context: TranspileContext | None,
     what: str,
     progress: Progress,
 ) -> TranspiledUnit:
@@ -217,10 +243,8 @@ def _transpile_unit(
     from qiskit import qpy
 
     key = inputs = None
-    if cache is not None:
-        inputs = cache_inputs(logical_hash=logical_hash, circuits=unit.circuits,
-                              backend_name=backend_name, backend=target, snapshot=snapshot,
-                              optimization_level=OPTIMIZATION_LEVEL, seed=TRANSPILER_SEED)
+    if cache is not None and context is not None:
+        inputs = cache_inputs(context, logical_hash, unit.circuits)
         key = cache_key(inputs)
         hit = cache.load(key, inputs)
         if hit is not None:
@@ -301,12 +325,15 @@ def _check_planned_input_size(transpiled: TranspiledUnit, replaced_metadata: dic
                               experiment: str) -> int:
     """:func:`check_input_size` of a planned job, without a QPY dump when far from the limit.
 
+    The job's QPY differs from the one measured in ``transpiled.qpy_size`` only by the first
+    circuit's metadata, which QPY stores as compact JSON; near the limit the job is dumped
+    again and measured exactly.
+
     Args:
         replaced_metadata: the first circuit's metadata when ``qpy_size`` was measured.
 
-    The QPY differs from the one measured in ``transpiled.qpy_size`` only by the first
-    circuit's metadata, which QPY stores as compact JSON; near the limit the job is dumped
-    again and measured exactly.
+    Returns:
+        The input size in bytes.
 
     Raises:
         UsageError: the input exceeds the service's limit.

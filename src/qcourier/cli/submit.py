@@ -8,6 +8,7 @@ import click
 
 from qcourier.cli._common import (
     EXIT_CODES_HELP,
+    LazyChoice,
     api_key_option,
     get_state,
     handle_errors,
@@ -16,7 +17,6 @@ from qcourier.cli._common import (
     print_table,
     service_option,
 )
-from qcourier.experiments import choices
 
 HELP = f"""Submit an experiment's jobs and record them in the ledger; exit at once.
 
@@ -37,9 +37,16 @@ Examples:
 {EXIT_CODES_HELP}"""
 
 
+def _experiment_names() -> list[str]:
+    from qcourier.experiments import choices
+
+    return choices()
+
+
 @click.command("submit", help=HELP)
-@click.option("--experiment", "-e", required=True, type=click.Choice(choices()),
-              help="Experiment (or group) to submit.")
+@click.option("--experiment", "-e", required=True, type=LazyChoice(_experiment_names, "NAME"),
+              help="Experiment or group to submit: bell, ghz, surface_code, deployment, both "
+              "(surface_code + deployment), or any installed one (`qcourier experiments`).")
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
               help="Set an experiment parameter (repeatable); see `qcourier experiments`.")
 @click.option("--backend", default=None, help="Backend name [default: least busy that fits].")
@@ -66,6 +73,9 @@ Examples:
               "spend the budget faster than an even spread over the 28-day window.")
 @click.option("--submit-all", is_flag=True,
               help="Submit the same jobs once per configured IBM API key.")
+@click.option("--no-transpile-cache", is_flag=True,
+              help="Transpile afresh instead of reusing transpiled circuits cached in the "
+              "ledger directory (cache/transpiled/).")
 @api_key_option
 @ledger_dir_option
 @service_option
@@ -74,13 +84,14 @@ Examples:
 def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: int | None,
          repeat: int, jobs_file: Path | None, repo: Path | None, dry_run: bool, force: bool,
          max_pending: int | None, allow_over_budget: bool, pace: bool, submit_all: bool,
-         api_key_index: int | None, ledger_dir: Path | None, service: str | None,
-         as_json: bool) -> None:
+         no_transpile_cache: bool, api_key_index: int | None, ledger_dir: Path | None,
+         service: str | None, as_json: bool) -> None:
     from qcourier.budget import BudgetGuard
     from qcourier.config import queue_policy
     from qcourier.experiments import resolve
     from qcourier.ledger import Ledger, check_ledger_file
     from qcourier.submission import ExecutionLimits, submit_everywhere
+    from qcourier.transpile_cache import cache_directory
 
     state = get_state()
     resolved = resolve(experiment, list(params), shots)
@@ -96,7 +107,8 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
             jobs_file=jobs_file, dry_run=dry_run, progress=progress, force=force,
             limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap),
             policy=queue_policy(settings, max_pending),
-            guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace))
+            guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace),
+            transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory))
     for line in report.skipped:
         state.info(f"Skipped: {line}")
     for line in report.paced:
@@ -122,7 +134,7 @@ def _print_table(state, records, path, dry_run: bool) -> None:
              r.logical_state or "-", r.backend, str(r.shots), str(r.num_circuits),
              str(r.transpiled_depth), r.circuit_hash[:12]] for r in records]
     if rows:
-        print_table(state.stdout, columns, rows)
+        print_table(state, columns, rows)
     deferred = sum(r.status.value == "deferred" for r in records)
     if dry_run:
         click.echo(f"Dry run: {len(records)} job(s) planned; nothing submitted or written.")
