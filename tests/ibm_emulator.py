@@ -148,6 +148,9 @@ _DEFAULT_MESSAGES = {
 }
 _TARGETS: dict[str, Any] = {}  # fake backend name -> Target (2-3 s to build: shared across emulators)
 _TARGETS_LOCK = threading.Lock()
+# One simulation at a time: stim's first sampler, made from two threads at once, deadlocks
+# (stim 1.16), and the client may now fetch several results at once.
+_SIMULATION_LOCK = threading.Lock()
 
 
 def url_resolver(url: str, instance: str | None, private_endpoint: bool | None = False,
@@ -396,6 +399,27 @@ class IBMEmulator:
             job["override"] = {"status": status, "reason": reason, "reason_code": reason_code,
                                "at": time.time(), "usage_seconds": usage_seconds}
 
+    def add_job(self, tags: list[str] | tuple[str, ...] = (), token: str = "good-token-0",
+                backend: str | None = None, created: float | None = None) -> str:
+        """A job made here directly, not through ``POST /jobs`` (listings of many jobs in a
+        fraction of a second): no circuits, so its result is an empty ``PrimitiveResult``.
+        ``created`` is an epoch (default now); returns the job id."""
+        backend = backend or next(iter(self.backends))
+        with self._lock:
+            instance = self.tokens[token]
+            job_id = "".join(secrets.choice(JOB_ID_ALPHABET) for _ in range(20))
+            self.jobs[job_id] = {
+                "id": job_id, "backend": backend, "program_id": "sampler", "tags": list(tags),
+                "cost": None, "created": time.time() if created is None else created,
+                "instance": instance, "crn": self.instance_crn(instance),
+                "token_index": list(self.tokens).index(token), "shots": [],
+                "circuits_per_pub": [], "num_circuits": 0, "num_qubits": [],
+                "circuit_depths": [], "usage_seconds": self.job_overhead_seconds,
+                "override": None, "params": {"pubs": [], "version": 2}, "pubs": [],
+                "result": None, "lock": threading.Lock(),
+            }
+        return job_id
+
     def forget_job(self, job_id: str) -> None:
         """Drop a job: the next request about it gets 404."""
         with self._lock:
@@ -504,7 +528,8 @@ class IBMEmulator:
         """The ``RuntimeEncoder`` text of the job's ``PrimitiveResult`` (simulated once)."""
         with job["lock"]:
             if job["result"] is None:
-                job["result"] = self._simulate(job)
+                with _SIMULATION_LOCK:
+                    job["result"] = self._simulate(job)
             return job["result"]
 
     def _simulate(self, job: dict[str, Any]) -> str:

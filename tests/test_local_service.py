@@ -102,3 +102,82 @@ def test_calibration_is_json_in_ibm_properties_shape(service: LocalService):
     json.dumps(cal)
     assert cal["backend_name"] == "ibm_fez" and len(cal["qubits"]) == 156  # the device it copies
     assert any(g["gate"] == "cz" for g in cal["gates"])
+
+
+def test_latency_is_per_call_and_threads_wait_in_parallel(tmp_path: Path):
+    from qcourier.concurrency import map_unordered
+
+    svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=600, latency_seconds=0.1))
+    job_id = svc.submit("fake_fez", bell_isa(svc), 10)
+    start = time.monotonic()
+    svc.job_status(job_id)
+    assert time.monotonic() - start >= 0.1
+    start = time.monotonic()
+    results = [r for _, r in map_unordered(lambda _: svc.job_status(job_id), range(8), workers=8)]
+    assert time.monotonic() - start < 0.6  # one after another: 0.8 s
+    assert [r.state for r in results] == [JobState.QUEUED] * 8
+
+
+def test_each_public_call_is_one_network_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=0, run_seconds=0))
+    job_id = svc.submit("fake_fez", bell_isa(svc), 10)
+    calls = []
+    network_call = svc._network_call
+    monkeypatch.setattr(svc, "_network_call", lambda: calls.append(1) or network_call())
+    svc.job_result(job_id)  # checks the status inside, without a second call
+    svc.job_status(job_id)
+    svc.job_metrics(job_id)
+    svc.job_info(job_id)
+    svc.find_jobs([])
+    svc.usage()
+    assert len(calls) == 6
+
+
+def test_latency_and_rate_limit_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    from pydantic import ValidationError
+
+    from qcourier.config import Settings
+    from qcourier.services import pool_from_settings
+
+    monkeypatch.setenv("QCOURIER_LOCAL_LATENCY_SECONDS", "0.25")
+    monkeypatch.setenv("QCOURIER_LOCAL_RATE_LIMIT", "40")
+    config = pool_from_settings(Settings()).get("local").config
+    assert config.latency_seconds == 0.25 and config.rate_limit_per_second == 40
+    monkeypatch.setenv("QCOURIER_LOCAL_RATE_LIMIT", "")
+    assert pool_from_settings(Settings()).get("local").config.rate_limit_per_second is None
+    for name, bad in (("QCOURIER_LOCAL_LATENCY_SECONDS", "-1"), ("QCOURIER_LOCAL_RATE_LIMIT", "0")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValidationError):
+            Settings()
+        monkeypatch.delenv(name)
+
+
+def test_jobs_simulated_from_several_threads_in_a_fresh_process(tmp_path: Path):
+    # stim's first sampler, made from several threads at once, deadlocked a concurrent
+    # collector; only a fresh process (stim not yet warmed up) shows it.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from qiskit import QuantumCircuit
+        from qcourier.concurrency import map_unordered
+        from qcourier.services.local import LocalService, LocalServiceConfig
+        from qcourier.submission import transpile
+
+        svc = LocalService(LocalServiceConfig(root=Path({str(tmp_path)!r}), queue_seconds=0,
+                                              run_seconds=0))
+        qc = QuantumCircuit(2, 2)
+        qc.h(0)
+        qc.cx(0, 1)
+        qc.measure([0, 1], [0, 1])
+        isa = transpile([qc], svc.backend("fake_fez"))
+        ids = [svc.submit("fake_fez", isa, 20) for _ in range(6)]
+        results = dict(map_unordered(svc.job_result, ids, workers=6))
+        print(sorted(sum(r.counts[0].values()) for r in results.values()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([20] * 6)

@@ -145,3 +145,21 @@ def test_qsubmit_waits_for_a_held_ledger_lock_and_loses_nothing(tmp_path: Path):
     assert sorted(r["shots"] for r in records) == [10, 11]
     assert all(r["status"] == "queued" for r in records)
     assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_a_fresh_collector_analyses_many_surface_code_jobs_on_its_workers(tmp_path: Path):
+    """Eight workers finish surface-code jobs at once in a fresh process: the simulations and
+    the decoding (stim, PyMatching) must not deadlock on first use from several threads."""
+    env = cli_env(tmp_path, QCOURIER_SUBMISSIONS_PER_MINUTE="100")
+    for state in ("0", "1", "+", "-"):
+        sub = run([script("qsubmit"), "-e", "surface_code", "-p", "rounds=2", "-p",
+                   f"logical_state={state}", "--shots", "200", "--repeat", "2", "--max-pending",
+                   "20"], env, tmp_path)
+        assert sub.returncode == 0, sub.stderr
+    col = run([script("qcollect"), "--workers", "8"], env, tmp_path)
+    assert col.returncode == 0, col.stderr
+    assert "Completed: 8/8  Pending: 0/8" in col.stdout
+    for line in [r for r in ledger_records(tmp_path / "ledger")]:
+        payload = json.loads((tmp_path / "ledger" / line["result_path"]).read_text())
+        assert payload["analysis_error"] is None
+        assert len(payload["analysis"]["per_round"]) == 2

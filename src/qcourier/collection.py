@@ -20,16 +20,26 @@ nothing. Only one collector runs on a ledger at a time.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 from qcourier import ledger as ledger_mod
+from qcourier.concurrency import (
+    CPU_LOCK,
+    DEFAULT_WORKERS,
+    RateGate,
+    call_with_backoff,
+    map_unordered,
+)
 from qcourier.dispatch import (
     QueuePolicy,
     load_circuits,
@@ -70,6 +80,8 @@ STATUS_FOR_STATE = {
 }
 
 Progress = Callable[[str], None]
+#: How long before the oldest recorded submission a listing of job states starts.
+LISTING_MARGIN = timedelta(hours=1)
 #: Completed results re-hashed per run, in turns (see :class:`ResultCheck`).
 RESULT_CHECK_BATCH = 100
 #: Given a deferred record and the current records, a reason not to submit it now, or None.
@@ -159,6 +171,7 @@ def collect_pending(
     max_retries: int = 3,
     admit: Admit | None = None,
     verify_batch: int | None = RESULT_CHECK_BATCH,
+    workers: int = DEFAULT_WORKERS,
     progress: Progress = lambda _: None,
 ) -> CollectReport:
     """One collection run over the ledger (or ``paths``, or only ``job_id``): see the module.
@@ -171,6 +184,7 @@ def collect_pending(
         admit: a last check before a deferred job is submitted (the budget guard).
         verify_batch: how many completed results to re-hash this run (``None``: all); every
             result file's existence is checked on every run (:class:`ResultCheck`).
+        workers: how many jobs are polled and collected at once.
 
     Raises:
         CollectorBusy: another collector holds the ledger's lock.
@@ -179,7 +193,7 @@ def collect_pending(
     pool = services if isinstance(services, ServicePool) else ServicePool.of(services)
     ledger.ensure_writable()
     run = _Run(pool, ledger, policy, admit or (lambda _r, _all: None), progress,
-               ResultCheck(ledger, verify_batch))
+               ResultCheck(ledger, verify_batch), max(1, workers))
     try:
         with collector_lock(ledger):
             return run.collect(paths, job_id, default_service, resubmit_failed, max_retries)
@@ -193,7 +207,7 @@ class _Run:
     """The state of one collection run: the records as they are now, and the services."""
 
     def __init__(self, pool: ServicePool, ledger: Ledger, policy: QueuePolicy, admit: Admit,
-                 progress: Progress, results: ResultCheck):
+                 progress: Progress, results: ResultCheck, workers: int):
         self.pool = pool
         self.ledger = ledger
         self.policy = policy
@@ -201,6 +215,9 @@ class _Run:
         self.progress = progress
         self.report = CollectReport()
         self.results = results
+        self.workers = workers
+        self._gates: dict[int, RateGate] = {}
+        self._gates_lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
         self.unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
 
@@ -215,7 +232,7 @@ class _Run:
             if not selected:
                 self.report.unrecorded = poll_unrecorded(self.pool.get(default_service), job_id)
                 return self.report
-        deferred = []
+        deferred, open_ = [], []
         for entry in selected:
             status = entry.summary.status
             if status is JobStatus.DEFERRED:
@@ -223,7 +240,8 @@ class _Run:
             elif status.is_final:
                 self._check_final(entry)
             else:
-                self._advance(entry)
+                open_.append(entry)
+        self._poll(open_)
         if job_id is None:
             if resubmit_failed:
                 deferred += self._plan_retries(max_retries)
@@ -270,36 +288,98 @@ class _Run:
             outcome = JobOutcome(record, None, False, f"not collected: {exc}", failed=True)
         self._outcome(outcome, entry.path)
 
-    def _advance(self, entry: Entry) -> None:
-        """Settle an intent, then poll the job."""
+    def _poll(self, entries: list[Entry]) -> None:
+        """Settle intents, then poll every job.
+
+        States come in bulk where the service can list them (one call for many jobs); a job
+        still queued or running needs nothing more. The others (finished, or not in the
+        listing) are polled, and finished ones collected, on a bounded pool of workers.
+        Every call to a service waits behind that service's rate gate, which a 429 closes
+        for all workers at once. Ledger lines are appended one whole line at a time under
+        the ledger's lock, from whichever worker finished the job.
+        """
+        jobs = [job for job in map(self._ready, entries) if job is not None]
+        known = self._bulk_states(jobs)
+        todo: list[tuple[int, Entry, QuantumService, JobStatusReport | None]] = []
+        finished: dict[int, JobOutcome] = {}
+        for position, (entry, service) in enumerate(jobs):
+            state = known.get(entry.record.job_id or "")
+            if state is not None and not state.state.is_final:
+                finished[position] = _poll_one(service, self.ledger, entry, state)
+            else:
+                todo.append((position, entry, service, state))
+        for count, (item, outcome) in enumerate(
+                map_unordered(self._poll_job, todo, self.workers), start=1):
+            if isinstance(outcome, BaseException):
+                raise outcome  # not a service failure (those are outcomes): a bug, or Ctrl-C
+            self.progress(f"polled {count}/{len(todo)} ({item[1].record.job_id})")
+            if outcome.rejected_credentials:
+                self.unreachable[queue_key(outcome.record)] = outcome.message or "rejected"
+            finished[item[0]] = outcome
+        for position in sorted(finished):  # report in ledger order, however they finished
+            self._outcome(finished[position], jobs[position][0].path)
+
+    def _ready(self, entry: Entry) -> tuple[Entry, QuantumService] | None:
+        """The entry of a job to poll and its service, with an intent settled first; or
+        None when there is nothing to poll (the outcome is recorded)."""
         record = entry.record
         if record.status is not JobStatus.SUBMITTING and record.job_id is None:
             self.report.skipped.append(f"record {record.record_id} has no job id")
-            return
+            return None
         service = self._service(record)
         if service is None:
             self._not_reachable(entry)
-            return
+            return None
         if record.status is JobStatus.SUBMITTING:
             try:
                 settled = resolve_intent(service, entry.path, record, self.policy, utc_now())
             except ServiceError as exc:
                 self._outcome(JobOutcome(record, None, False, f"intent not settled: {exc}",
                                          failed=True), entry.path)
-                return
+                return None
             if settled is None:
                 self._outcome(JobOutcome(record, None, False, "intent waiting for its job"),
                               entry.path)
-                return
+                return None
             entry = Entry.of(settled, entry.path)
             if settled.status is JobStatus.SUBMIT_FAILED:
                 self._outcome(JobOutcome(settled, None, True, settled.error), entry.path)
-                return
-        self.progress(f"polling {entry.record.job_id}")
-        outcome = _poll_one(service, self.ledger, entry)
-        if outcome.rejected_credentials:
-            self.unreachable[queue_key(record)] = outcome.message or "credentials rejected"
-        self._outcome(outcome, entry.path)
+                return None
+        return entry, service
+
+    def _bulk_states(self, jobs: list[tuple[Entry, QuantumService]]) -> dict[str, JobStatusReport]:
+        """What each service can tell of its jobs in a listing (nothing, if it cannot)."""
+        groups: dict[int, tuple[QuantumService, list[LedgerRecord]]] = {}
+        for entry, service in jobs:
+            groups.setdefault(id(service), (service, []))[1].append(entry.record)
+        known: dict[str, JobStatusReport] = {}
+        for service, records in groups.values():
+            if len(records) < 2:
+                continue  # one job: its own status call is as cheap as a listing
+            times = [r.submission_time for r in records if r.submission_time is not None]
+            # Clocks differ: ask from an hour before the oldest submission we recorded.
+            after = min(times) - LISTING_MARGIN if len(times) == len(records) else None
+            ids = [r.job_id for r in records if r.job_id]
+            self.progress(f"listing the states of {len(ids)} jobs on {service.name}")
+            try:
+                known.update(call_with_backoff(self._gate(service),
+                                               lambda: service.job_states(ids, after)))
+            except ServiceError:
+                pass  # each job is asked about on its own instead
+        return known
+
+    def _poll_job(self, item: tuple[int, Entry, QuantumService, JobStatusReport | None]
+                  ) -> JobOutcome:
+        """One job, on a worker: its state if not known, then its result if finished."""
+        _, entry, service, state = item
+        reason = self.unreachable.get(queue_key(entry.record))
+        if reason is not None:  # its key was rejected while this job waited for a worker
+            return JobOutcome(entry.record, None, False, reason, failed=True)
+        return _poll_one(_Gated(service, self._gate(service)), self.ledger, entry, state)
+
+    def _gate(self, service: QuantumService) -> RateGate:
+        with self._gates_lock:
+            return self._gates.setdefault(id(service), RateGate())
 
     def _plan_retries(self, max_retries: int) -> list[Entry]:
         """Deferred retry records for failed (system) and partial jobs not yet retried."""
@@ -352,6 +432,21 @@ class _Run:
                 continue
             self._outcome(JobOutcome(submitted, JobState.QUEUED, True, "submitted (was deferred)"),
                           entry.path)
+
+
+class _Gated:
+    """A service whose every call waits behind a rate gate and backs off on HTTP 429."""
+
+    def __init__(self, service: QuantumService, gate: RateGate):
+        self._service = service
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._service, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: call_with_backoff(
+            self._gate, lambda: attribute(*args, **kwargs))
 
 
 class ResultCheck:
@@ -418,11 +513,13 @@ class ResultCheck:
                 pass  # a cache: the next run starts from the same place
 
 
-def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry) -> JobOutcome:
+def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry,
+              status: JobStatusReport | None = None) -> JobOutcome:
+    """Poll one job (unless its ``status`` is known) and record what changed."""
     record = entry.record
     assert record.job_id is not None
     try:
-        status = service.job_status(record.job_id)
+        status = status or service.job_status(record.job_id)
     except JobNotFoundError as exc:
         return _record_not_found(entry, f"not found: {exc}")
     except ServiceError as exc:  # unreachable or rejected: poll again next time
@@ -543,6 +640,20 @@ def _finish(
     return JobOutcome(updated, status.state, True, message, analysis)
 
 
+@functools.lru_cache(maxsize=4)
+def _snapshot(directory: Path, sha: str) -> dict[str, Any] | None:
+    # Snapshots are content-addressed (their name is their sha256): safe to keep, and a
+    # device's whole calibration is costly to read again for every job.
+    return load_snapshot(directory, sha)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibration(directory: Path, sha: str, qubits: tuple[int, ...]) -> Any:
+    """The calibration of ``qubits`` in snapshot ``sha`` (None if the snapshot is gone)."""
+    snapshot = _snapshot(directory, sha)
+    return None if snapshot is None else calibration_for_qubits(snapshot, qubits)
+
+
 def analyse(
     ledger: Ledger, record: LedgerRecord, counts: list[dict[str, int]]
 ) -> tuple[dict[str, Any] | None, str | None]:
@@ -553,13 +664,11 @@ def analyse(
         experiment = get_experiment(record.experiment_type)
         calibration = None
         if record.backend_snapshot_sha256:
-            snapshot = load_snapshot(ledger.snapshots_dir, record.backend_snapshot_sha256)
-            if snapshot is not None:
-                calibration = calibration_for_qubits(
-                    snapshot, record.metadata.get("physical_qubits", [])
-                )
+            calibration = _calibration(ledger.snapshots_dir, record.backend_snapshot_sha256,
+                                       tuple(record.metadata.get("physical_qubits", [])))
         metadata = dict(record.metadata, logical_state=record.logical_state)
-        return experiment.analyse(metadata, counts, calibration), None
+        with CPU_LOCK:  # collectors analyse on several threads; see CPU_LOCK
+            return experiment.analyse(metadata, counts, calibration), None
     except Exception as exc:  # an analysis bug must not lose the counts
         return None, f"{type(exc).__name__}: {exc}"
 

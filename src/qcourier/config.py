@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     ibm_timeout_seconds: float = Field(60.0, gt=0, validation_alias="QCOURIER_IBM_TIMEOUT")
     ibm_retries: int = Field(3, ge=0, le=10, validation_alias="QCOURIER_IBM_RETRIES")
     max_pending: int = Field(3, ge=1, le=1000, validation_alias="QCOURIER_MAX_PENDING")
+    poll_workers: int = Field(8, ge=1, le=64, validation_alias="QCOURIER_POLL_WORKERS")
     submissions_per_minute: int = Field(5, ge=1, le=1000,
                                         validation_alias="QCOURIER_SUBMISSIONS_PER_MINUTE")
     intent_grace_seconds: float = Field(600.0, ge=0, validation_alias="QCOURIER_INTENT_GRACE_SECONDS")
@@ -80,8 +81,12 @@ class Settings(BaseSettings):
     local_clifford_engine: Literal["stim", "aer"] = Field(
         "stim", validation_alias="QCOURIER_LOCAL_CLIFFORD_ENGINE"
     )
+    # Emulated network behaviour of the local service (for trying concurrent polling locally).
+    local_latency_seconds: float = Field(0.0, ge=0,
+                                         validation_alias="QCOURIER_LOCAL_LATENCY_SECONDS")
+    local_rate_limit: float | None = Field(None, gt=0, validation_alias="QCOURIER_LOCAL_RATE_LIMIT")
 
-    @field_validator("service", "local_seed", "ibm_url", mode="before")
+    @field_validator("service", "local_seed", "ibm_url", "local_rate_limit", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

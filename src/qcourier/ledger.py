@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -287,6 +288,10 @@ class Fold:
             yield data[entry.path][entry.offset:entry.offset + entry.length]
 
 
+#: Serialises appends from the threads of one process (the file lock does between processes).
+_APPEND_LOCK = threading.Lock()
+
+
 def _lock_for(path: Path) -> FileLock:
     return FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_SECONDS)
 
@@ -302,7 +307,7 @@ def append(path: Path, records: LedgerRecord | Iterable[LedgerRecord]) -> None:
     """
     items = [records] if isinstance(records, LedgerRecord) else list(records)
     try:
-        with _lock_for(path):
+        with _APPEND_LOCK, _lock_for(path):
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 if _ends_torn(fd):

@@ -56,6 +56,9 @@ Examples:
 @click.option("--max-pending", type=click.IntRange(1, 1000), default=None,
               help="Pending jobs allowed per key when submitting deferred jobs "
               "[default: $QCOURIER_MAX_PENDING or 3].")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Jobs polled and collected at once (states of many jobs come from one "
+              "listing where the service has one) [default: $QCOURIER_POLL_WORKERS or 8].")
 @click.option("--verify-results", is_flag=True,
               help="Re-hash every completed job's result file against the ledger now (each "
               "run checks that they all exist and re-hashes 100 of them, in turns).")
@@ -73,7 +76,7 @@ Examples:
 @handle_errors
 def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool, interval: float,
          resubmit_failed: bool, max_retries: int, max_pending: int | None,
-         verify_results: bool, quiet: bool,
+         workers: int | None, verify_results: bool, quiet: bool,
          log_file: Path | None, prometheus: Path | None,
          ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
     from contextlib import nullcontext
@@ -104,7 +107,8 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                     policy=queue_policy(settings, max_pending),
                     resubmit_failed=resubmit_failed, max_retries=max_retries,
                     admit=_budget_admission(settings),
-                    verify_batch=None if verify_results else RESULT_CHECK_BATCH)
+                    verify_batch=None if verify_results else RESULT_CHECK_BATCH,
+                    workers=workers or settings.poll_workers)
                 out, err = report_lines(report, quiet)
                 if log_file is not None:
                     _append_log(log_file, out + err)

@@ -90,6 +90,8 @@ def pool_from_settings(settings: Settings) -> ServicePool:
             seed=settings.local_seed,
             noise=settings.local_noise,
             clifford_engine=settings.local_clifford_engine,
+            latency_seconds=settings.local_latency_seconds,
+            rate_limit_per_second=settings.local_rate_limit,
         ))
 
     def ibm(index: int | None) -> QuantumService:
@@ -98,7 +100,7 @@ def pool_from_settings(settings: Settings) -> ServicePool:
         keys = {k.index: k for k in settings.api_keys()}
         connection = IBMConnection(channel=settings.ibm_quantum_channel, url=settings.ibm_url,
                                    timeout_seconds=settings.ibm_timeout_seconds,
-                                   retries=settings.ibm_retries)
+                                   retries=settings.ibm_retries, workers=settings.poll_workers)
         if not keys:
             if saved_account_exists() and index in (None, 0):
                 return IBMService(None, connection)

@@ -25,10 +25,26 @@ if TYPE_CHECKING:
 
 
 class ServiceError(QcourierError):
-    """A service could not do what was asked."""
+    """A service could not do what was asked.
+
+    Args:
+        message: one line for the user.
+        http_status: the HTTP status behind the failure, if any.
+        retry_after: seconds the service asked us to wait before calling again, if it did.
+    """
 
     #: The HTTP status behind the failure, where there was one (-1: no response).
     http_status: int | None = None
+    #: Seconds the service asked us to wait before the next call (``Retry-After``), if any.
+    retry_after: float | None = None
+
+    def __init__(self, message: str = "", *, http_status: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        if http_status is not None:
+            self.http_status = http_status
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class JobNotFoundError(ServiceError):
@@ -36,7 +52,10 @@ class JobNotFoundError(ServiceError):
 
 
 class TransientServiceError(ServiceError):
-    """A failure worth retrying later (network, 5xx, rate limit, timeout)."""
+    """A failure worth retrying later (network, 5xx, rate limit, timeout).
+
+    A rate limit has ``http_status == 429`` and, when the service said, ``retry_after``.
+    """
 
 
 class AuthenticationError(ServiceError):
@@ -181,6 +200,28 @@ class QuantumService(ABC):
         Raises:
             JobNotFoundError: the service does not know the job.
         """
+
+    def job_states(self, job_ids: Sequence[str],
+                   created_after: datetime | None = None) -> dict[str, JobStatusReport]:
+        """The states of as many of ``job_ids`` as the service can tell in a few calls.
+
+        A service with a listing call answers for many jobs at once; a job missing from the
+        answer is to be asked about with :meth:`job_status`. A state given here is the one
+        :meth:`job_status` would give (for ERROR and CANCELLED, with its error message and
+        reason code). The default knows no bulk call and returns ``{}``.
+
+        Args:
+            job_ids: the jobs asked about.
+            created_after: no job asked about was created before this (lets a listing stop
+                early); ``None`` when not known.
+
+        Returns:
+            Reports keyed by job id; unknown ids are left out.
+
+        Raises:
+            ServiceError: the listing failed (e.g. ``TransientServiceError``, 429 included).
+        """
+        return {}
 
     @abstractmethod
     def job_result(self, job_id: str) -> JobResult:

@@ -6,29 +6,36 @@ client-side executor sampler since 0.50; qcourier keeps the server-side sampler 
 whose job format the service and its metrics describe, and silences the client's warnings
 so users never see them.
 
-Every call to the service is bounded: it runs in a daemon thread and is abandoned after
+Every call to the service is bounded: it runs on a pool of long-lived daemon threads
+(``IBMConnection.workers``, default 8, shared by the process) and is abandoned after
 ``timeout_seconds`` (the client has no read timeout of its own), which makes a hung server a
-:class:`TransientServiceError` — the job is simply polled again next time. Transient failures
+:class:`TransientServiceError` — the job is simply polled again next time. Several threads
+(a concurrent collector) can call one :class:`IBMService` at once. Transient failures
 (connection errors, HTTP 5xx after the client's own retries, 429, timeouts) are retried a
-few times with exponential backoff, honouring ``Retry-After``. A rejected token is an
-:class:`AuthenticationError` at once, without retries. Error messages name the key by its
-index and variable, and any text from the client is scrubbed of the token.
+few times with exponential backoff. A 429 holds every call of that service, from any thread,
+until its ``Retry-After`` has passed (a :class:`~qcourier.concurrency.RateGate`), so eight
+threads do not keep hammering a rate-limited server; the error carries ``retry_after``. A
+rejected token is an :class:`AuthenticationError` at once, without retries. Error messages
+name the key by its index and variable, and any text from the client is scrubbed of the token.
+
+``job_states`` reads many jobs' states from one listing (``GET /jobs``, 100 a page) instead of
+one ``GET /jobs/{id}`` each.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from qcourier.concurrency import RateGate, WorkerPool
 from qcourier.config import ApiKey
 from qcourier.services.base import (
     AuthenticationError,
@@ -53,6 +60,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 TRANSIENT_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+#: Jobs per page of the job listing (``job_states``), and the most pages one call reads: a
+#: job older than that many of the key's newer qcourier jobs is asked about on its own.
+LISTING_PAGE_SIZE = 100
+LISTING_MAX_PAGES = 50
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,8 @@ class IBMConnection:
         retries: how many times a transient failure is retried.
         backoff_seconds: the first retry's delay; each next one doubles it.
         max_retry_after_seconds: the longest ``Retry-After`` honoured.
+        workers: how many client calls may run at once (the threads that run them are
+            shared by the process, which keeps the largest number any connection asked for).
     """
 
     channel: str = "ibm_quantum_platform"
@@ -75,6 +88,7 @@ class IBMConnection:
     retries: int = 3
     backoff_seconds: float = 1.0
     max_retry_after_seconds: float = 60.0
+    workers: int = 8
 
 
 @contextmanager
@@ -94,7 +108,12 @@ class IBMService(QuantumService):
         self.connection = connection or IBMConnection()
         self.api_key_index = key.index if key is not None else 0
         self._client: Any = None
+        self._connect_lock = threading.Lock()
+        # Job handles by id, shared by every thread calling this service.
         self._jobs: dict[str, Any] = {}
+        self._jobs_lock = threading.Lock()
+        # Held after a 429 so that every thread waits out the Retry-After.
+        self._gate = RateGate()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -115,8 +134,10 @@ class IBMService(QuantumService):
     def _service(self) -> Any:
         """The client, connected on first use (inside a bounded call, never around one)."""
         if self._client is None:
-            self._client = self._connect()
-        _without_post_retries(self._client)
+            with self._connect_lock:  # threads polling at once must not connect twice
+                if self._client is None:
+                    self._client = self._connect()
+        _without_post_retries(self._client, pool_size=self.connection.workers)
         return self._client
 
     def _connect(self) -> Any:
@@ -140,33 +161,45 @@ class IBMService(QuantumService):
               retry_statuses: frozenset[int] | None = None, **kwargs: Any) -> T:
         """Run one client call, bounded in time, retried when transient, errors translated.
 
+        Waits first while the service's gate is held: a 429 holds it, for every thread, for
+        the ``Retry-After`` given (else the backoff), at most ``max_retry_after_seconds``.
+
         Args:
             retry_statuses: retry only transient failures with these HTTP statuses
                 (default: every transient failure, timeouts included).
+
+        Raises:
+            ServiceError: the translated failure, once retries are spent or not allowed.
         """
         attempt = 0
         while True:
+            self._gate.wait()  # another thread's 429 holds this call too
             try:
-                return _bounded(self.connection.timeout_seconds, func, *args, **kwargs)
+                return _bounded(self.connection.timeout_seconds, self.connection.workers,
+                                func, *args, **kwargs)
             except TimeoutError:
                 error: ServiceError = TransientServiceError(
                     f"{self.label}: IBM Quantum did not answer ({what}) within "
                     f"{self.connection.timeout_seconds:g} s"
                 )
-                retry_after = None
             except ServiceError:
                 raise
             except Exception as exc:  # the client's exceptions, translated below
-                error, retry_after = self._translate(what, exc)
+                error = self._translate(what, exc)
+            delay = (error.retry_after if error.retry_after is not None
+                     else self.connection.backoff_seconds * 2**attempt)
+            delay = min(delay, self.connection.max_retry_after_seconds)
+            if error.http_status == 429:
+                self._gate.back_off(delay)
             retryable = isinstance(error, TransientServiceError) and (
                 retry_statuses is None or error.http_status in retry_statuses)
             if not retryable or attempt >= self.connection.retries:
                 raise error
-            delay = retry_after if retry_after is not None else self.connection.backoff_seconds * 2**attempt
-            time.sleep(min(delay, self.connection.max_retry_after_seconds))
+            if error.http_status != 429:  # a 429's wait is the gate's, at the top
+                time.sleep(delay)
             attempt += 1
 
-    def _translate(self, what: str, exc: BaseException) -> tuple[ServiceError, float | None]:
+    def _translate(self, what: str, exc: BaseException) -> ServiceError:
         from qiskit_ibm_runtime.accounts.exceptions import AccountsError
         from qiskit_ibm_runtime.api.exceptions import RequestsApiError
         from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError, RuntimeJobNotFound
@@ -177,28 +210,38 @@ class IBMService(QuantumService):
         if any(isinstance(e, (IBMNotAuthorizedError, AccountsError)) for e in chain) or status in (401, 403):
             return AuthenticationError(
                 f"{self.label}: IBM Quantum rejected the credentials ({what}); check or replace "
-                "the token"
-            ), None
+                "the token", http_status=status)
         if any(isinstance(e, RuntimeJobNotFound) for e in chain) or status == 404:
-            return JobNotFoundError(f"{self.label}: {what}: not found on IBM Quantum"), None
+            return JobNotFoundError(f"{self.label}: {what}: not found on IBM Quantum",
+                                    http_status=status)
         if status == 409 and what.startswith("submit"):
             return BudgetExceededError(
                 f"{self.label}: IBM Quantum refused the job: usage exceeds the instance's limit "
-                "(HTTP 409); wait for the 28-day window to free QPU time or use another key"
-            ), None
+                "(HTTP 409); wait for the 28-day window to free QPU time or use another key",
+                http_status=status)
         if status in TRANSIENT_STATUS or any(isinstance(e, (ConnectionError, OSError)) for e in chain):
-            error = TransientServiceError(f"{self.label}: {what} failed transiently: {detail}")
-            error.http_status = status
-            return error, retry_after
+            return TransientServiceError(f"{self.label}: {what} failed transiently: {detail}",
+                                         http_status=status, retry_after=retry_after)
         if any(isinstance(e, RequestsApiError) for e in chain):
-            return ServiceError(f"{self.label}: {what} failed: {detail}"), None
-        return ServiceError(f"{self.label}: {what} failed: {type(exc).__name__}: {detail}"), None
+            return ServiceError(f"{self.label}: {what} failed: {detail}", http_status=status)
+        return ServiceError(f"{self.label}: {what} failed: {type(exc).__name__}: {detail}",
+                            http_status=status)
 
     def _job(self, job_id: str) -> Any:
         """The client's job handle (called inside a bounded call, never around one)."""
-        if job_id not in self._jobs:
-            self._jobs[job_id] = self._service().job(job_id)
-        return self._jobs[job_id]
+        with self._jobs_lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            # Fetched outside the lock (a network call); if two threads race, both handles
+            # are equally good and the first one stored is kept.
+            fetched = self._service().job(job_id)
+            with self._jobs_lock:
+                job = self._jobs.setdefault(job_id, fetched)
+        return job
+
+    def _remember(self, job: Any) -> None:
+        with self._jobs_lock:
+            self._jobs[job.job_id()] = job
 
     # -- backends ---------------------------------------------------------------------------
 
@@ -251,7 +294,7 @@ class IBMService(QuantumService):
                 if max_execution_time is not None:
                     sampler.options.max_execution_time = int(max_execution_time)
                 job = sampler.run(list(circuits), shots=shots)
-            self._jobs[job.job_id()] = job
+            self._remember(job)
             return job.job_id()
 
         # Only a 429 is retried: it means the job was not created. After a 5xx or a timeout
@@ -269,6 +312,91 @@ class IBMService(QuantumService):
                                    getattr(job, "_reason_code", None))
 
         return self._call(f"status of job {job_id}", read)
+
+    def job_states(self, job_ids: Sequence[str],
+                   created_after: datetime | None = None) -> dict[str, JobStatusReport]:
+        wanted = set(job_ids)
+        if not wanted:
+            return {}
+        if created_after is not None and created_after.tzinfo is not None:
+            # The client reads an aware time with a non-zero offset as local time: give UTC.
+            created_after = created_after.astimezone(UTC)
+        found: dict[str, JobStatusReport] = {}
+        seen: set[str] = set()
+        for page_number in range(LISTING_MAX_PAGES):
+            skip = page_number * LISTING_PAGE_SIZE
+            page = self._call(f"job listing (from {skip})", self._listing_page, skip, created_after)
+            if page is None:  # this client has no raw listing: every job asked about alone
+                return {}
+            for raw in page:
+                job_id = raw.get("id") if isinstance(raw, dict) else None
+                if job_id in wanted:
+                    seen.add(job_id)
+                    report = self._report_from_listing(job_id, raw)
+                    if report is not None:
+                        found[job_id] = report
+            # Newest first: new jobs created meanwhile shift older ones to later pages, so a
+            # job is seen twice at worst, never skipped.
+            if wanted <= seen or len(page) < LISTING_PAGE_SIZE:
+                break
+        return found
+
+    def _listing_page(self, skip: int,
+                      created_after: datetime | None) -> list[dict[str, Any]] | None:
+        """One page of the raw job listing, or ``None`` if this client cannot list raw jobs.
+
+        ``service.jobs()`` decodes jobs into ``RuntimeJobV2`` objects without their state, so
+        this reads the client's own API client; a future client that changes it gets ``None``
+        and the collector falls back to one call per job.
+        """
+        try:
+            api = self._service()._active_api_client
+            response = api.jobs_get(limit=LISTING_PAGE_SIZE, skip=skip, job_tags=["qcourier"],
+                                    created_after=created_after, pending=None, descending=True)
+            jobs = response["jobs"]
+        except (AttributeError, TypeError, KeyError):
+            return None
+        return list(jobs) if isinstance(jobs, list) else None
+
+    def _report_from_listing(self, job_id: str, raw: dict[str, Any]) -> JobStatusReport | None:
+        """What ``job_status`` would report from this listing entry; ``None`` if it cannot tell.
+
+        Mirrors ``RuntimeJobV2``: the API's status through the client's own table
+        (Completed -> DONE, Failed -> ERROR, ...); a reason code counts only beside a reason;
+        Cancelled with reason code 1305 (ran too long) is ERROR. The error message of a failed
+        job is "Job <id> has failed:" and the reason; where the client would instead fetch the
+        job's results text for it (ran too long, or failed with no reason), this returns
+        ``None`` and the job is asked about alone.
+        """
+        try:
+            from qiskit_ibm_runtime.runtime_job_v2 import (
+                API_TO_JOB_ERROR_MESSAGE,
+                API_TO_JOB_STATUS,
+            )
+        except ImportError:
+            API_TO_JOB_STATUS = _API_TO_JOB_STATUS  # noqa: N806 - the client's names
+            API_TO_JOB_ERROR_MESSAGE = _API_TO_JOB_ERROR_MESSAGE  # noqa: N806
+        state = raw.get("state")
+        if not isinstance(state, dict) or not isinstance(state.get("status"), str):
+            return None
+        api_status = state["status"].upper()
+        reason = state.get("reason")
+        code = state.get("reasonCode") or state.get("reason_code")
+        reason_code = code if reason and code else None
+        status = API_TO_JOB_STATUS.get(api_status, api_status)
+        if status == "CANCELLED" and reason_code == 1305:
+            status = "ERROR"
+        try:
+            job_state = JobState(status)
+        except ValueError:
+            return None
+        if job_state is not JobState.ERROR:
+            return JobStatusReport(job_id, job_state, None, reason_code)
+        if api_status != "FAILED" or not reason:
+            return None
+        detail = f"Error code {reason_code}; {reason}" if reason_code else str(reason)
+        message = API_TO_JOB_ERROR_MESSAGE["FAILED"].format(job_id, detail)
+        return JobStatusReport(job_id, JobState.ERROR, self._scrub(message), reason_code)
 
     def job_result(self, job_id: str) -> JobResult:
         def read() -> JobResult:
@@ -334,78 +462,54 @@ class IBMService(QuantumService):
         )
 
 
-class _Worker:
-    """One long-lived daemon thread that runs the client's calls, one at a time.
+# The client's calls run here, never on the collector's own pool: a collector thread waits
+# for its call, and waiting for a thread of one's own pool could wait forever.
+_WORKERS = WorkerPool("qcourier-ibm-worker")
 
-    Long-lived, not a thread per call: qiskit's compiled core (its mimalloc allocator) has
-    crashed here when threads were created and torn down call after call. Daemon, not an
-    executor: a call stuck on a hung socket must not keep the process from exiting. A worker
-    whose call timed out is abandoned to that call and a fresh one takes the next.
+# RuntimeJobV2's tables (qiskit_ibm_runtime/runtime_job_v2.py, 0.51), for a client that moves them.
+_API_TO_JOB_STATUS = {"QUEUED": "QUEUED", "RUNNING": "RUNNING", "COMPLETED": "DONE",
+                      "FAILED": "ERROR", "CANCELLED": "CANCELLED"}
+_API_TO_JOB_ERROR_MESSAGE = {"FAILED": "Job {} has failed:\n{}"}
+
+
+def _bounded(timeout: float, workers: int, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)`` on the client's worker threads, abandoned with
+    ``TimeoutError`` after ``timeout`` seconds (a fresh thread replaces one so abandoned)."""
+    return _WORKERS.call(lambda: func(*args, **kwargs), timeout, workers)
+
+
+def _without_post_retries(client: Any, pool_size: int = 10) -> None:
+    """Stop the client from retrying POSTs, and 429s, itself.
+
+    POST: the client retries it on 5xx by default. A server that created a job and then
+    failed to answer would otherwise get the same job twice, spending budget twice. Without
+    the retry, the submission fails, its intent line stays, and qcollect finds the one job by
+    its request tag. Other requests keep the client's retries.
+
+    429: urllib3 would sleep out a GET's ``Retry-After`` and retry, five times, inside the
+    bounded call (eating its timeout) and in each thread on its own. qcourier handles it
+    instead, holding every thread of the service until the time has passed.
+
+    The connection pool holds ``pool_size`` connections (at least urllib3's 10), so that the
+    worker threads' calls do not open and drop connections.
     """
-
-    _current: _Worker | None = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any], threading.Event]]
-        self._calls = queue.SimpleQueue()
-        thread = threading.Thread(target=self._serve, daemon=True, name="qcourier-ibm-worker")
-        thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            func, box, done = self._calls.get()
-            try:
-                box["value"] = func()
-            except BaseException as exc:  # handed to the caller's thread
-                box["error"] = exc
-            done.set()
-
-    @classmethod
-    def run(cls, timeout: float, func: Callable[[], T]) -> T:
-        """``func()`` on the worker; ``TimeoutError`` if it takes longer than ``timeout``."""
-        with cls._lock:
-            if cls._current is None:
-                cls._current = cls()
-            worker = cls._current
-        box: dict[str, Any] = {}
-        done = threading.Event()
-        worker._calls.put((func, box, done))
-        if not done.wait(timeout):
-            with cls._lock:
-                if cls._current is worker:
-                    cls._current = None
-            raise TimeoutError
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-
-def _bounded(timeout: float, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``func(*args, **kwargs)``, abandoned with ``TimeoutError`` after ``timeout`` seconds."""
-    return _Worker.run(timeout, lambda: func(*args, **kwargs))
-
-
-def _without_post_retries(client: Any) -> None:
-    """Stop the client from retrying POSTs itself (it does, on 5xx, by default).
-
-    A server that created a job and then failed to answer would otherwise get the same job
-    twice, spending budget twice. Without the retry, the submission fails, its intent line
-    stays, and qcollect finds the one job by its request tag. Other requests keep the
-    client's retries.
-    """
-    from qiskit_ibm_runtime.api.session import STATUS_FORCELIST
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
-
     api = getattr(client, "_active_api_client", None)
     session = getattr(api, "_session", None)
     if session is None or getattr(session, "_qcourier_no_post_retry", False):
         return
-    retry = Retry(total=5, connect=3, backoff_factor=0.5, status_forcelist=STATUS_FORCELIST,
-                  allowed_methods=Retry.DEFAULT_ALLOWED_METHODS)  # every method but POST
+    from qiskit_ibm_runtime.api.session import STATUS_FORCELIST
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    class RetryBut429(Retry):
+        RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES - {429}
+
+    retry = RetryBut429(total=5, connect=3, backoff_factor=0.5,
+                        status_forcelist=[s for s in STATUS_FORCELIST if s != 429],
+                        allowed_methods=Retry.DEFAULT_ALLOWED_METHODS)  # every method but POST
+    size = max(10, pool_size)
     for prefix in ("http://", "https://"):
-        session.mount(prefix, HTTPAdapter(max_retries=retry))
+        session.mount(prefix, HTTPAdapter(max_retries=retry, pool_maxsize=size))
     session._qcourier_no_post_retry = True
 
 

@@ -7,11 +7,22 @@ job lives in files under the service's directory (default ``results/local_servic
 - ``<job_id>.qpy``: its ISA circuits;
 - ``<job_id>.result.json``: its counts, written once, atomically, by whichever process first
   asks about the job after its run window (under a per-job lock, so two collectors never
-  simulate the same job twice).
+  simulate the same job twice);
+- ``<job_id>.error.json``: written instead, atomically, when that simulation fails: the job
+  is then ERROR for good, for every later ``job_status``, ``job_states`` and ``job_result``.
 
 A job is QUEUED for ``queue_seconds`` after submission, RUNNING for ``run_seconds`` more, and
 then DONE (or ERROR, when a failure was injected). Job ids look like IBM's: 20 lowercase
 alphanumerics.
+
+``job_states`` answers for many jobs from their spec files, like IBM's job listing, without
+simulating: a nominally done job whose simulation has not failed (yet) is DONE there, and
+becomes ERROR once ``job_status`` or ``job_result`` has tried to simulate it and failed.
+
+Network behaviour can be emulated, per :class:`LocalService` object and thread-safely: every
+call that would be a network call on IBM sleeps ``latency_seconds`` first (in parallel across
+threads, like a server with latency), and ``rate_limit_per_second`` refuses calls over the
+limit with HTTP 429 and a ``retry_after``, as IBM's API gateway does.
 
 Simulation (``services/simulation.py``): each circuit is compacted to the physical qubits it
 uses; Clifford circuits are sampled with stim's stabilizer simulator (or Aer's, on request),
@@ -30,11 +41,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import secrets
 import string
+import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -43,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from qcourier.concurrency import CPU_LOCK
 from qcourier.files import atomic_write_bytes
 from qcourier.services.base import (
     BackendInfo,
@@ -55,6 +71,7 @@ from qcourier.services.base import (
     JobStatusReport,
     QuantumService,
     ServiceError,
+    TransientServiceError,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +81,13 @@ if TYPE_CHECKING:
 DEFAULT_BACKEND = "fake_fez"
 JOB_ID_ALPHABET = string.ascii_lowercase + string.digits
 INJECTED_FAILURE_MESSAGE = "Injected failure: the local service simulated a system error."
+INJECTED_FAILURE_REASON_CODE = 1010
+#: How many job ids one ``job_states`` call answers for per (emulated) network call, as IBM's
+#: job listing pages 100 jobs at a time.
+STATES_PAGE_SIZE = 100
+
+# Simulations in one process run one at a time, and not beside an analysis (see CPU_LOCK).
+_SIMULATION_LOCK = CPU_LOCK
 
 
 @dataclass(frozen=True)
@@ -78,6 +102,9 @@ class LocalServiceConfig:
         seed: base seed; with it, the same circuits give the same counts in every run.
         noise: whether to simulate the backend's noise.
         clifford_engine: ``"stim"`` or ``"aer"``: what samples Clifford circuits.
+        latency_seconds: how long every emulated network call sleeps before it is served.
+        rate_limit_per_second: calls allowed per second (sliding window) before HTTP 429;
+            ``None``: no limit. See :class:`SlidingWindowLimiter`.
     """
 
     root: Path
@@ -87,6 +114,44 @@ class LocalServiceConfig:
     seed: int | None = None
     noise: bool = True
     clifford_engine: str = "stim"
+    latency_seconds: float = 0.0
+    rate_limit_per_second: float | None = None
+
+
+class SlidingWindowLimiter:
+    """At most ``per_second`` calls in any window of one second (thread-safe).
+
+    The window holds ``floor(per_second)`` calls (at least one) and lasts that many calls
+    divided by ``per_second`` seconds: exactly one second for a whole number of calls, two for
+    0.5/s. Refused calls are not counted, as an API gateway's limiter (nginx ``limit_req``,
+    a token bucket) does not count them: a client that keeps asking while refused is served
+    again as soon as the window frees a slot, and the ``retry_after`` it is given is exact.
+
+    Args:
+        per_second: the limit (> 0).
+        clock: a monotonic clock (for tests).
+    """
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic):
+        if not per_second > 0:
+            raise ValueError(f"a rate limit must be > 0 calls/s, not {per_second!r}")
+        self.per_second = per_second
+        self.capacity = max(1, math.floor(per_second))
+        self.window = self.capacity / per_second
+        self._clock = clock
+        self._admitted: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def admit(self) -> float | None:
+        """Count a call if the window has room (``None``); else the seconds until it has."""
+        with self._lock:
+            now = self._clock()
+            while self._admitted and self._admitted[0] <= now - self.window:
+                self._admitted.popleft()
+            if len(self._admitted) < self.capacity:
+                self._admitted.append(now)
+                return None
+            return max(self._admitted[0] + self.window - now, 1e-3)
 
 
 def new_job_id() -> str:
@@ -143,10 +208,32 @@ class LocalService(QuantumService):
     def __init__(self, config: LocalServiceConfig):
         self.config = config
         self.root = Path(config.root)
+        self._limiter = (SlidingWindowLimiter(config.rate_limit_per_second)
+                         if config.rate_limit_per_second is not None else None)
+
+    def _network_call(self) -> None:
+        """What IBM's network adds to a call: latency, then its rate limit.
+
+        The sleep comes first, so the limiter counts a call when it "reaches the server" and a
+        refusal's ``retry_after`` is fresh when the caller gets it.
+
+        Raises:
+            TransientServiceError: over the rate limit (``http_status`` 429, ``retry_after``).
+        """
+        if self.config.latency_seconds > 0:
+            time.sleep(self.config.latency_seconds)
+        if self._limiter is not None:
+            wait = self._limiter.admit()
+            if wait is not None:
+                raise TransientServiceError(
+                    f"local service: rate limit of {self._limiter.per_second:g} calls/s exceeded "
+                    f"(HTTP 429); retry in {wait:.2f} s",
+                    http_status=429, retry_after=wait)
 
     # -- backends ---------------------------------------------------------------------------
 
     def backends(self) -> list[BackendInfo]:
+        self._network_call()
         pending = self._pending_by_backend()
         return [
             BackendInfo(name, _backend_size(cls), True, pending.get(name, 0))
@@ -163,6 +250,7 @@ class LocalService(QuantumService):
         return super().least_busy(min_qubits)
 
     def calibration(self, backend: str) -> dict[str, Any]:
+        self._network_call()
         props = fake_backend(backend).properties()
         return json.loads(json.dumps(props.to_dict(), default=str))
 
@@ -181,6 +269,7 @@ class LocalService(QuantumService):
         from qcourier.budget import estimate_qpu_seconds
 
         target = fake_backend(backend)
+        self._network_call()
         self.root.mkdir(parents=True, exist_ok=True)
         job_id = new_job_id()
         seed = self._seed_for(job_id, circuits)
@@ -210,25 +299,35 @@ class LocalService(QuantumService):
         return job_id
 
     def job_status(self, job_id: str) -> JobStatusReport:
-        spec = self._spec(job_id)
-        state = self._nominal_state(spec)
-        if state is JobState.DONE and spec["fail"]:
-            return JobStatusReport(job_id, JobState.ERROR, INJECTED_FAILURE_MESSAGE, 1010)
-        if state is JobState.DONE:
-            try:
-                self._ensure_simulated(spec)
-            except Exception as exc:  # the simulator's failure is the job's failure
-                return JobStatusReport(job_id, JobState.ERROR, f"simulation failed: {exc}")
-        return JobStatusReport(job_id, state)
+        self._network_call()
+        return self._report(self._spec(job_id), simulate=True)
+
+    def job_states(self, job_ids: Sequence[str],
+                   created_after: datetime | None = None) -> dict[str, JobStatusReport]:
+        # created_after lets IBM's listing stop early; reading spec files needs no such help.
+        wanted = list(dict.fromkeys(job_ids))
+        states: dict[str, JobStatusReport] = {}
+        for start in range(0, len(wanted), STATES_PAGE_SIZE):
+            self._network_call()
+            for job_id in wanted[start:start + STATES_PAGE_SIZE]:
+                try:
+                    spec = self._spec(job_id)
+                except (JobNotFoundError, OSError, ValueError):
+                    continue  # unknown (or unreadable): left to job_status
+                states[job_id] = self._report(spec, simulate=False)
+        return states
 
     def job_result(self, job_id: str) -> JobResult:
-        report = self.job_status(job_id)
+        self._network_call()
+        report = self._report(self._spec(job_id), simulate=True)
         if report.state is not JobState.DONE:
-            raise ServiceError(f"job {job_id} has no result: it is {report.state.value}")
+            why = f" ({report.error_message})" if report.error_message else ""
+            raise ServiceError(f"job {job_id} has no result: it is {report.state.value}{why}")
         data = json.loads(self._path(job_id, ".result.json").read_text())
         return JobResult(counts=data["counts"], metadata=data["metadata"])
 
     def job_metrics(self, job_id: str) -> JobMetrics:
+        self._network_call()
         spec = self._spec(job_id)
         created = datetime.fromisoformat(spec["created"])
         running = created + timedelta(seconds=spec["queue_seconds"])
@@ -243,6 +342,7 @@ class LocalService(QuantumService):
         )
 
     def find_jobs(self, tags: Sequence[str], created_after: datetime | None = None) -> list[str]:
+        self._network_call()
         wanted = set(tags)
         return [
             spec["job_id"]
@@ -254,6 +354,7 @@ class LocalService(QuantumService):
     def job_info(self, job_id: str) -> JobInfo:
         from qiskit import qpy
 
+        self._network_call()
         spec = self._spec(job_id)
         with open(self._path(job_id, ".qpy"), "rb") as fh:
             circuits = list(qpy.load(fh))
@@ -261,6 +362,7 @@ class LocalService(QuantumService):
                        datetime.fromisoformat(spec["created"]), int(spec["shots"]), circuits)
 
     def usage(self) -> InstanceUsage:
+        self._network_call()
         total = 0.0
         for spec in self._all_specs():
             if self._nominal_state(spec) is JobState.DONE and not spec["fail"]:
@@ -287,7 +389,7 @@ class LocalService(QuantumService):
             return []
         specs = []
         for path in sorted(self.root.glob("*.json")):
-            if path.name.endswith(".result.json"):
+            if "." in path.stem:  # <id>.result.json, <id>.error.json: not specs
                 continue
             try:
                 specs.append(json.loads(path.read_text()))
@@ -320,31 +422,81 @@ class LocalService(QuantumService):
             material = f"{self.config.seed}:{circuit_hash(circuits)}"
         return int.from_bytes(hashlib.sha256(material.encode()).digest()[:4], "big")
 
-    def _ensure_simulated(self, spec: dict[str, Any]) -> None:
+    def _report(self, spec: dict[str, Any], simulate: bool) -> JobStatusReport:
+        """The job's state; with ``simulate``, a done job is simulated first if not yet.
+
+        Without ``simulate`` (a listing), a done job whose simulation has not failed is DONE.
+        """
         job_id = spec["job_id"]
-        result_path = self._path(job_id, ".result.json")
-        if result_path.exists():
-            return
+        state = self._nominal_state(spec)
+        if state is not JobState.DONE:
+            return JobStatusReport(job_id, state)
+        if spec["fail"]:
+            return JobStatusReport(job_id, JobState.ERROR, INJECTED_FAILURE_MESSAGE,
+                                   INJECTED_FAILURE_REASON_CODE)
+        failure = self._simulate_once(spec) if simulate else self._simulation_failure(job_id)
+        if failure is not None:
+            return JobStatusReport(job_id, JobState.ERROR, failure)
+        return JobStatusReport(job_id, JobState.DONE)
+
+    def _simulation_failure(self, job_id: str) -> str | None:
+        """The error message of the job's failed simulation, if it failed."""
+        try:
+            return str(json.loads(self._path(job_id, ".error.json").read_text())["error"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged marker is still a failure
+            return "simulation failed"
+
+    def _simulate_once(self, spec: dict[str, Any]) -> str | None:
+        """Simulate the job unless that was done; its failure message if it failed, now or before.
+
+        A failure is written down (``<job_id>.error.json``) so that the job stays ERROR: a
+        listing, which never simulates, must agree with every later status.
+        """
+        job_id = spec["job_id"]
+        if self._path(job_id, ".result.json").exists():
+            return None
+        failure = self._simulation_failure(job_id)
+        if failure is not None:
+            return failure
         with FileLock(str(self._path(job_id, ".lock"))):
-            if result_path.exists():  # another process simulated it while we waited
-                return
-            from qiskit import qpy
+            # Another process may have settled the job while we waited for the lock.
+            if self._path(job_id, ".result.json").exists():
+                return None
+            failure = self._simulation_failure(job_id)
+            if failure is not None:
+                return failure
+            try:
+                with _SIMULATION_LOCK:
+                    self._simulate(spec)
+            except Exception as exc:  # the simulator's failure is the job's failure
+                failure = f"simulation failed: {exc}"
+                atomic_write_bytes(self._path(job_id, ".error.json"),
+                                   json.dumps({"job_id": job_id, "error": failure}).encode())
+                return failure
+        return None
 
-            from qcourier.services.simulation import simulate_counts
+    def _simulate(self, spec: dict[str, Any]) -> None:
+        """Simulate the job and write its result (the caller holds the job's lock)."""
+        from qiskit import qpy
 
-            with open(self._path(job_id, ".qpy"), "rb") as fh:
-                circuits = qpy.load(fh)
-            target = fake_backend(spec["backend"]).target if spec["noise"] else None
-            counts, methods = [], []
-            for index, circuit in enumerate(circuits):
-                c, method = simulate_counts(circuit, spec["shots"], spec["seed"] + index, target,
-                                            engine=self.config.clifford_engine)
-                counts.append(c)
-                methods.append(method)
-            payload = {
-                "job_id": job_id,
-                "counts": counts,
-                "metadata": {"simulator": "aer", "methods": methods, "seed": spec["seed"],
-                             "noise": spec["noise"], "backend": spec["backend"]},
-            }
-            atomic_write_bytes(result_path, json.dumps(payload).encode())
+        from qcourier.services.simulation import simulate_counts
+
+        job_id = spec["job_id"]
+        with open(self._path(job_id, ".qpy"), "rb") as fh:
+            circuits = qpy.load(fh)
+        target = fake_backend(spec["backend"]).target if spec["noise"] else None
+        counts, methods = [], []
+        for index, circuit in enumerate(circuits):
+            c, method = simulate_counts(circuit, spec["shots"], spec["seed"] + index, target,
+                                        engine=self.config.clifford_engine)
+            counts.append(c)
+            methods.append(method)
+        payload = {
+            "job_id": job_id,
+            "counts": counts,
+            "metadata": {"simulator": "aer", "methods": methods, "seed": spec["seed"],
+                         "noise": spec["noise"], "backend": spec["backend"]},
+        }
+        atomic_write_bytes(self._path(job_id, ".result.json"), json.dumps(payload).encode())
