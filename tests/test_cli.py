@@ -376,6 +376,56 @@ def test_light_commands_do_not_import_heavy_modules(tmp_path: Path, argv):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.parametrize("argv", [["collect", "--poll-all"], ["status"], ["status", "--json"]])
+def test_commands_on_a_finished_study_import_nothing_heavy(invoke, tmp_path: Path, argv):
+    """A qcollect with nothing to do (cron's usual run) and status on a study whose jobs are
+    all final: no qiskit, simulator, decoder or numpy, and no rich when not on a terminal."""
+    import subprocess
+    import sys
+
+    invoke(submit.main, ["-e", "ghz", "-p", "width=3", "--shots", "20", "--repeat", "2"])
+    assert "Completed: 2/2" in invoke(collect.main, []).stdout
+    code = (
+        "import sys\n"
+        "from qcourier.cli.main import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'qiskit', 'qiskit_aer', "
+        "'qiskit_ibm_runtime', 'stim', 'pymatching', 'numpy', 'matplotlib', 'rich'})\n"
+        "print(heavy, file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "[]"
+    assert "2 job(s)" in out.stdout or "Completed: 2/2" in out.stdout or '"completed"' in out.stdout
+
+
+def test_status_shows_the_latest_jobs_and_counts_every_one(invoke, tmp_path: Path):
+    from qcourier.cli.main import main as group
+
+    invoke(submit.main, ["-e", "bell", "--shots", "10", "--repeat", "3", "--max-pending", "1"])
+    result = invoke(group, ["status", "--limit", "2"])
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 + 2 + 2  # header, two jobs, the note, the counts
+    assert lines[-2] == "(the 2 most recent shown; --limit 0 shows all 3)"
+    assert lines[-1] == "3 job(s): 2 deferred, 1 submitted"
+    every = invoke(group, ["status", "--limit", "0"]).stdout.splitlines()
+    assert len(every) == 1 + 3 + 1
+    assert len(json.loads(invoke(group, ["status", "--json", "--limit", "1"]).stdout)) == 3
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--workers", "0"], {}, "Invalid value for '--workers'"),
+    ([], {"QCOURIER_POLL_WORKERS": "0"}, "bad setting QCOURIER_POLL_WORKERS"),
+])
+def test_bad_worker_counts_are_one_line_errors(invoke, monkeypatch, args, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = invoke(collect.main, args)
+    assert result.exit_code in (1, 2) and message in result.stderr
+
+
 def test_quiet_prints_only_changes_and_nothing_when_nothing_changed(invoke, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "3")
     out = json.loads(invoke(submit.main, ["-e", "bell", "--shots", "10", "--json"]).stdout)

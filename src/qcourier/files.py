@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -14,6 +13,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
     ``durable=False`` skips the fsyncs: after a power cut the file may be old or absent,
     but never half-written (for caches, which can always be rebuilt).
     """
+    import tempfile  # here, not at the top: a run that writes nothing starts faster
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -133,11 +133,15 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
 
 
 def _budget_admission(settings):
-    from qcourier.budget import BudgetGuard
-    from qcourier.ledger import utc_now
+    """The budget guard's check for deferred jobs (imported only when one is to be submitted)."""
 
-    guard = BudgetGuard(settings.budget_limit)
-    return lambda record, records: guard.admit_deferred(record, records, utc_now())
+    def admit(record, records):
+        from qcourier.budget import BudgetGuard
+        from qcourier.ledger import utc_now
+
+        return BudgetGuard(settings.budget_limit).admit_deferred(record, records, utc_now())
+
+    return admit
 
 
 def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
