@@ -476,23 +476,27 @@ class ResultCheck:
         if record.status is not JobStatus.COMPLETED or not record.result_path:
             return None
         position, self._position = self._position, self._position + 1
+        due = self._due(position)
+        if not due and self._listed(record.result_path):  # the common case: no Path built
+            return None
         path = self.ledger.directory / record.result_path
-        if not self._exists(record.result_path, path):
+        if not path.is_file():
             return "its result file is missing"
-        if self._due(position) and sha256_file(path) != record.result_sha256:
+        if due and sha256_file(path) != record.result_sha256:
             return "its result file does not match the sha256 in the ledger"
         return None
 
-    def _exists(self, relative: str, path: Path) -> bool:
-        parts = Path(relative).parts
-        if len(parts) != 2 or parts[0] != "jobs":  # not where qcourier writes them: ask
-            return path.is_file()
+    def _listed(self, relative: str) -> bool:
+        """Whether ``jobs/<name>`` is in this run's one listing of ``jobs/``."""
+        name = relative[5:] if relative.startswith("jobs/") else ""
+        if not name or "/" in name:
+            return False  # not where qcourier writes results: looked at on its own
         if self._listing is None:
             try:
                 self._listing = set(os.listdir(self.ledger.results_dir))
             except OSError:
                 self._listing = set()
-        return parts[1] in self._listing
+        return name in self._listing
 
     def _due(self, position: int) -> bool:
         if self.batch is None:

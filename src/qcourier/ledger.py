@@ -14,6 +14,7 @@ This module knows nothing of qiskit or of services.
 
 from __future__ import annotations
 
+import operator
 import os
 import secrets
 import threading
@@ -193,8 +194,10 @@ class RecordSummary(NamedTuple):
     @classmethod
     def of(cls, record: LedgerRecord) -> RecordSummary:
         """The summary of a whole record."""
-        return cls._make(getattr(record, name) for name in cls._fields)
+        return tuple.__new__(cls, _summary_fields(record))
 
+
+_summary_fields = operator.attrgetter(*RecordSummary._fields)
 
 #: What code that only reads summary fields accepts.
 RecordView = LedgerRecord | RecordSummary

@@ -84,10 +84,12 @@ def fold_file(path: Path, index_dir: Path | None) -> tuple[dict[str, Entry], lis
                 problems.append((number, reason))
                 problem_list.append(LedgerProblem(path, number, reason))
             else:
-                row = _row(record, start + position, stop - position)
-                rows[record.record_id] = row
-                entries[record.record_id] = Entry(RecordSummary.of(record), path,
-                                                  start + position, stop - position, record)
+                summary = RecordSummary.of(record)
+                rows[record.record_id] = _row(summary, start + position, stop - position)
+                # Only the summary is kept: a fold of 100,000 new lines must not hold 100,000
+                # whole records (each is read again from its line when asked for).
+                entries[record.record_id] = Entry(summary, path, start + position,
+                                                  stop - position)
         position = stop + 1
     tail = data[end:]
     if tail.strip():  # no newline yet: a torn line, or one still being written; never indexed
@@ -102,9 +104,9 @@ def fold_file(path: Path, index_dir: Path | None) -> tuple[dict[str, Entry], lis
     return entries, problem_list
 
 
-def _row(record: LedgerRecord, offset: int, length: int) -> list[Any]:
-    row: list[Any] = [getattr(record, name) for name in RecordSummary._fields]
-    row[_STATUS_FIELD] = record.status.value
+def _row(summary: RecordSummary, offset: int, length: int) -> list[Any]:
+    row: list[Any] = list(summary)
+    row[_STATUS_FIELD] = summary.status.value
     for i in _TIME_FIELDS:
         if row[i] is not None:
             row[i] = row[i].isoformat()
