@@ -86,9 +86,6 @@ INJECTED_FAILURE_REASON_CODE = 1010
 #: job listing pages 100 jobs at a time.
 STATES_PAGE_SIZE = 100
 
-# Simulations in one process run one at a time, and not beside an analysis (see CPU_LOCK).
-_SIMULATION_LOCK = CPU_LOCK
-
 
 @dataclass(frozen=True)
 class LocalServiceConfig:
@@ -468,7 +465,7 @@ class LocalService(QuantumService):
             if failure is not None:
                 return failure
             try:
-                with _SIMULATION_LOCK:
+                with CPU_LOCK:  # one simulation at a time, never beside an analysis
                     self._simulate(spec)
             except Exception as exc:  # the simulator's failure is the job's failure
                 failure = f"simulation failed: {exc}"
