@@ -36,7 +36,7 @@ def test_submit_then_collect_bell(invoke, tmp_path: Path):
 
     result = invoke(collect.main, [])
     assert result.exit_code == 0, result.output
-    assert f"Job {line['job_id']}: DONE" in result.stdout
+    assert f"Job {line['job_id']}: completed — Hellinger fidelity" in result.stdout
     assert "Completed: 1/1  Pending: 0/1" in result.stdout
     final = ledger_lines(tmp_path)[-1]
     assert final["status"] == "completed" and final["record_id"] == line["record_id"]
@@ -79,7 +79,7 @@ def test_pending_jobs_are_polled_and_only_changes_recorded(invoke, tmp_path: Pat
     for _ in range(2):
         result = invoke(collect.main, [])
         assert result.exit_code == 0
-        assert ": QUEUED" in result.stdout and "Pending: 1/1" in result.stdout
+        assert ": queued" in result.stdout and "Pending: 1/1" in result.stdout
     statuses = [line["status"] for line in ledger_lines(tmp_path)]
     assert statuses == ["submitting", "submitted", "queued"]  # the second poll appended nothing
 
@@ -89,7 +89,7 @@ def test_failed_job_records_the_error(invoke, tmp_path: Path, monkeypatch):
     invoke(submit.main, ["--experiment", "bell", "--shots", "10"])
     result = invoke(collect.main, [])
     assert result.exit_code == 0
-    assert ": ERROR" in result.stdout and "Injected failure" in result.stdout
+    assert ": failed — Injected failure" in result.stdout and "Injected failure" in result.stdout
     final = ledger_lines(tmp_path)[-1]
     assert final["status"] == "failed" and "Injected failure" in final["error"]
     assert final["result_path"] is None
@@ -127,7 +127,7 @@ def test_job_id_checks_one_job(invoke, tmp_path: Path):
     ids = [json.loads(invoke(submit.main, ["-e", "bell", "--shots", "10", "--json", "--force"]).stdout)["jobs"][0]["job_id"]
            for _ in range(2)]
     result = invoke(collect.main, ["--job-id", ids[0]])
-    assert f"Job {ids[0]}: DONE" in result.stdout and ids[1] not in result.stdout
+    assert f"Job {ids[0]}: completed" in result.stdout and ids[1] not in result.stdout
     assert "Completed: 1/1" in result.stdout
 
 
@@ -140,7 +140,7 @@ def test_job_id_unknown_to_the_ledger_but_known_to_the_service(invoke, tmp_path:
     job_id = service.submit("fake_fez", [qc], 10)
     result = invoke(collect.main, ["--job-id", job_id])
     assert result.exit_code == 0
-    assert f"Job {job_id}: QUEUED (not in the ledger)" in result.stdout
+    assert f"Job {job_id}: queued (not in the ledger)" in result.stdout
 
 
 def test_watch_repeats_until_done(invoke, tmp_path: Path, monkeypatch):
@@ -265,7 +265,7 @@ def test_a_job_the_service_lost_gets_status_error_and_exit_1(invoke, tmp_path: P
         spec.unlink()
     result = invoke(collect.main, [])
     assert result.exit_code == 1
-    assert "NOT POLLED" in result.stdout and "not found" in result.stdout
+    assert ": error — not found" in result.stdout
     assert ledger_lines(tmp_path)[-1]["status"] == JobStatus.ERROR.value
     lines = len(ledger_lines(tmp_path))
     invoke(collect.main, [])
@@ -432,7 +432,7 @@ def test_quiet_prints_only_changes_and_nothing_when_nothing_changed(invoke, tmp_
     job_id = out["jobs"][0]["job_id"]
     first = invoke(collect.main, ["--quiet"])
     assert first.exit_code == 0
-    assert first.stdout.strip() == f"Job {job_id}: QUEUED" and first.stderr == ""
+    assert first.stdout.strip() == f"Job {job_id}: queued" and first.stderr == ""
     quiet_again = invoke(collect.main, ["--quiet"])  # still queued: nothing changed
     assert quiet_again.stdout == "" and quiet_again.stderr == ""
     import time
@@ -440,11 +440,11 @@ def test_quiet_prints_only_changes_and_nothing_when_nothing_changed(invoke, tmp_
     time.sleep(3.1)
     done = invoke(collect.main, ["--quiet", "--log-file", tmp_path / "logs" / "qcollect.log"])
     lines = done.stdout.strip().splitlines()
-    assert lines[0] == f"Job {job_id}: DONE" and lines[1].startswith("Collected results: ")
+    assert lines[0].startswith(f"Job {job_id}: completed — ") and lines[1].startswith("Collected results: ")
     assert len(lines) == 2
     assert invoke(collect.main, ["--quiet"]).stdout == ""
     log = (tmp_path / "logs" / "qcollect.log").read_text().splitlines()
-    assert len(log) == 2 and log[0].endswith(f"Job {job_id}: DONE")
+    assert len(log) == 2 and f"Job {job_id}: completed — " in log[0]
     import re
 
     assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", line) for line in log)

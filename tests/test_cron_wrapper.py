@@ -7,6 +7,7 @@ with whichever environment runs them (/root/venv here, the project's .venv in CI
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -51,10 +52,22 @@ def log_lines(project: Path) -> list[str]:
     return (project / "results" / "qcollect.log").read_text().splitlines()
 
 
-def test_nothing_to_do_prints_and_logs_nothing(tmp_path: Path, project: Path):
-    done = run_wrapper(cron_env(tmp_path, project), tmp_path)
+def test_nothing_to_do_prints_nothing_and_logs_one_alive_line_an_hour(tmp_path: Path,
+                                                                      project: Path):
+    env = cron_env(tmp_path, project)
+    done = run_wrapper(env, tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-    assert log_lines(project) == []  # created, and empty: quiet runs leave no lines
+    [alive] = log_lines(project)
+    assert STAMPED.match(alive) and "qcollect-cron: alive; nothing new" in alive
+    again = run_wrapper(env, tmp_path)  # within the hour: nothing more
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert log_lines(project) == [alive]
+    log = project / "results" / "qcollect.log"
+    hour_ago = log.stat().st_mtime - 3601
+    os.utime(log, (hour_ago, hour_ago))  # the log has been quiet for an hour
+    assert run_wrapper(env, tmp_path).returncode == 0
+    lines = log_lines(project)
+    assert len(lines) == 2 and "alive" in lines[1]
 
 
 def test_a_submitted_job_is_collected_silently_and_logged(tmp_path: Path, project: Path):
@@ -109,12 +122,33 @@ def test_log_dash_writes_to_stdout_for_the_journal(tmp_path: Path, project: Path
     assert not (project / "results" / "qcollect.log").exists()
 
 
-def test_the_project_is_the_directory_above_scripts_by_default(tmp_path: Path, project: Path):
-    (project / "scripts").mkdir()
-    wrapper = Path(shutil.copy2(WRAPPER, project / "scripts" / WRAPPER.name))
+def test_the_study_is_the_current_directory_and_the_checkouts_venv_serves(tmp_path: Path,
+                                                                          project: Path):
+    """Run as the README's crontab line does: cd into the study, the wrapper from a
+    qcourier checkout elsewhere whose .venv has qcourier (the study has no .venv)."""
+    checkout = tmp_path / "qcourier-checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    wrapper = Path(shutil.copy2(WRAPPER, checkout / "scripts" / WRAPPER.name))
+    shutil.move(str(project / ".venv"), str(checkout / ".venv"))
     env = cron_env(tmp_path, project, QCOURIER_LOG="logs/cron.log")
     del env["QCOURIER_HOME"]
-    done = run_wrapper(env, tmp_path, "--no-such-option", wrapper=wrapper)
-    assert done.returncode == 2
-    assert f"(log: {project}/logs/cron.log)" in done.stderr
-    assert "Error: No such option" in (project / "logs" / "cron.log").read_text()
+    submitted = subprocess.run([script("qsubmit"), "-e", "bell", "--shots", "10"], env=env,
+                               cwd=project, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr
+    done = run_wrapper(env, project, wrapper=wrapper)
+    assert (done.returncode, done.stderr) == (0, "")
+    [job] = ledger_records(project / "results" / "ledger")  # the study's own ledger
+    assert job["status"] == "completed"
+    assert job["job_id"] in (project / "logs" / "cron.log").read_text()
+    assert not (checkout / "results").exists()
+
+
+def test_a_directory_that_is_no_study_is_a_clear_error(tmp_path: Path, project: Path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = cron_env(tmp_path, project)
+    del env["QCOURIER_HOME"]
+    done = run_wrapper(env, elsewhere)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"qcollect-cron: error: {elsewhere} has no .env and no results/")
+    assert not (elsewhere / "results").exists()

@@ -95,10 +95,10 @@ def test_credentials_rejected_while_collecting(emu, invoke, tmp_path: Path):
     emu.fail("GET", r"/jobs/", 401, count=50)
     result = invoke(collect.main, [])
     assert result.exit_code == 1
-    assert "NOT POLLED" in result.stdout and "rejected the credentials" in result.stdout
+    assert "not polled" in result.stdout and "rejected the credentials" in result.stdout
     assert [r["status"] for r in ledger_records(tmp_path / "ledger")] == ["submitted"]  # left as it was
     emu.clear_faults()
-    assert "DONE" in invoke(collect.main, ["--watch", "--interval", "0.3"]).stdout
+    assert ": completed" in invoke(collect.main, ["--watch", "--interval", "0.3"]).stdout
 
 
 def test_a_job_the_service_does_not_know_gets_status_error_others_go_on(emu, invoke, tmp_path: Path):
@@ -107,7 +107,7 @@ def test_a_job_the_service_does_not_know_gets_status_error_others_go_on(emu, inv
     emu.forget_job(lost)
     result = invoke(collect.main, ["--watch", "--interval", "0.3"])
     assert result.exit_code == 1
-    assert f"Job {kept}: DONE" in result.stdout and f"Job {lost}: NOT POLLED" in result.stdout
+    assert f"Job {kept}: completed" in result.stdout and f"Job {lost}: error" in result.stdout
     by_job = {r["job_id"]: r for r in latest(tmp_path).values()}
     assert by_job[lost]["status"] == "error" and "not found" in by_job[lost]["error"]
     assert by_job[kept]["status"] == "completed"
@@ -129,7 +129,7 @@ def test_server_errors_then_success_while_collecting(emu, invoke, tmp_path: Path
     invoke(submit.main, ["-e", "bell", "--shots", "50"])
     emu.fail("GET", r"/jobs/[a-z0-9]+$", 503, count=2)
     result = invoke(collect.main, ["--watch", "--interval", "0.3"])
-    assert result.exit_code == 0 and "DONE" in result.stdout
+    assert result.exit_code == 0 and ": completed" in result.stdout
 
 
 def test_rate_limited_submission_is_retried_after_retry_after(emu, invoke, tmp_path: Path):
@@ -149,10 +149,10 @@ def test_a_server_that_never_answers_times_out_and_is_polled_next_time(emu, invo
     emu.hang("GET", r"/jobs/", seconds=30, count=100)
     result = invoke(collect.main, [])
     assert result.exit_code == 1
-    assert "NOT POLLED" in result.stdout and "did not answer" in result.stdout
+    assert "not polled" in result.stdout and "did not answer" in result.stdout
     assert [r["status"] for r in ledger_records(tmp_path / "ledger")] == ["submitted"]
     emu.clear_faults()
-    assert "DONE" in invoke(collect.main, ["--watch", "--interval", "0.3"]).stdout
+    assert ": completed" in invoke(collect.main, ["--watch", "--interval", "0.3"]).stdout
 
 
 def test_failed_job_keeps_the_service_message_and_reason_code(emu, invoke, tmp_path: Path):
@@ -160,7 +160,7 @@ def test_failed_job_keeps_the_service_message_and_reason_code(emu, invoke, tmp_p
     job_id = out["jobs"][0]["job_id"]
     emu.set_job_state(job_id, "Failed", reason="Kaboom in the control electronics", reason_code=1517)
     result = invoke(collect.main, [])
-    assert f"Job {job_id}: ERROR" in result.stdout
+    assert f"Job {job_id}: failed" in result.stdout
     final = ledger_lines(tmp_path)[-1]
     assert final["status"] == "failed"
     assert "Kaboom in the control electronics" in final["error"] and "1517" in final["error"]

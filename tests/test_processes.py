@@ -32,7 +32,7 @@ def test_submit_in_one_process_collect_in_another(tmp_path: Path):
     col = run([script("qcollect"), "--watch", "--interval", "0.5"], env, tmp_path)
     assert col.returncode == 0, col.stderr
     for job_id in submitted:
-        assert f"Job {job_id}: DONE" in col.stdout
+        assert f"Job {job_id}: completed" in col.stdout
     assert "Completed: 2/2  Pending: 0/2" in col.stdout
     finals = {line["job_id"]: line for line in ledger_lines(tmp_path)}
     for job_id in submitted:
@@ -113,7 +113,7 @@ def test_ctrl_c_during_watch_stops_cleanly(tmp_path: Path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert "Stopped" in err and "Traceback" not in err
+    assert "Interrupted" in err and "Traceback" not in err
     assert [line["status"] for line in ledger_lines(tmp_path)] == ["submitting", "submitted", "queued"]
 
 

@@ -64,7 +64,7 @@ def test_an_intent_that_never_reached_the_service_becomes_submit_failed(tmp_path
     [intent] = ledger_records(tmp_path / "ledger")
     assert intent["status"] == "submitting"
     within_grace = run([script("qcollect")], env, tmp_path)
-    assert within_grace.returncode == 0 and "SUBMITTING" in within_grace.stdout
+    assert within_grace.returncode == 0 and ": submitting" in within_grace.stdout
     assert ledger_records(tmp_path / "ledger")[0]["status"] == "submitting"
     after_grace = run([script("qcollect")], {**env, "QCOURIER_INTENT_GRACE_SECONDS": "0"}, tmp_path)
     assert after_grace.returncode == 0

@@ -308,11 +308,14 @@ class _Run:
                 finished[position] = _poll_one(service, self.ledger, entry, state)
             else:
                 todo.append((position, entry, service, state))
+        if todo:
+            self.progress(f"polling {len(todo)} job(s); finished ones are downloaded, "
+                          "checked and analysed")
         for count, (item, outcome) in enumerate(
                 map_unordered(self._poll_job, todo, self.workers), start=1):
             if isinstance(outcome, BaseException):
                 raise outcome  # not a service failure (those are outcomes): a bug, or Ctrl-C
-            self.progress(f"polled {count}/{len(todo)} ({item[1].record.job_id})")
+            self.progress(f"{count}/{len(todo)} job(s) polled (last: {item[1].record.job_id})")
             if outcome.rejected_credentials:
                 self.unreachable[queue_key(outcome.record)] = outcome.message or "rejected"
             finished[item[0]] = outcome
@@ -640,7 +643,8 @@ def _finish(
         queue_seconds=metrics.queue_seconds,
     )
     ledger_mod.append(entry.path, updated)
-    message = partial or (f"analysis failed: {analysis_error}" if analysis_error else None)
+    message = partial or (f"analysis failed: {analysis_error}" if analysis_error
+                          else headline(record.experiment_type, analysis))
     return JobOutcome(updated, status.state, True, message, analysis)
 
 
@@ -675,6 +679,19 @@ def analyse(
             return experiment.analyse(metadata, counts, calibration), None
     except Exception as exc:  # an analysis bug must not lose the counts
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def headline(experiment_type: str, analysis: dict[str, Any] | None) -> str | None:
+    """The experiment's one-line summary of an analysis (None if it has none, or fails:
+    a summary is a courtesy, and must never cost a collected result)."""
+    if analysis is None:
+        return None
+    from qcourier.experiments import get_experiment
+
+    try:
+        return get_experiment(experiment_type).headline(analysis)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
 
 
 def _write_collected(ledger: Ledger, outcomes: list[JobOutcome]) -> Path:

@@ -51,3 +51,26 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: Written into every directory qcourier creates for its output, so that a study run inside
+#: the user's own experiment repository shows no untracked files (delete it to commit them).
+GITIGNORE_TEXT = ("# Written by qcourier: its output is not committed by default.\n"
+                  "# Delete this file to commit the ledger and results with your code.\n*\n")
+
+
+def make_output_directory(directory: Path) -> None:
+    """Create an output directory (and its parents); a new one gets a ``.gitignore`` of ``*``.
+
+    Raises:
+        OSError: it cannot be created.
+    """
+    directory = Path(directory)
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(directory / ".gitignore", "x", encoding="utf-8") as fh:
+            fh.write(GITIGNORE_TEXT)
+    except FileExistsError:  # another process made the directory at the same moment
+        pass

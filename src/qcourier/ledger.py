@@ -389,8 +389,10 @@ class Ledger:
         Raises:
             LedgerError: it cannot be created or written.
         """
+        from qcourier.files import make_output_directory
+
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_output_directory(self.directory)
         except OSError as exc:
             raise LedgerError(
                 f"cannot create ledger directory {self.directory}: {exc.strerror or exc}; "

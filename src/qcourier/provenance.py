@@ -49,11 +49,14 @@ class GitState:
     warning: str | None = None
 
 
-def git_state(repo_path: Path | None = None) -> GitState:
+def git_state(repo_path: Path | None = None, exclude: Sequence[Path] = ()) -> GitState:
     """The git commit and dirtiness of the repository containing ``repo_path`` (default: cwd).
 
+    Dirty means a tracked file differs from the commit; untracked files and everything under
+    ``exclude`` (qcourier's own output directories, which it changes itself) do not count.
     Outside a git repository (or without a git executable) this is not a failure: commit and
-    dirty are ``None`` and ``warning`` says why in one line.
+    dirty are ``None`` and ``warning`` says why in one line. A dirty tree is recorded and
+    also warned about: the commit alone does not reproduce the circuits.
     """
     import git  # gitpython; imported here because it shells out at import
 
@@ -69,7 +72,18 @@ def git_state(repo_path: Path | None = None) -> GitState:
             commit = repo.head.commit.hexsha
         except ValueError:
             return GitState(None, None, f"{repo.working_dir} has no commits yet; git_commit not recorded")
-        return GitState(commit, repo.is_dirty(untracked_files=False))
+        top = Path(repo.working_dir).resolve()
+        skip = [f":(exclude){Path(p).resolve().relative_to(top).as_posix()}" for p in exclude
+                if Path(p).resolve().is_relative_to(top) and Path(p).resolve() != top]
+        try:
+            changed = repo.git.status("--porcelain", "--untracked-files=no", "--", ".", *skip)
+        except git.GitError as exc:
+            return GitState(commit, None, f"git status failed ({type(exc).__name__}); "
+                            "git_dirty not recorded")
+        if not changed.strip():
+            return GitState(commit, False)
+        return GitState(commit, True, f"{repo.working_dir} has uncommitted changes; the record "
+                        f"says git_dirty=true (commit first, so {commit[:12]} reproduces it)")
 
 
 # -- backend calibration snapshots --------------------------------------------------------------

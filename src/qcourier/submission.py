@@ -11,7 +11,7 @@ same circuits were transpiled for the same backend and calibration before (see
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,12 +127,15 @@ def plan_submission(
     progress: Progress = _quiet,
     transpile_cache: Path | None = None,
     update_cache: bool = True,
+    output_dirs: Sequence[Path] = (),
 ) -> Plan:
     """Build, transpile and hash every job of a submission.
 
     Args:
         transpile_cache: directory of the transpile cache; None transpiles everything afresh.
         update_cache: False to only read the cache (a dry run writes nothing).
+        output_dirs: qcourier's own output directories (ledger, local service), whose
+            changes do not make the recorded git tree dirty.
 
     Raises:
         UsageError: bad repeat count, unknown backend, circuits wider than the backend, or a
@@ -162,7 +165,7 @@ def plan_submission(
     calibration = service.calibration(backend_name)
     snapshot = snapshot_sha256(calibration)
     age = calibration_age_hours(calibration)
-    git = git_state(repo_path)
+    git = git_state(repo_path, output_dirs)
     plan = Plan(service, backend_name, [], calibration, git, [git.warning] if git.warning else [])
     if age is not None and age > STALE_CALIBRATION_HOURS and not service.simulated:
         plan.warnings.append(f"the calibration of {backend_name} is {age:.0f} hours old")
@@ -534,6 +537,11 @@ class SubmissionReport:
         return 1 if self.failures else 0
 
 
+def _service_dirs(services: list[QuantumService]) -> list[Path]:
+    """Where services keep files of their own (the local service's job store)."""
+    return [root for root in (getattr(s, "root", None) for s in services) if root is not None]
+
+
 def submit_everywhere(
     services: list[QuantumService],
     ledger: Ledger,
@@ -567,7 +575,8 @@ def submit_everywhere(
         try:
             plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
                                    repo_path=repo_path, limits=limits, progress=progress,
-                                   transpile_cache=transpile_cache, update_cache=not dry_run)
+                                   transpile_cache=transpile_cache, update_cache=not dry_run,
+                                   output_dirs=[ledger.directory, *_service_dirs(services)])
             if dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
                 continue

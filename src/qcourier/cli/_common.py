@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,20 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_CODES_HELP = """
+
+def exit_codes_help(success: str, failure: str) -> str:
+    """The "Exit codes" paragraph of a command's --help."""
+    return f"""
 \b
 Exit codes:
-  0  success (also: another qcollect was already running, so nothing was done)
-  1  a runtime failure (a job could not be polled, an I/O error)
-  2  bad usage (an unknown name, a bad value, a missing file)
+  0    {success}
+  1    a runtime failure ({failure})
+  2    bad usage (an unknown name, a bad value, a missing file)
+  130  interrupted (Ctrl-C); everything written so far is whole
 """
+
+
+EXIT_CODES_HELP = exit_codes_help("success", "the service or the ledger could not be used")
 
 
 @dataclass
@@ -42,6 +50,8 @@ class AppState:
     announced: bool = False
     #: Suppress informational messages (warnings and errors still show).
     quiet: bool = False
+    #: ``--debug``: an unexpected error shows its traceback instead of one line.
+    debug: bool = False
 
     @property
     def stdout(self) -> Console:
@@ -55,7 +65,9 @@ class AppState:
 
     def _console(self, which: str) -> Console:
         if which not in self.consoles:
-            
+            from rich.console import Console
+
+            # rich itself honours NO_COLOR, TERM=dumb and a stream that is not a terminal.
             self.consoles[which] = Console(stderr=which == "stderr", highlight=False)
         return self.consoles[which]
 
@@ -150,7 +162,7 @@ class AppState:
         if self.quiet or not self.is_terminal("stderr"):
             yield self.info
             return
-        with self.stderr.status("starting") as status:
+        with self.stderr.status("working…") as status:
             yield lambda message: status.update(message)
 
     def warn(self, message: str) -> None:
@@ -159,7 +171,7 @@ class AppState:
 
     def _print_err(self, message: str) -> None:
         if self.is_terminal("stderr"):
-            self.stderr.print(message, markup=False, soft_wrap=True)
+            self.stderr.print(message, markup=False)
         else:
             click.echo(message, err=True)
 
@@ -192,8 +204,24 @@ def abort(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        get_state().debug = True
+
+
+debug_option = click.option(
+    "--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+    help="On an unexpected error, show the full traceback (also: QCOURIER_DEBUG=1).")
+
+
 def handle_errors(func: F) -> F:
-    """Turn every :class:`QcourierError` from the core into one line and its exit code."""
+    """Give a command ``--debug`` and one way out for every failure.
+
+    A :class:`QcourierError` from the core becomes one ``Error: ...`` line and its exit
+    code; Ctrl-C becomes exit 130; any other exception (a bug, or a library error nobody
+    translated) becomes one ``Error: ...`` line with a hint to rerun with ``--debug``, and
+    exit 1 — never a bare traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -204,8 +232,36 @@ def handle_errors(func: F) -> F:
                 get_state().info(str(exc))
                 sys.exit(0)
             abort(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted. Every ledger line and result file written so far is whole.",
+                       err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if get_state().debug or os.environ.get("QCOURIER_DEBUG", "") not in ("", "0"):
+                raise
+            text = _scrub_tokens(get_state(), _one_line(str(exc)))
+            abort(f"unexpected {type(exc).__name__}: {text} (rerun with --debug for the traceback)")
 
-    return wrapper  # type: ignore[return-value]
+    return debug_option(wrapper)  # type: ignore[return-value]
+
+
+def _scrub_tokens(state: AppState, text: str) -> str:
+    """``text`` with every configured token replaced (an exception may quote a request)."""
+    if state.settings is None:
+        return text
+    for key in state.settings.api_keys():
+        secret = key.token.get_secret_value()
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """The first line of an exception text, shortened: an error is one line."""
+    first = text.strip().splitlines()[0] if text.strip() else "(no message)"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 ledger_dir_option = click.option(
@@ -259,20 +315,58 @@ class LazyChoice(click.Choice):
         return self._metavar
 
 
-def print_table(state: AppState, columns: list[str], rows: list[list[str]]) -> None:
-    """A table on stdout: rich on a terminal, plain aligned columns (never cut) otherwise."""
-    if state.is_terminal():
-        console = state.stdout
-        from rich import box
-        from rich.table import Table
+def print_table(state: AppState, columns: list[str], rows: list[list[str]],
+                optional: Sequence[str] = ()) -> None:
+    """A table on stdout: rich on a terminal, plain aligned columns (never cut) otherwise.
 
-        table = Table(box=box.SIMPLE, show_edge=False)
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+    On a terminal the table fits its width: the ``optional`` columns (named, the first one
+    listed dropped first) are left out while the table would be too wide, and so are
+    optional columns with nothing in them; a closing line says which. Job ids are never cut
+    (people copy them); other cells wrap.
+    """
+    if not state.is_terminal():
+        widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
+        click.echo("\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+                             for row in [columns, *rows]))
         return
-    widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
-    click.echo("\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
-                         for row in [columns, *rows]))
+    console = state.stdout
+    keep = _columns_that_fit(columns, rows, optional, console.width)
+    hidden = [c for c in optional if c in columns and c not in [columns[i] for i in keep]
+              and any(row[columns.index(c)] not in ("", "-") for row in rows)]
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i in keep:
+        table.add_column(columns[i], overflow="fold", no_wrap=columns[i] == "job id",
+                         min_width=min(len(columns[i]), 12))
+    from rich.text import Text
+
+    for row in rows:
+        table.add_row(*(Text(str(row[i]), style=STATUS_STYLES.get(str(row[i]), ""))
+                        if columns[i] == "status" else str(row[i]) for i in keep))
+    console.print(table)
+    if hidden:
+        console.print(f"(not shown, to fit {console.width} columns: {', '.join(hidden)}; "
+                      "widen the terminal or use --json)", style="dim", markup=False)
+
+
+#: How a status looks in a table on a terminal (rich drops the colours under NO_COLOR).
+STATUS_STYLES = {"completed": "green", "partial": "yellow", "failed": "red", "error": "red",
+                 "submit_failed": "red", "cancelled": "magenta", "queued": "cyan",
+                 "running": "blue", "submitted": "cyan", "deferred": "dim",
+                 "submitting": "dim", "planned": "cyan"}
+
+
+def _columns_that_fit(columns: list[str], rows: list[list[str]], optional: Sequence[str],
+                      width: int) -> list[int]:
+    """Indexes of the columns to show: all but empty or (while too wide) optional ones."""
+    natural = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
+    keep = [i for i, c in enumerate(columns)
+            if not (c in optional and rows and all(str(r[i]) in ("", "-") for r in rows))]
+    for name in optional:
+        if sum(natural[i] for i in keep) + 3 * (len(keep) - 1) <= width:
+            break
+        if name in columns and columns.index(name) in keep:
+            keep.remove(columns.index(name))
+    return keep

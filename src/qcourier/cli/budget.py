@@ -132,7 +132,7 @@ def _print_keys(state: AppState, keys: list[dict[str, Any]], with_service: bool)
             else:
                 row += [f"{usage['usage_seconds']:.1f}", f"{usage['difference_seconds']:+.1f}"]
         rows.append(row)
-    print_table(state, columns, rows)
+    print_table(state, columns, rows, optional=["key", "jobs open", "jobs done", "difference s"])
     if keys:
         start, end = (keys[0][k][:16].replace("T", " ") for k in ("window_start", "now"))
         click.echo(f"Window: {start} to {end} UTC (28 days, rolling)")

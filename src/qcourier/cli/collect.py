@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import click
 
+from qcourier import __version__
 from qcourier.cli._common import (
-    EXIT_CODES_HELP,
+    exit_codes_help,
     get_state,
     handle_errors,
     json_option,
@@ -34,10 +36,13 @@ Examples:
   qcollect --watch --interval 10
   qcollect --jobs-file results/ibm_experiments/submitted_jobs_20261121_101500.jsonl
   qcollect --job-id d4k2v9x0abcd1234efgh --json
-{EXIT_CODES_HELP}"""
+{exit_codes_help(
+    "every job was polled (also: another qcollect was busy, so nothing was done)",
+    "a job could not be polled or collected, an I/O error")}"""
 
 
 @click.command("collect", help=HELP)
+@click.version_option(__version__, prog_name="qcollect")
 @click.option("--jobs-file", type=click.Path(path_type=Path), default=None,
               help="Collect only the jobs of this ledger file.")
 @click.option("--poll-all", is_flag=True, help="Collect every ledger file's jobs (the default).")
@@ -79,9 +84,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
          workers: int | None, verify_results: bool, quiet: bool,
          log_file: Path | None, prometheus: Path | None,
          ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
-    from contextlib import nullcontext
-
-    from qcourier.collection import RESULT_CHECK_BATCH, collect_pending
+    from qcourier.collection import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
     from qcourier.config import queue_policy
     from qcourier.errors import UsageError
     from qcourier.ledger import Ledger, check_ledger_file
@@ -97,39 +100,105 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     else:
         ledger, paths = Ledger(state.ledger_dir(ledger_dir)), None
     pool, settings = state.get_pool(), state.get_settings()
-    live = watch and not (as_json or quiet) and state.is_terminal()
-    try:
-        with _LiveView(state.stdout) if live else nullcontext() as view:
-            while True:
-                report = collect_pending(
-                    pool, ledger, paths=paths, job_id=job_id,
-                    default_service=service or state.default_service_name(),
-                    policy=queue_policy(settings, max_pending),
-                    resubmit_failed=resubmit_failed, max_retries=max_retries,
-                    admit=_budget_admission(settings),
-                    verify_batch=None if verify_results else RESULT_CHECK_BATCH,
-                    workers=workers or settings.poll_workers)
-                out, err = report_lines(report, quiet)
-                if log_file is not None:
-                    _append_log(log_file, out + err)
-                if prometheus is not None:
-                    _write_metrics(prometheus, ledger, settings, report)
-                if as_json:
-                    state.emit_json(_report_json(report))
-                elif view is not None:
-                    view.show(ledger.fold(paths).summaries, out[-1] if out else "")
-                else:
-                    for line in err:
-                        click.echo(line, err=True)
-                    for line in out:
-                        click.echo(line)
-                if not watch or report.pending == 0 or report.unrecorded is not None:
-                    break
+    output = _Output(state, ledger, paths, as_json=as_json, quiet=quiet, watch=watch,
+                     log_file=log_file)
+
+    def one_round(progress):
+        return collect_pending(
+            pool, ledger, paths=paths, job_id=job_id,
+            default_service=service or state.default_service_name(),
+            policy=queue_policy(settings, max_pending),
+            resubmit_failed=resubmit_failed, max_retries=max_retries,
+            admit=_budget_admission(settings),
+            verify_batch=None if verify_results else RESULT_CHECK_BATCH,
+            workers=workers or settings.poll_workers, progress=progress)
+
+    with output:
+        while True:
+            try:
+                report = output.run(one_round)
+            except CollectorBusy as exc:
+                if not watch:
+                    raise
+                output.busy(str(exc), interval)  # e.g. the cron collector: skip this round
                 time.sleep(interval)
-    except KeyboardInterrupt:
-        state.info("Stopped. Every ledger line and result file written so far is whole.")
-        raise SystemExit(130) from None
+                continue
+            if prometheus is not None:
+                _write_metrics(prometheus, ledger, settings, report)
+            if not watch or report.pending == 0 or report.unrecorded is not None:
+                break
+            time.sleep(interval)
     raise SystemExit(report.exit_code)
+
+
+class _Output:
+    """What qcollect shows of each run: JSON (one line per run under --watch), a live table
+    (--watch on a terminal), or lines (under --watch, only what changed after the first run);
+    and the log file."""
+
+    def __init__(self, state, ledger, paths, *, as_json: bool, quiet: bool, watch: bool,
+                 log_file: Path | None):
+        self.state, self.ledger, self.paths = state, ledger, paths
+        self.as_json, self.quiet, self.watch, self.log_file = as_json, quiet, watch, log_file
+        self.live = (_LiveView(state.stdout) if watch and not (as_json or quiet)
+                     and state.is_terminal() else None)
+        self.rounds = 0
+        self.last_summary: str | None = None
+
+    def __enter__(self):
+        if self.live is not None:
+            self.live.__enter__()
+            self.live.show(self.ledger.fold(self.paths).summaries, "collecting…")
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+        return False
+
+    def run(self, one_round):
+        """One collection run, with progress shown while it works, then its report shown."""
+        if self.live is not None:
+            report = one_round(self.live.progress)
+        elif self.as_json or self.quiet or not self.state.is_terminal("stderr"):
+            report = one_round(lambda _message: None)  # progress is for a person watching
+        else:
+            with self.state.progress() as progress:
+                report = one_round(progress)
+        self.rounds += 1
+        self.show(report)
+        return report
+
+    def show(self, report) -> None:
+        if self.quiet:  # cron mail: each damaged line once per state of its file
+            from qcourier.ledger_check import not_yet_warned
+
+            report.problems = not_yet_warned(self.ledger, report.problems)
+        changes, err = report_lines(report, self.quiet or (self.watch and self.rounds > 1))
+        summary = summary_line(report)
+        new_summary = [summary] if not self.quiet and summary != self.last_summary else []
+        self.last_summary = summary
+        if self.log_file is not None:
+            _append_log(self.log_file, changes + new_summary + err)
+        if self.as_json:
+            body = _report_json(report)
+            click.echo(json.dumps(body, default=str) if self.watch
+                       else json.dumps(body, indent=2, default=str))
+        elif self.live is not None:  # the summary is the live table's caption
+            self.live.print_above(err + changes)
+            self.live.show(self.ledger.fold(self.paths).summaries, summary)
+        else:
+            for line in err:
+                click.echo(line, err=True)
+            for line in changes + new_summary:
+                click.echo(line)
+
+    def busy(self, message: str, interval: float) -> None:
+        text = f"{message}; trying again in {interval:g} s"
+        if self.live is not None:
+            self.live.progress(text)
+        elif not self.as_json:
+            self.state.info(text)
 
 
 def _budget_admission(settings):
@@ -145,35 +214,40 @@ def _budget_admission(settings):
 
 
 def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
-    """What a run reports: (stdout lines, stderr lines). Quiet keeps changes and errors only."""
+    """What a run reports, but its summary: (stdout lines, stderr lines). Quiet keeps
+    changes and errors only. A job is named by its ledger status (the word ``status``
+    shows), followed by what is new: the headline result of a finished job, or an error."""
     err = [f"Warning: {p}" for p in report.problems]
+    if err:
+        err.append("Warning: damaged ledger lines are skipped; see qcourier ledger check")
     err += [] if quiet else [f"Skipped: {reason}" for reason in report.skipped]
     if report.unrecorded is not None:
+        from qcourier.collection import STATUS_FOR_STATE
+
         u = report.unrecorded
-        return [f"Job {u.job_id}: {u.state.value} (not in the ledger)"], err
+        shown = STATUS_FOR_STATE[u.state].value
+        return [f"Job {u.job_id}: {shown} (not in the ledger)"], err
     out = []
     for o in report.outcomes:
         if quiet and not (o.changed or o.failed):
             continue
-        if o.failed:
-            shown = "NOT POLLED"
-        elif o.state is not None:
-            shown = o.state.value
-        else:
-            shown = o.record.status.value.upper()
+        shown = o.record.status.value
         name = o.record.job_id or f"({o.record.experiment_type}, not submitted)"
         out.append(f"Job {name}: {shown}" + (f" — {o.message}" if o.message else ""))
     if report.collected_path is not None:
         out.append(f"Collected results: {report.collected_path}")
-    if not quiet:
-        summary = (f"Completed: {report.completed}/{report.total}  "
-                   f"Pending: {report.pending}/{report.total}")
-        if report.deferred:
-            summary += f"  (of which deferred: {report.deferred})"
-        if report.errors:
-            summary += f"  Errors: {report.errors}/{report.total}"
-        out.append(summary)
     return out, err
+
+
+def summary_line(report) -> str:
+    """The closing line of a run: how many jobs are completed and pending."""
+    summary = (f"Completed: {report.completed}/{report.total}  "
+               f"Pending: {report.pending}/{report.total}")
+    if report.deferred:
+        summary += f"  (of which deferred: {report.deferred})"
+    if report.errors:
+        summary += f"  Errors: {report.errors}/{report.total}"
+    return summary
 
 
 def _append_log(path: Path, lines: list[str]) -> None:
@@ -203,6 +277,7 @@ class _LiveView:
         from rich.live import Live
 
         self._live = Live(console=console, auto_refresh=False)
+        self._records: list = []
 
     def __enter__(self):
         self._live.__enter__()
@@ -214,7 +289,17 @@ class _LiveView:
     #: Finished jobs shown below the open ones (the most recent): a study can have thousands.
     FINISHED_SHOWN = 20
 
+    def print_above(self, lines: list[str]) -> None:
+        """Lines that stay on the screen above the live table (what changed)."""
+        for line in lines:
+            self._live.console.print(line, markup=False, highlight=False)
+
+    def progress(self, message: str) -> None:
+        """Show what the run is doing now under the table of the last run."""
+        self.show(self._records, message)
+
     def show(self, records, caption: str) -> None:
+        self._records = records
         from rich import box
         from rich.table import Table
 
@@ -229,9 +314,14 @@ class _LiveView:
         shown = open_ + finished[-self.FINISHED_SHOWN:]
         if len(shown) < len(records):
             table.caption = f"{caption} · {len(records) - len(shown)} older finished jobs not shown"
+        from rich.text import Text
+
+        from qcourier.cli._common import STATUS_STYLES
+
         for r in shown:
             table.add_row(r.job_id or "-", r.experiment_type,
-                          "-" if r.api_key_index is None else str(r.api_key_index), r.status.value,
+                          "-" if r.api_key_index is None else str(r.api_key_index),
+                          Text(r.status.value, style=STATUS_STYLES.get(r.status.value, "")),
                           "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
                           "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}")
         self._live.update(table, refresh=True)

@@ -8,7 +8,7 @@ import click
 
 from qcourier import __version__
 from qcourier.ledger import JobStatus
-from qcourier.cli import budget, collect, report, submit
+from qcourier.cli import budget, collect, jobs, ledger, report, submit
 from qcourier.cli._common import (
     api_key_option,
     get_state,
@@ -32,6 +32,9 @@ main.add_command(submit.main, "submit")
 main.add_command(collect.main, "collect")
 main.add_command(budget.main, "budget")
 main.add_command(report.main, "report")
+main.add_command(jobs.show, "show")
+main.add_command(jobs.cancel, "cancel")
+main.add_command(ledger.group, "ledger")
 
 
 @main.command("status")
@@ -89,7 +92,8 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
              "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
              "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}"] for r in shown]
     if rows:
-        print_table(state, columns, rows)
+        print_table(state, columns, rows,
+                    optional=["key", "service", "state", "queue s", "QPU s", "submitted"])
     if len(shown) < len(records):
         click.echo(f"(the {len(shown)} most recent shown; --limit 0 shows all {len(records)})")
     counts = Counter(r.status.value for r in records)
@@ -183,7 +187,9 @@ def recover(since, dry_run: bool, api_key_index: int | None, service: str | None
     else:
         rows = [[r.job_id or "-", r.experiment_type, r.backend, r.service,
                  str(r.api_key_index), str(r.submission_time or "-")] for r in report.recovered]
-        print_table(state, ["job id", "experiment", "backend", "service", "key", "created"], rows)
+        if rows:
+            print_table(state, ["job id", "experiment", "backend", "service", "key", "created"],
+                        rows, optional=["key", "service"])
         where = "(dry run: nothing written)" if dry_run else f"into {report.ledger_path}"
         click.echo(f"Recovered {len(report.recovered)} job(s) {where}; "
                    f"{report.known} already in the ledger."

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from qcourier import __version__
 from qcourier.cli._common import (
-    EXIT_CODES_HELP,
     LazyChoice,
     api_key_option,
     get_state,
@@ -15,6 +15,7 @@ from qcourier.cli._common import (
     json_option,
     ledger_dir_option,
     print_table,
+    exit_codes_help,
     service_option,
 )
 
@@ -34,7 +35,9 @@ Examples:
   qsubmit --experiment bell --dry-run --json
   qsubmit --experiment both --service ibm --submit-all
   qsubmit --experiment deployment --pace --force     # hourly heartbeat from cron
-{EXIT_CODES_HELP}"""
+{exit_codes_help(
+    "every job was submitted, deferred, skipped as a duplicate, or held back by --pace",
+    "a submission failed, or the budget guard refused it")}"""
 
 
 def _experiment_names() -> list[str]:
@@ -44,6 +47,7 @@ def _experiment_names() -> list[str]:
 
 
 @click.command("submit", help=HELP)
+@click.version_option(__version__, prog_name="qsubmit")
 @click.option("--experiment", "-e", required=True, type=LazyChoice(_experiment_names, "NAME"),
               help="Experiment or group to submit: bell, ghz, surface_code, deployment, both "
               "(surface_code + deployment), or any installed one (`qcourier experiments`).")
@@ -134,7 +138,8 @@ def _print_table(state, records, path, dry_run: bool) -> None:
              r.logical_state or "-", r.backend, str(r.shots), str(r.num_circuits),
              str(r.transpiled_depth), r.circuit_hash[:12]] for r in records]
     if rows:
-        print_table(state, columns, rows)
+        print_table(state, columns, rows,
+                    optional=["circuit hash", "depth", "circuits", "state", "shots", "job id"])
     deferred = sum(r.status.value == "deferred" for r in records)
     if dry_run:
         click.echo(f"Dry run: {len(records)} job(s) planned; nothing submitted or written.")

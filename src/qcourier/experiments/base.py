@@ -85,3 +85,8 @@ class Experiment(ABC):
             counts: counts per circuit, in the order the circuits were built.
             calibration: error rates of the backend at submission, where known.
         """
+
+    def headline(self, analysis: dict[str, Any]) -> str | None:
+        """The analysis's main figure in a few words, for qcollect's line about the job
+        (e.g. ``logical error per round 0.031 [0.024, 0.038]``); None if there is none."""
+        return None

@@ -48,7 +48,15 @@ def analyse_cat(counts: dict[str, int], width: int) -> dict[str, Any]:
     }
 
 
-class BellExperiment(Experiment):
+class _CatExperiment(Experiment):
+    """What the two cat-state canaries share: their headline."""
+
+    def headline(self, analysis: dict[str, Any]) -> str | None:
+        return (f"Hellinger fidelity {analysis['hellinger_fidelity']:.3f} to the ideal "
+                f"({analysis['p_all_zeros'] + analysis['p_all_ones']:.3f} in 0...0 or 1...1)")
+
+
+class BellExperiment(_CatExperiment):
     name = "bell"
     description = "Bell pair canary: H, CX, measure; ideal half 00, half 11."
     Params = BellParams
@@ -61,7 +69,7 @@ class BellExperiment(Experiment):
         return {"experiment": self.name, **analyse_cat(counts[0], 2)}
 
 
-class GHZExperiment(Experiment):
+class GHZExperiment(_CatExperiment):
     name = "ghz"
     description = "GHZ canary of a given width: H, CX chain, measure; ideal half 0...0, half 1...1."
     Params = GHZParams

@@ -106,3 +106,8 @@ class DeploymentExperiment(Experiment):
             "max_absolute_deviation": max(deviations),
             "hellinger_fidelity": hellinger_fidelity_to(clean, lambda k: ideal_probability(k, ideal)),
         }
+
+    def headline(self, analysis: dict[str, Any]) -> str | None:
+        return (f"{analysis['width']} qubits: mean |P(1) - ideal| "
+                f"{analysis['mean_absolute_deviation']:.4f}, "
+                f"max {analysis['max_absolute_deviation']:.4f}")

@@ -507,3 +507,12 @@ class SurfaceCodeExperiment(Experiment):
             "logical_error_per_round_stderr": stderr,
             "decoder_noise": noise,
         }
+
+    def headline(self, analysis: dict[str, Any]) -> str | None:
+        eps, stderr = analysis.get("logical_error_per_round"), analysis.get(
+            "logical_error_per_round_stderr")
+        where = f"d={analysis.get('distance')}, state {analysis.get('logical_state')}"
+        if eps is None:
+            return f"logical error per round not fitted ({where})"
+        spread = "" if stderr is None else f" ± {1.96 * stderr:.4f} (95%)"
+        return f"logical error per round {eps:.4f}{spread} ({where})"

@@ -240,6 +240,16 @@ class QuantumService(ABC):
         """The job's backend, tags, creation time, shots and ISA circuits."""
 
     @abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job that has not finished.
+
+        Raises:
+            JobNotFoundError: the service does not know the job.
+            ServiceError: the job is already final, or the service refused (the message
+                says which); a service that cannot cancel says so.
+        """
+        raise ServiceError(f"the {self.name} service cannot cancel jobs")
+
     def usage(self) -> InstanceUsage:
         """QPU usage of the instance."""
 

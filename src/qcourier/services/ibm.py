@@ -423,6 +423,14 @@ class IBMService(QuantumService):
             usage_seconds=float(seconds) if final and seconds is not None else None,
         )
 
+    def cancel(self, job_id: str) -> None:
+        def cancel() -> None:
+            job = self._job(job_id)
+            with _quiet():
+                job.cancel()
+
+        self._call(f"cancel of job {job_id}", cancel)
+
     def find_jobs(self, tags: Sequence[str], created_after: datetime | None = None) -> list[str]:
         def search() -> list[str]:
             found, skip = [], 0

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 from qcourier.concurrency import CPU_LOCK
-from qcourier.files import atomic_write_bytes
+from qcourier.files import atomic_write_bytes, make_output_directory
 from qcourier.services.base import (
     BackendInfo,
     InstanceUsage,
@@ -267,7 +267,7 @@ class LocalService(QuantumService):
 
         target = fake_backend(backend)
         self._network_call()
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_output_directory(self.root)
         job_id = new_job_id()
         seed = self._seed_for(job_id, circuits)
         failed = random.Random(seed).random() < self.config.failure_rate
@@ -330,6 +330,13 @@ class LocalService(QuantumService):
         running = created + timedelta(seconds=spec["queue_seconds"])
         finished = running + timedelta(seconds=spec["run_seconds"])
         now = datetime.now(UTC)
+        cancelled = self._cancelled_at(job_id)
+        if cancelled is not None and cancelled < finished:
+            # A user's cancel is charged for the run up to that point (IBM's rule).
+            ran = max(0.0, (cancelled - running).total_seconds())
+            share = min(1.0, ran / spec["run_seconds"]) if spec["run_seconds"] else 0.0
+            return JobMetrics(created=created, running=running if cancelled > running else None,
+                              finished=cancelled, usage_seconds=spec["usage_seconds"] * share)
         done = now >= finished
         return JobMetrics(
             created=created,
@@ -337,6 +344,13 @@ class LocalService(QuantumService):
             finished=finished if done else None,
             usage_seconds=(0.0 if spec["fail"] else spec["usage_seconds"]) if done else None,
         )
+
+    def _cancelled_at(self, job_id: str) -> datetime | None:
+        try:
+            data = json.loads(self._path(job_id, ".cancel.json").read_text())
+        except FileNotFoundError:
+            return None
+        return datetime.fromisoformat(data["cancelled"])
 
     def find_jobs(self, tags: Sequence[str], created_after: datetime | None = None) -> list[str]:
         self._network_call()
@@ -358,11 +372,25 @@ class LocalService(QuantumService):
         return JobInfo(job_id, spec["backend"], list(spec["tags"]),
                        datetime.fromisoformat(spec["created"]), int(spec["shots"]), circuits)
 
+    def cancel(self, job_id: str) -> None:
+        """Cancel a queued or running job: it ends CANCELLED, charged for the run so far."""
+        self._network_call()
+        spec = self._spec(job_id)
+        with FileLock(str(self._path(job_id, ".lock"))):
+            report = self._report(spec, simulate=False)
+            if report.state.is_final:
+                raise ServiceError(f"job {job_id} is already final ({report.state.value}); "
+                                   "it cannot be cancelled")
+            atomic_write_bytes(self._path(job_id, ".cancel.json"), json.dumps(
+                {"job_id": job_id, "cancelled": datetime.now(UTC).isoformat()}).encode())
+
     def usage(self) -> InstanceUsage:
         self._network_call()
         total = 0.0
         for spec in self._all_specs():
-            if self._nominal_state(spec) is JobState.DONE and not spec["fail"]:
+            if self._cancelled_at(spec["job_id"]) is not None:
+                total += self.job_metrics(spec["job_id"]).usage_seconds or 0.0
+            elif self._nominal_state(spec) is JobState.DONE and not spec["fail"]:
                 total += spec["usage_seconds"]
         return InstanceUsage(usage_seconds=total)
 
@@ -397,7 +425,7 @@ class LocalService(QuantumService):
     def _pending_by_backend(self) -> dict[str, int]:
         pending: dict[str, int] = {}
         for spec in self._all_specs():
-            if not self._nominal_state(spec).is_final:
+            if not (self._nominal_state(spec).is_final or self._cancelled_at(spec["job_id"])):
                 pending[spec["backend"]] = pending.get(spec["backend"], 0) + 1
         return pending
 
@@ -425,6 +453,8 @@ class LocalService(QuantumService):
         Without ``simulate`` (a listing), a done job whose simulation has not failed is DONE.
         """
         job_id = spec["job_id"]
+        if self._cancelled_at(job_id) is not None:
+            return JobStatusReport(job_id, JobState.CANCELLED, "cancelled by the user")
         state = self._nominal_state(spec)
         if state is not JobState.DONE:
             return JobStatusReport(job_id, state)
