@@ -85,6 +85,16 @@ def script(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def submit_process(tmp_path: Path, *args: str, **env: str) -> list[dict]:
+    """Run ``qsubmit ARGS`` as a real process (it must succeed); the ledger's records."""
+    import subprocess
+
+    done = subprocess.run([script("qsubmit"), *args], env=cli_env(tmp_path, **env), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return ledger_records(tmp_path / "ledger")
+
+
 def ledger_records(ledger_dir: Path) -> list[dict]:
     """The latest line of every record in a ledger directory, in first-written order."""
     import json

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_env, ledger_records, script
+from conftest import submit_process as submit
 from terminal import run_on_pty
 
 WIDTH = 80
@@ -43,13 +44,6 @@ def table_lines(text: str, header_start: str, rows: int) -> list[str]:
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     assert set(lines[start + 1].strip()) == {"─"}, lines[start:start + 2]
     return lines[start:start + 2 + rows]
-
-
-def submit(tmp_path: Path, *args: str, **env: str) -> list[dict]:
-    done = subprocess.run([script("qsubmit"), *args], env=cli_env(tmp_path, **env), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return ledger_records(tmp_path / "ledger")
 
 
 def test_qsubmit_dry_run_on_a_terminal(tmp_path: Path):

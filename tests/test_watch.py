@@ -9,13 +9,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from conftest import cli_env, ledger_records, script
-
-
-def submit(tmp_path: Path, *args: str, **env: str) -> list[dict]:
-    done = subprocess.run([script("qsubmit"), *args], env=cli_env(tmp_path, **env), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return ledger_records(tmp_path / "ledger")
+from conftest import submit_process as submit
 
 
 def test_watch_json_is_one_object_per_line_per_run(tmp_path: Path):
