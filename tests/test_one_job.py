@@ -40,6 +40,15 @@ def test_show_a_completed_job(invoke, service, tmp_path: Path):
     assert "Analysis: Hellinger fidelity" in text
 
 
+def test_collect_job_id_of_a_final_job_points_to_show(runner, service, tmp_path: Path):
+    runner.invoke(qsubmit, ["-e", "bell", "--shots", "20"], obj=AppState(service=service))
+    runner.invoke(qcollect, [], obj=AppState(service=service))
+    [record] = ledger_records(tmp_path / "ledger")
+    again = runner.invoke(qcollect, ["--job-id", record["job_id"]], obj=AppState(service=service))
+    assert again.exit_code == 0
+    assert f"qcourier show {record['job_id']}" in again.stderr
+
+
 def test_show_says_when_a_result_file_was_altered(invoke, service, tmp_path: Path):
     invoke(qsubmit, ["-e", "bell", "--shots", "20"], AppState(service=service))
     invoke(qcollect, [], AppState(service=service))

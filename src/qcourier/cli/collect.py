@@ -123,6 +123,9 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                 output.busy(str(exc), interval)  # e.g. the cron collector: skip this round
                 time.sleep(interval)
                 continue
+            if job_id is not None and not report.outcomes and report.unrecorded is None:
+                state.info(f"Job {job_id} is already final; its record, history and result: "
+                           f"qcourier show {job_id}")
             if prometheus is not None:
                 _write_metrics(prometheus, ledger, settings, report)
             if not watch or report.pending == 0 or report.unrecorded is not None:
