@@ -253,3 +253,56 @@ def test_a_backend_that_cannot_be_fingerprinted_plans_without_the_cache(service,
     assert len(p.jobs) == 1 and p.cache_misses == 1 and not (tmp_path / "cache").exists()
     [warning] = cache_warnings(p)
     assert warning.startswith("transpile cache not used: cannot fingerprint the target")
+
+
+def _entry(directory: Path, name: str, size: int, age_days: float, now: float) -> Path:
+    import os
+
+    path = directory / name
+    path.write_bytes(b"x" * size)
+    os.utime(path, (now - age_days * 86400, now - age_days * 86400))
+    return path
+
+
+def test_prune_removes_old_entries_then_the_least_recently_used(tmp_path: Path):
+    from qcourier.transpile_cache import prune
+
+    now = 2_000_000_000.0
+    old = _entry(tmp_path, "a.entry", 100, 40, now)
+    lru = _entry(tmp_path, "b.entry", 300, 5, now)
+    mid = _entry(tmp_path, "c.entry", 300, 2, now)
+    new = _entry(tmp_path, "d.entry", 300, 0.1, now)
+    stale_tmp = _entry(tmp_path, ".e.entry.abc.tmp", 10, 1, now)
+    live_tmp = _entry(tmp_path, ".f.entry.def.tmp", 10, 0, now)  # a writer at work
+    other = _entry(tmp_path, "notes.txt", 10, 400, now)
+    report = prune(tmp_path, max_age_days=30, max_bytes=650, now=now)
+    assert not old.exists() and not stale_tmp.exists() and not lru.exists()
+    assert mid.exists() and new.exists() and live_tmp.exists() and other.exists()
+    assert (report.removed, report.kept, report.kept_bytes) == (3, 2, 600)
+
+
+def test_a_hit_marks_the_entry_used_so_pruning_keeps_it(invoke, tmp_path: Path):
+    import os
+
+    invoke(submit.main, ["-e", "bell", "--shots", "10"])
+    [entry] = cache_directory(tmp_path / "ledger").glob("*.entry")
+    month_ago = entry.stat().st_mtime - 31 * 86400
+    os.utime(entry, (month_ago, month_ago))
+    invoke(submit.main, ["-e", "bell", "--shots", "10", "--force"])  # a hit, then the prune
+    assert entry.exists()
+    assert entry.stat().st_mtime > month_ago + 30 * 86400
+
+
+def test_qsubmit_prunes_what_was_not_used_for_a_month(invoke, tmp_path: Path, monkeypatch):
+    import os
+
+    invoke(submit.main, ["-e", "bell", "--shots", "10"])
+    [bell] = cache_directory(tmp_path / "ledger").glob("*.entry")
+    month_ago = bell.stat().st_mtime - 31 * 86400
+    os.utime(bell, (month_ago, month_ago))
+    invoke(submit.main, ["-e", "ghz", "-p", "width=3", "--shots", "10"])
+    assert not bell.exists()
+    assert len(list(cache_directory(tmp_path / "ledger").glob("*.entry"))) == 1
+    monkeypatch.setenv("QCOURIER_TRANSPILE_CACHE_MAX_MB", "0")  # a cap: nothing fits
+    invoke(submit.main, ["-e", "bell", "--shots", "10", "--force"])
+    assert list(cache_directory(tmp_path / "ledger").glob("*.entry")) == []

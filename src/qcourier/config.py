@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_execution_margin: float = Field(3.0, ge=1, validation_alias="QCOURIER_MAX_EXECUTION_MARGIN")
     max_execution_cap: int = Field(300, ge=1, le=10800, validation_alias="QCOURIER_MAX_EXECUTION_CAP")
     budget_seconds: float = Field(600.0, ge=0, validation_alias=BUDGET_VAR)
+    transpile_cache_max_age_days: float = Field(
+        30.0, gt=0, validation_alias="QCOURIER_TRANSPILE_CACHE_MAX_AGE_DAYS")
+    transpile_cache_max_mb: float = Field(200.0, ge=0, validation_alias="QCOURIER_TRANSPILE_CACHE_MAX_MB")
 
     local_service_dir: Path = Field(
         DEFAULT_LOCAL_SERVICE_DIR, validation_alias="QCOURIER_LOCAL_SERVICE_DIR"

@@ -34,12 +34,21 @@ computed from the same circuits. That a QPY round trip keeps the hash is what
 
 The cache is an optimisation only: no error reading or writing it fails a submission; it
 becomes a warning and a transpilation. The directory can be deleted at any time.
+
+It is pruned after each submission (:func:`prune`): entries not used for
+``QCOURIER_TRANSPILE_CACHE_MAX_AGE_DAYS`` (default 30) go, then the least recently used
+until the rest fit in ``QCOURIER_TRANSPILE_CACHE_MAX_MB`` (default 200). A hit marks its
+entry used (its modification time), so a heartbeat submitted every hour keeps its entry
+while each new calibration's entry of a finished study ages out: a year of hourly
+heartbeats keeps about a month of calibrations, not a year of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,11 +199,17 @@ class TranspileCache:
                                  f"{exc.strerror or exc}; transpiling again")
             return None
         try:
-            return _decode(data, key, inputs)
+            unit = _decode(data, key, inputs)
         except Exception as exc:  # whatever the damage, the remedy is to transpile again
             self.warnings.append(f"ignored damaged transpile cache entry {path.name} "
                                  f"({_describe(exc)}); transpiling again")
             return None
+        if self.writable:
+            try:
+                os.utime(path)  # used now: pruning keeps what is used
+            except OSError:
+                pass
+        return unit
 
     def store(self, key: str, inputs: dict[str, Any], unit: TranspiledUnit,
               qpy_bytes: bytes) -> None:
@@ -217,6 +232,63 @@ class TranspileCache:
                                  f"{reason}; continuing without it")
             # One warning is enough: the next write would fail the same way.
             self.writable = False
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :func:`prune` removed."""
+
+    removed: int = 0
+    freed_bytes: int = 0
+    kept: int = 0
+    kept_bytes: int = 0
+
+
+#: A temporary file this old is a leftover of a writer killed mid-write, not one at work.
+_STALE_TMP_SECONDS = 3600.0
+
+
+def prune(directory: Path, max_age_days: float, max_bytes: int,
+          now: float | None = None) -> PruneReport:
+    """Remove entries unused for ``max_age_days``, then the least recently used until the
+    rest total at most ``max_bytes``; also temporary files left by a killed writer.
+
+    Never raises: an entry that cannot be removed stays (the cache is an optimisation).
+    """
+    now = time.time() if now is None else now
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return PruneReport()
+    entries: list[tuple[float, int, Path]] = []
+    removed = freed = 0
+    for name in names:
+        path = Path(directory) / name
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stale_tmp = name.endswith(".tmp") and now - st.st_mtime > _STALE_TMP_SECONDS
+        too_old = name.endswith(_SUFFIX) and now - st.st_mtime > max_age_days * 86400
+        if stale_tmp or too_old:
+            removed, freed = removed + _unlink(path), freed + st.st_size
+        elif name.endswith(_SUFFIX):
+            entries.append((st.st_mtime, st.st_size, path))
+    entries.sort()  # least recently used first
+    total = sum(size for _, size, _ in entries)
+    while entries and total > max_bytes:
+        _, size, path = entries.pop(0)
+        if _unlink(path):
+            removed, freed, total = removed + 1, freed + size, total - size
+    return PruneReport(removed, freed, len(entries), total)
+
+
+def _unlink(path: Path) -> int:
+    try:
+        path.unlink()
+        return 1
+    except OSError:
+        return 0
 
 
 def _decode(data: bytes, key: str, inputs: dict[str, Any]) -> TranspiledUnit:

@@ -113,6 +113,11 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
             policy=queue_policy(settings, max_pending),
             guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace),
             transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory))
+    if not (dry_run or no_transpile_cache):
+        from qcourier.transpile_cache import prune
+
+        prune(cache_directory(ledger.directory), settings.transpile_cache_max_age_days,
+              int(settings.transpile_cache_max_mb * 1_000_000))
     for line in report.skipped:
         state.info(f"Skipped: {line}")
     for line in report.paced:
