@@ -181,3 +181,19 @@ def test_kill_9_during_appends_leaves_a_readable_ledger(ledger: Ledger):
         L.append(path, make_record(job_id="after-kill-000000000"))
         assert len(ledger.fold().records) == count + 1
     assert len(ledger.fold().records) > 5
+
+
+def test_atomically_written_files_get_ordinary_modes(tmp_path: Path):
+    """Not the 0600 of a temp file: node_exporter (another user) reads the metrics file."""
+    import os
+    import stat
+
+    from qcourier.files import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "metrics.prom"
+        atomic_write_bytes(path, b"x 1\n")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)

@@ -10,6 +10,10 @@ from pathlib import Path
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename); return its sha256.
 
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), not the
+    0600 of a temp file: results, snapshots and the Prometheus file are read by others
+    (node_exporter runs as its own user). qcourier writes no secret to any file.
+
     ``durable=False`` skips the fsyncs: after a power cut the file may be old or absent,
     but never half-written (for caches, which can always be rebuilt).
     """
@@ -19,6 +23,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if durable:
@@ -42,6 +47,18 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
     except OSError:
         pass
     return hashlib.sha256(data).hexdigest()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            line = next(x for x in fh if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)  # elsewhere: read by setting it, and put it back at once
+        os.umask(mask)
+        return mask
 
 
 def sha256_file(path: Path) -> str:
