@@ -1,7 +1,9 @@
 """Live: a 2-qubit canary on real IBM Quantum hardware, for users with an account.
 
-Skipped unless a real token is in the environment (``IBM_QUANTUM_TOKEN``, read here at import,
-before the test isolation clears it) and no ``QCOURIER_IBM_URL`` redirects the client. It
+Opt-in only: it runs when ``QCOURIER_LIVE_IBM=1`` is set *and* a real token is in the
+environment (``IBM_QUANTUM_TOKEN``, read here at import, before the test isolation clears it)
+and no ``QCOURIER_IBM_URL`` redirects the client. A token exported for daily work is not
+consent to spend QPU time or to wait hours in a queue. It
 spends a little QPU time (one job, 100 shots) and waits for the queue, up to
 ``QCOURIER_LIVE_WAIT_SECONDS`` (default 2 hours).
 """
@@ -22,6 +24,8 @@ LIVE_INSTANCE = os.environ.get("IBM_QUANTUM_INSTANCE")
 WAIT_SECONDS = float(os.environ.get("QCOURIER_LIVE_WAIT_SECONDS", "7200"))
 
 pytestmark = [
+    pytest.mark.skipif(os.environ.get("QCOURIER_LIVE_IBM") != "1",
+                       reason="live IBM test: opt in with QCOURIER_LIVE_IBM=1 (spends QPU time)"),
     pytest.mark.skipif(not LIVE_TOKEN or bool(os.environ.get("QCOURIER_IBM_URL")),
                        reason="live test: needs a real IBM_QUANTUM_TOKEN in the environment"),
     pytest.mark.timeout(int(WAIT_SECONDS) + 600),
