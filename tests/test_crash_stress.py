@@ -24,6 +24,18 @@ SEED = 20261121
 KILLS = 12
 
 
+def ledger_line_count(ledger_dir: Path) -> int:
+    return sum(f.read_bytes().count(b"\n") for f in ledger_dir.glob("submitted_jobs_*.jsonl"))
+
+
+def wait_for(condition, timeout: float = 300.0) -> None:
+    """Poll ``condition`` until it holds (a bounded wait: a hung command fails the test)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for an observed point"
+        time.sleep(0.02)
+
+
 def test_kill_9_at_random_moments(tmp_path: Path):
     rng = random.Random(SEED)
     env = cli_env(tmp_path, QCOURIER_SUBMISSIONS_PER_MINUTE="1000", QCOURIER_MAX_PENDING="1000",
@@ -34,9 +46,16 @@ def test_kill_9_at_random_moments(tmp_path: Path):
         [script("qcollect")],
     ]
     for kill in range(1, KILLS + 1):
+        lines_before = ledger_line_count(ledger_dir)
         proc = subprocess.Popen(commands[kill % 2], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.8, 3.5))
+        if kill % 2:  # qcollect: anywhere in its first seconds, work done or not
+            time.sleep(rng.uniform(0.2, 3.0))
+        else:
+            # qsubmit: at an observed point, however slow the machine — once it has written
+            # its first ledger line (an intent) — plus a random delay into its submissions.
+            wait_for(lambda: ledger_line_count(ledger_dir) > lines_before or proc.poll() is not None)
+            time.sleep(rng.uniform(0.0, 0.6))
         proc.kill()
         proc.wait()
         fold = Ledger(ledger_dir).fold()  # never raises
