@@ -85,7 +85,7 @@ def test_a_rejected_key_fails_alone(emu, invoke, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("IBM_QUANTUM_TOKEN_1", "bad-secret-token")
     result = invoke(submit.main, [*SMALL_BOTH, "--submit-all"])
     assert result.exit_code == 1
-    assert "key 1 (IBM_QUANTUM_TOKEN_1)" in result.stderr and "rejected the credentials" in result.stderr
+    assert "key 1 (IBM_QUANTUM_TOKEN_1): IBM Cloud IAM (127.0.0.1) refused the API key" in result.stderr
     assert "bad-secret-token" not in result.output
     assert sorted(r["api_key_index"] for r in ledger_records(tmp_path / "ledger")) == [0, 0]
 
@@ -95,7 +95,7 @@ def test_credentials_rejected_while_collecting(emu, invoke, tmp_path: Path):
     emu.fail("GET", r"/jobs/", 401, count=50)
     result = invoke(collect.main, [])
     assert result.exit_code == 1
-    assert "not polled" in result.stdout and "rejected the credentials" in result.stdout
+    assert "not polled" in result.stdout and "refused the credentials" in result.stdout
     assert [r["status"] for r in ledger_records(tmp_path / "ledger")] == ["submitted"]  # left as it was
     emu.clear_faults()
     assert ": completed" in invoke(collect.main, ["--watch", "--interval", "0.3"]).stdout

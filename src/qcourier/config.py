@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     ibm_url: str | None = Field(None, validation_alias="QCOURIER_IBM_URL")
     ibm_timeout_seconds: float = Field(60.0, gt=0, validation_alias="QCOURIER_IBM_TIMEOUT")
     ibm_retries: int = Field(3, ge=0, le=10, validation_alias="QCOURIER_IBM_RETRIES")
+    #: Seconds one qsubmit (per key), or one job of a qcollect run, may spend in IBM calls.
+    ibm_deadline_seconds: float = Field(120.0, gt=0, validation_alias="QCOURIER_IBM_DEADLINE")
     max_pending: int = Field(3, ge=1, le=1000, validation_alias="QCOURIER_MAX_PENDING")
     poll_workers: int = Field(8, ge=1, le=64, validation_alias="QCOURIER_POLL_WORKERS")
     submissions_per_minute: int = Field(5, ge=1, le=1000,

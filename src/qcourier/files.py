@@ -61,6 +61,28 @@ def _umask() -> int:
         return mask
 
 
+def path_under(directory: Path, name: str, suffix: str = "") -> Path:
+    """``directory / (name + suffix)``, checked to be a file directly in ``directory``.
+
+    For paths built from ids that came from outside (a service's job id, a hash in a ledger
+    line): an absolute name, a ``..`` or a separator would otherwise lead anywhere.
+
+    Raises:
+        QcourierError: the name would leave the directory.
+    """
+    from qcourier.errors import QcourierError
+
+    leaf = f"{name}{suffix}"
+    if (not name or "/" in leaf or "\\" in leaf or "\0" in leaf or leaf in (".", "..")
+            or leaf.startswith("..")):
+        raise QcourierError(f"refused to use {leaf!r} as a file name in {directory}: it is not "
+                            "a plain file name")
+    path = Path(directory) / leaf
+    if path.parent != Path(directory):
+        raise QcourierError(f"refused to use {leaf!r} as a file name in {directory}")
+    return path
+
+
 def sha256_file(path: Path) -> str:
     """The sha256 (hex) of a file's bytes."""
     digest = hashlib.sha256()

@@ -156,6 +156,8 @@ def plan_submission(
     except (AuthenticationError, TransientServiceError):
         raise
     except ServiceError as exc:  # no such backend, or none large enough
+        if exc.http_status is not None:  # the service failed: not the user's choice
+            raise
         raise UsageError(str(exc)) from None
     if width > target.num_qubits:
         raise UsageError(

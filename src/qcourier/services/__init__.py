@@ -100,7 +100,8 @@ def pool_from_settings(settings: Settings) -> ServicePool:
         keys = {k.index: k for k in settings.api_keys()}
         connection = IBMConnection(channel=settings.ibm_quantum_channel, url=settings.ibm_url,
                                    timeout_seconds=settings.ibm_timeout_seconds,
-                                   retries=settings.ibm_retries, workers=settings.poll_workers)
+                                   retries=settings.ibm_retries, workers=settings.poll_workers,
+                                   deadline_seconds=settings.ibm_deadline_seconds)
         if not keys:
             if saved_account_exists() and index in (None, 0):
                 return IBMService(None, connection)

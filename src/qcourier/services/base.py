@@ -10,8 +10,12 @@ in Qiskit order (clbit 0 rightmost) with no spaces, values are shot counts.
 
 from __future__ import annotations
 
+import contextvars
+import re
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -37,14 +41,19 @@ class ServiceError(QcourierError):
     http_status: int | None = None
     #: Seconds the service asked us to wait before the next call (``Retry-After``), if any.
     retry_after: float | None = None
+    #: Whether the failure proves that the service did nothing (a 429, a 4xx before the job
+    #: was created, a connection that was never made): a submission's intent can be settled.
+    nothing_done: bool = False
 
     def __init__(self, message: str = "", *, http_status: int | None = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, nothing_done: bool | None = None):
         super().__init__(message)
         if http_status is not None:
             self.http_status = http_status
         if retry_after is not None:
             self.retry_after = retry_after
+        if nothing_done is not None:
+            self.nothing_done = nothing_done
 
 
 class JobNotFoundError(ServiceError):
@@ -58,12 +67,98 @@ class TransientServiceError(ServiceError):
     """
 
 
+class UnreachableError(TransientServiceError):
+    """The service could not be reached at all (DNS, connection refused, TLS, proxy)."""
+
+
+class DeadlineExceededError(TransientServiceError):
+    """The command's time for service calls (``QCOURIER_IBM_DEADLINE``) ran out."""
+
+
 class AuthenticationError(ServiceError):
     """The service rejected the credentials: retrying will not help."""
+
+    nothing_done = True
+
+
+class InvalidJobIdError(ServiceError):
+    """A job id that a service, a listing, a tag or a store gave is not a safe job id."""
+
+
+#: What a job id may look like: IBM's are 20 lowercase alphanumerics (older ones 24 hex
+#: digits or UUIDs), the local service's 20 lowercase alphanumerics. Nothing else is used
+#: as a file name or put in a URL.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_job_id(job_id: object, source: str) -> str:
+    """``job_id`` if it is a safe job id (:data:`JOB_ID_PATTERN`).
+
+    Args:
+        source: where it came from, for the message (e.g. "IBM Quantum's answer to a submission").
+
+    Raises:
+        InvalidJobIdError: it is not a string of that shape.
+    """
+    if isinstance(job_id, str) and JOB_ID_PATTERN.fullmatch(job_id):
+        return job_id
+    shown = repr(job_id)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    raise InvalidJobIdError(f"{source} gave the job id {shown}, which is not a job id "
+                            "(1-64 letters, digits, '_' or '-'); refused")
 
 
 class BudgetExceededError(ServiceError):
     """The service refused a job because the instance's usage limit is reached."""
+
+    nothing_done = True
+
+
+class CallTime:
+    """Seconds one scope may spend in a service's calls, retries and backoff included.
+
+    A command (``qsubmit``) or one job of a collection (``qcollect``) gets one per service:
+    once spent, the service stops retrying and fails with :class:`DeadlineExceededError`.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.spent = 0.0
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        with self._lock:
+            return self.seconds - self.spent
+
+    def spend(self, seconds: float) -> None:
+        with self._lock:
+            self.spent += max(0.0, seconds)
+
+
+#: The current scope's :class:`CallTime` per service (by ``id``), or ``None`` outside any
+#: scope (then a service uses one of its own for its whole life).
+_CALL_SCOPE: contextvars.ContextVar[dict[int, CallTime] | None] = contextvars.ContextVar(
+    "qcourier_call_scope", default=None)
+
+
+@contextmanager
+def call_time_scope() -> Iterator[None]:
+    """Give every service called inside this block (in this thread) a fresh deadline."""
+    token = _CALL_SCOPE.set({})
+    try:
+        yield
+    finally:
+        _CALL_SCOPE.reset(token)
+
+
+def scoped_call_time(owner: object, seconds: float, default: CallTime) -> CallTime:
+    """``owner``'s :class:`CallTime` in the current scope (made with ``seconds``), or
+    ``default`` outside any scope."""
+    scope = _CALL_SCOPE.get()
+    if scope is None:
+        return default
+    return scope.setdefault(id(owner), CallTime(seconds))
 
 
 class JobState(StrEnum):

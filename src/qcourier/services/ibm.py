@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import warnings
@@ -41,6 +42,8 @@ from qcourier.services.base import (
     AuthenticationError,
     BackendInfo,
     BudgetExceededError,
+    CallTime,
+    DeadlineExceededError,
     InstanceUsage,
     JobInfo,
     JobMetrics,
@@ -51,6 +54,9 @@ from qcourier.services.base import (
     QuantumService,
     ServiceError,
     TransientServiceError,
+    UnreachableError,
+    check_job_id,
+    scoped_call_time,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +66,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 TRANSIENT_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+#: The longest message text kept from the client (its messages nest whole response bodies).
+DETAIL_CHARS = 160
 #: Jobs per page of the job listing (``job_states``), and the most pages one call reads: a
 #: job older than that many of the key's newer qcourier jobs is asked about on its own.
 LISTING_PAGE_SIZE = 100
@@ -80,6 +88,9 @@ class IBMConnection:
         max_retry_after_seconds: the longest ``Retry-After`` honoured.
         workers: how many client calls may run at once (the threads that run them are
             shared by the process, which keeps the largest number any connection asked for).
+        deadline_seconds: the most time one command (``qsubmit``), or one job of a
+            collection, may spend in this service's calls, retries and backoff included;
+            then it stops retrying (:class:`DeadlineExceededError`).
     """
 
     channel: str = "ibm_quantum_platform"
@@ -89,6 +100,7 @@ class IBMConnection:
     backoff_seconds: float = 1.0
     max_retry_after_seconds: float = 60.0
     workers: int = 8
+    deadline_seconds: float = 120.0
 
 
 @contextmanager
@@ -114,6 +126,8 @@ class IBMService(QuantumService):
         self._jobs_lock = threading.Lock()
         # Held after a 429 so that every thread waits out the Retry-After.
         self._gate = RateGate()
+        # Time for calls outside any scope (base.call_time_scope): the whole command's.
+        self._call_time = CallTime(self.connection.deadline_seconds)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -163,6 +177,8 @@ class IBMService(QuantumService):
 
         Waits first while the service's gate is held: a 429 holds it, for every thread, for
         the ``Retry-After`` given (else the backoff), at most ``max_retry_after_seconds``.
+        Every attempt, wait and backoff is paid from the scope's :class:`CallTime`
+        (``deadline_seconds``); when it is spent, the call gives up.
 
         Args:
             retry_statuses: retry only transient failures with these HTTP statuses
@@ -170,22 +186,33 @@ class IBMService(QuantumService):
 
         Raises:
             ServiceError: the translated failure, once retries are spent or not allowed.
+            DeadlineExceededError: the deadline passed before the call succeeded.
         """
+        budget = scoped_call_time(self, self.connection.deadline_seconds, self._call_time)
         attempt = 0
+        last: ServiceError | None = None
         while True:
-            self._gate.wait()  # another thread's 429 holds this call too
+            if budget.remaining() <= 0:
+                raise self._deadline_error(what, last)
+            started = time.monotonic()
             try:
-                return _bounded(self.connection.timeout_seconds, self.connection.workers,
-                                func, *args, **kwargs)
+                self._gate.wait()  # another thread's 429 holds this call too
+                timeout = min(self.connection.timeout_seconds, max(budget.remaining(), 0.01))
+                return _bounded(timeout, self.connection.workers, func, *args, **kwargs)
             except TimeoutError:
+                if timeout < self.connection.timeout_seconds:  # cut short by the deadline
+                    budget.spend(time.monotonic() - started)
+                    started = time.monotonic()
+                    raise self._deadline_error(what, last) from None
                 error: ServiceError = TransientServiceError(
-                    f"{self.label}: IBM Quantum did not answer ({what}) within "
-                    f"{self.connection.timeout_seconds:g} s"
-                )
+                    f"{self.label}: IBM Quantum did not answer ({what}) within {timeout:g} s")
             except ServiceError:
                 raise
             except Exception as exc:  # the client's exceptions, translated below
                 error = self._translate(what, exc)
+            finally:
+                budget.spend(time.monotonic() - started)
+            last = error
             delay = (error.retry_after if error.retry_after is not None
                      else self.connection.backoff_seconds * 2**attempt)
             delay = min(delay, self.connection.max_retry_after_seconds)
@@ -195,37 +222,111 @@ class IBMService(QuantumService):
                 retry_statuses is None or error.http_status in retry_statuses)
             if not retryable or attempt >= self.connection.retries:
                 raise error
+            if budget.remaining() <= 0:
+                raise self._deadline_error(what, last)
             if error.http_status != 429:  # a 429's wait is the gate's, at the top
-                time.sleep(delay)
+                pause = min(delay, budget.remaining())
+                time.sleep(pause)
+                budget.spend(pause)
             attempt += 1
 
+    def _deadline_error(self, what: str, last: ServiceError | None) -> DeadlineExceededError:
+        seconds = self.connection.deadline_seconds
+        because = f"; last failure: {_after_label(str(last), self.label)}" if last else ""
+        return DeadlineExceededError(
+            f"{self.label}: gave up on {what} after {seconds:g} s of IBM Quantum calls "
+            f"(QCOURIER_IBM_DEADLINE){because}",
+            http_status=last.http_status if last else None,
+            nothing_done=last.nothing_done if last else False)
+
     def _translate(self, what: str, exc: BaseException) -> ServiceError:
+        """One line a user can act on, from whatever the client raised.
+
+        The client wraps its failures in its own exceptions (an offline machine gets an
+        ``InvalidAccountError`` saying to check the token), so the cause is found in the
+        exception's chain: first an HTTP status (a 4xx is the service's answer, never a
+        network failure, although ``requests.HTTPError`` is an ``OSError``), then the IAM
+        exchange's answer, then a connection that could not be made, then the client's own
+        types.
+        """
         from qiskit_ibm_runtime.accounts.exceptions import AccountsError
-        from qiskit_ibm_runtime.api.exceptions import RequestsApiError
         from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError, RuntimeJobNotFound
 
-        status, retry_after = _http_status(exc)
-        detail = self._scrub(str(exc))[:300]
         chain = list(_chain(exc))
-        if any(isinstance(e, (IBMNotAuthorizedError, AccountsError)) for e in chain) or status in (401, 403):
+        status, retry_after = _http_status(exc)
+        label = self.label
+        iam = _iam_failure(chain)
+        if iam is not None:
+            code, host = iam
+            if code is not None and 400 <= code < 500 and code not in (408, 429):
+                return AuthenticationError(
+                    f"{label}: IBM Cloud IAM ({host}) refused the API key (HTTP {code}); check "
+                    "or replace the token", http_status=code)
+            if code is not None and code > 0:
+                return TransientServiceError(
+                    f"{label}: IBM Cloud IAM ({host}) failed (HTTP {code}) during {what}; try "
+                    "again later", http_status=code, retry_after=retry_after)
+        network = _network_failure(chain)
+        if network is not None and status in (None, -1):
+            kind, host = network
+            where = "IBM Cloud IAM" if _is_iam(chain) else "IBM Quantum"
+            return UnreachableError(
+                f"{label}: cannot reach {where} ({what}): {kind} {host}; check the network, "
+                "proxy settings (HTTPS_PROXY) and QCOURIER_IBM_URL",
+                http_status=-1, nothing_done=kind != "no answer from")
+        if status == -1:  # the client's retries of 5xx ran out
+            statuses = _retried_statuses(chain)
+            shown = f"HTTP {statuses}" if statuses else "server errors"
+            return TransientServiceError(
+                f"{label}: IBM Quantum service error ({what}: {shown}, after the client's "
+                "retries); try again later", http_status=-1, retry_after=retry_after)
+        if status in (401, 403) or any(isinstance(e, IBMNotAuthorizedError) for e in chain):
             return AuthenticationError(
-                f"{self.label}: IBM Quantum rejected the credentials ({what}); check or replace "
-                "the token", http_status=status)
-        if any(isinstance(e, RuntimeJobNotFound) for e in chain) or status == 404:
-            return JobNotFoundError(f"{self.label}: {what}: not found on IBM Quantum",
+                f"{label}: IBM Quantum refused the credentials ({what}, HTTP {status or 401}); "
+                "check or replace the token, and the instance (IBM_QUANTUM_INSTANCE)",
+                http_status=status or 401)
+        if status == 404 or any(isinstance(e, RuntimeJobNotFound) for e in chain):
+            return JobNotFoundError(f"{label}: {what}: not found on IBM Quantum",
                                     http_status=status)
         if status == 409 and what.startswith("submit"):
             return BudgetExceededError(
-                f"{self.label}: IBM Quantum refused the job: usage exceeds the instance's limit "
+                f"{label}: IBM Quantum refused the job: usage exceeds the instance's limit "
                 "(HTTP 409); wait for the 28-day window to free QPU time or use another key",
                 http_status=status)
-        if status in TRANSIENT_STATUS or any(isinstance(e, (ConnectionError, OSError)) for e in chain):
-            return TransientServiceError(f"{self.label}: {what} failed transiently: {detail}",
-                                         http_status=status, retry_after=retry_after)
-        if any(isinstance(e, RequestsApiError) for e in chain):
-            return ServiceError(f"{self.label}: {what} failed: {detail}", http_status=status)
-        return ServiceError(f"{self.label}: {what} failed: {type(exc).__name__}: {detail}",
+        if status == 429:
+            wait = f"; retry after {retry_after:g} s" if retry_after is not None else ""
+            return TransientServiceError(
+                f"{label}: IBM Quantum rate limit reached ({what}, HTTP 429){wait}",
+                http_status=429, retry_after=retry_after, nothing_done=True)
+        if status is not None and status in TRANSIENT_STATUS:
+            return TransientServiceError(
+                f"{label}: IBM Quantum service error ({what}, HTTP {status}); try again later",
+                http_status=status, retry_after=retry_after)
+        if status is not None and 400 <= status < 500:
+            return ServiceError(
+                f"{label}: IBM Quantum refused {what} (HTTP {status}): {self._detail(chain)}",
+                http_status=status, nothing_done=True)
+        if status is not None and status >= 500:
+            return TransientServiceError(
+                f"{label}: IBM Quantum service error ({what}, HTTP {status}); try again later",
+                http_status=status)
+        if any(isinstance(e, AccountsError) for e in chain):
+            return AuthenticationError(
+                f"{label}: the IBM Quantum account is not usable ({what}): {self._detail(chain)}",
+                nothing_done=True)
+        return ServiceError(f"{label}: {what} failed: {type(exc).__name__}: {self._detail(chain)}",
                             http_status=status)
+
+    def _detail(self, chain: list[BaseException]) -> str:
+        """The service's own message if its error body has one, else the first line of the
+        innermost message; short, and scrubbed of the token."""
+        for err in chain:
+            response = getattr(err, "response", None)
+            message = _body_message(response)
+            if message:
+                return self._scrub(message)[:DETAIL_CHARS]
+        text = self._scrub(str(chain[-1]) if chain else "")
+        return text[:DETAIL_CHARS] or "no detail"
 
     def _job(self, job_id: str) -> Any:
         """The client's job handle (called inside a bounded call, never around one)."""
@@ -247,6 +348,7 @@ class IBMService(QuantumService):
 
     def backends(self) -> list[BackendInfo]:
         def listing() -> list[BackendInfo]:
+            self._check_listing()
             infos = []
             for backend in self._service().backends():
                 status = backend.status()
@@ -256,6 +358,17 @@ class IBMService(QuantumService):
 
         return self._call("list backends", listing)
 
+    def _check_listing(self) -> list[str] | None:
+        """The backend names of the raw listing (``GET /backends``), which raises on failure;
+        ``service.backends()`` swallows a 401 or a lost connection into an empty list.
+        ``None`` when this client has no raw listing."""
+        try:
+            api = self._service()._active_api_client
+            lister = api.list_backends
+        except AttributeError:
+            return None
+        return [str(d.get("name")) for d in lister() if isinstance(d, dict)]
+
     def backend(self, name: str) -> BackendV2:
         with _quiet():
             try:
@@ -263,10 +376,14 @@ class IBMService(QuantumService):
             except ServiceError as exc:
                 if isinstance(exc, (AuthenticationError, TransientServiceError)):
                     raise
-                names = ", ".join(sorted(b.name for b in self.backends()))
-                raise ServiceError(
-                    f"unknown backend {name!r} for {self.label}; choose one of: {names}"
-                ) from None
+                lookup = exc
+            # Only a listing that really worked says the backend does not exist.
+            names = self._call("list backends", self._check_listing)
+            if names is None or name in names:
+                raise lookup
+            raise ServiceError(
+                f"unknown backend {name!r} for {self.label}; choose one of: "
+                f"{', '.join(sorted(names)) or '(the listing is empty)'}") from None
 
     def calibration(self, backend: str) -> dict[str, Any]:
         def read() -> dict[str, Any]:
@@ -294,8 +411,10 @@ class IBMService(QuantumService):
                 if max_execution_time is not None:
                     sampler.options.max_execution_time = int(max_execution_time)
                 job = sampler.run(list(circuits), shots=shots)
+            job_id = check_job_id(job.job_id(), f"{self.label}: IBM Quantum's answer to a "
+                                                "submission")
             self._remember(job)
-            return job.job_id()
+            return job_id
 
         # Only a 429 is retried: it means the job was not created. After a 5xx or a timeout
         # the job may exist, and a retry could create a second one.
@@ -437,7 +556,8 @@ class IBMService(QuantumService):
             while True:
                 page = self._service().jobs(limit=100, skip=skip, job_tags=list(tags),
                                             created_after=created_after)
-                found.extend(job.job_id() for job in page)
+                found.extend(check_job_id(job.job_id(), f"{self.label}: the IBM Quantum job "
+                                                        "listing") for job in page)
                 if len(page) < 100:
                     return found
                 skip += 100
@@ -559,3 +679,111 @@ def _parse_time(value: Any) -> datetime | None:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+def _after_label(message: str, label: str) -> str:
+    """A message without its leading ``"<label>: "`` (when nested in another one)."""
+    return message.removeprefix(f"{label}: ")
+
+
+def _host_of(err: BaseException) -> str | None:
+    """The host a network exception was about, where it says."""
+    for attribute in ("conn", "pool"):
+        host = getattr(getattr(err, attribute, None), "host", None)
+        if host:
+            return str(host)
+    request = getattr(err, "request", None)
+    url = getattr(request, "url", None) or getattr(err, "url", None)
+    if isinstance(url, str) and "://" in url:
+        from urllib.parse import urlsplit
+
+        return urlsplit(url).hostname
+    match = re.search(r"host='([^']+)'", str(err))
+    return match.group(1) if match else None
+
+
+def _is_iam(chain: list[BaseException]) -> bool:
+    """Whether the failed request was the IAM token exchange (``POST /identity/token``)."""
+    return any("/identity/token" in str(getattr(e, "url", "") or "") for e in chain) or any(
+        "/identity/token" in str(e) for e in chain)
+
+
+def _network_failure(chain: list[BaseException]) -> tuple[str, str] | None:
+    """``(what happened, host)`` when the chain holds a connection that failed, else ``None``."""
+    import socket
+    import ssl
+
+    import requests
+    import urllib3.exceptions as u3
+
+    host = next((h for h in map(_host_of, chain) if h), None) or "the service"
+    for err in reversed(chain):  # the innermost cause says most
+        if isinstance(err, (socket.gaierror, u3.NameResolutionError)):
+            return "the host name does not resolve (DNS):", host
+        if isinstance(err, (u3.ProxyError, requests.exceptions.ProxyError)):
+            return "the proxy refused or failed the connection to", host
+        if isinstance(err, (ssl.SSLError, u3.SSLError, requests.exceptions.SSLError)):
+            return "the TLS handshake failed with", host
+        if isinstance(err, ConnectionRefusedError):
+            return "the connection was refused by", host
+        if isinstance(err, (u3.ConnectTimeoutError, requests.exceptions.ConnectTimeout)):
+            return "the connection timed out to", host
+    for err in chain:
+        if isinstance(err, (u3.NewConnectionError, ConnectionRefusedError)):
+            return "no connection could be made to", host
+        if isinstance(err, (u3.ProtocolError, ConnectionResetError, u3.ReadTimeoutError,
+                            requests.exceptions.ReadTimeout, requests.exceptions.ChunkedEncodingError)):
+            return "no answer from", host
+    for err in chain:
+        if isinstance(err, requests.exceptions.ConnectionError) and not isinstance(
+                err, requests.exceptions.RetryError):
+            return "no answer from", host
+    return None
+
+
+def _iam_failure(chain: list[BaseException]) -> tuple[int | None, str] | None:
+    """``(HTTP status, host)`` of a failed IAM token exchange (``ibm_cloud_sdk_core``'s
+    ``ApiException``) in the chain, else ``None``."""
+    try:
+        from ibm_cloud_sdk_core import ApiException
+    except ImportError:
+        return None
+    for err in chain:
+        if isinstance(err, ApiException):
+            response = getattr(err, "http_response", None)
+            url = getattr(response, "url", None) or ""
+            from urllib.parse import urlsplit
+
+            host = urlsplit(url).hostname if "://" in url else None
+            code = getattr(err, "status_code", None)
+            return (code if isinstance(code, int) else None), host or "the IAM service"
+    return None
+
+
+def _retried_statuses(chain: list[BaseException]) -> str | None:
+    """The statuses of a retry storm ("too many 503 error responses"), where said."""
+    for err in chain:
+        match = re.search(r"too many (\d{3}) error responses", str(err))
+        if match:
+            return match.group(1)
+    return None
+
+
+def _body_message(response: Any) -> str | None:
+    """The message of an error body, IBM's shapes: ``{"errors": [{"message"}]}`` or
+    ``{"error": {"message"}}``."""
+    if response is None:
+        return None
+    try:
+        body = response.json()
+    except Exception:
+        return None
+    if not isinstance(body, dict):
+        return None
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        message = errors[0].get("message")
+    else:
+        error = body.get("error")
+        message = error.get("message") if isinstance(error, dict) else body.get("message")
+    return " ".join(str(message).split()) if message else None
