@@ -50,7 +50,7 @@ from qcourier.dispatch import (
     submit_record,
 )
 from qcourier.errors import QcourierError, UsageError
-from qcourier.files import atomic_write_bytes, path_under, sha256_file
+from qcourier.files import atomic_write_bytes, path_under, remove_stale_temp_files, sha256_file
 from qcourier.ledger import (
     Entry,
     JobStatus,
@@ -158,6 +158,11 @@ class CollectReport:
         return 1 if any(o.failed for o in self.outcomes) else 0
 
 
+#: Where atomic writes happen in a ledger directory (a killed writer's temp files are removed).
+TEMP_FILE_DIRS = (".", "jobs", "circuits", "snapshots", "cache", "cache/index",
+                  "cache/transpiled")
+
+
 def collector_lock(ledger: Ledger) -> FileLock:
     """The lock only one collector at a time may hold on a ledger."""
     return FileLock(str(ledger.directory / ".qcollect.lock"), timeout=0)
@@ -200,6 +205,7 @@ def collect_pending(
                ResultCheck(ledger, verify_batch), max(1, workers))
     try:
         with collector_lock(ledger), call_time_scope():  # QCOURIER_IBM_DEADLINE: per run...
+            remove_stale_temp_files([ledger.directory / d for d in TEMP_FILE_DIRS])
             return run.collect(paths, job_id, default_service, resubmit_failed, max_retries)
     except Timeout:
         raise CollectorBusy(
