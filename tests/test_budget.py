@@ -367,8 +367,9 @@ def test_budget_help_has_examples(invoke):
 def test_a_final_job_without_usage_counts_its_estimate_until_the_real_figure_is_known():
     records = [done(DAY, None, estimate=7.0), done(DAY, 3.0, estimate=9.0),
                done(DAY, None, estimate=5.0, status=JobStatus.SUBMIT_FAILED)]  # never a job
-    state = budget_state(records, "ibm", 0, 600.0, NOW)
+    state = budget_state(records, "ibm", 0, 600.0, NOW, estimate_unknown=True)
     assert state.used_seconds == pytest.approx(10.0) and state.jobs_used == 2
+    assert budget_state(records, "ibm", 0, 600.0, NOW).used_seconds == 3.0  # what was reported
 
 
 def test_the_service_figure_counts_when_it_is_larger():

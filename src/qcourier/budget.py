@@ -182,15 +182,14 @@ class BudgetState:
             "reserved_seconds": self.reserved_seconds,
             "remaining_seconds": self.remaining_seconds,
             "jobs_used": self.jobs_used, "jobs_reserved": self.jobs_reserved,
-            "ledger_used_seconds": self.ledger_used_seconds,
-            "service_used_seconds": self.service_used_seconds,
             "window_start": self.window_start.isoformat(), "now": self.now.isoformat(),
         }
 
 
 def budget_state(records: Iterable[RecordView], service: str, key_index: int | None,
                  limit_seconds: float, now: datetime,
-                 service_used_seconds: float | None = None) -> BudgetState:
+                 service_used_seconds: float | None = None,
+                 estimate_unknown: bool = False) -> BudgetState:
     """The budget of key ``(service, key_index)`` at ``now``, from the folded ledger records.
 
     Args:
@@ -201,12 +200,14 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
         limit_seconds: the key's limit per window (``Settings.budget_limit``).
         now: the end of the window (timezone-aware; a naive time is taken as UTC).
         service_used_seconds: the service's own usage figure for the key, if known.
+        estimate_unknown: count a final job whose usage is not known by its estimate (the
+            guard does; a report of what was used does not).
 
     Returns:
         ``used``: the ``usage_seconds`` of every final job (failed and cancelled ones
         included: whatever usage is recorded was charged) whose completion time (else the
-        time of its last ledger line) lies in ``(now - WINDOW, now]``; a final job whose
-        usage is not known yet (the service still reports it pending) counts its
+        time of its last ledger line) lies in ``(now - WINDOW, now]``; with
+        ``estimate_unknown``, a final job whose usage is not known yet (the service still reports it pending) counts its
         ``estimated_qpu_seconds`` until a later run records the real figure; a submission
         that never became a job counts nothing. If ``service_used_seconds`` is larger,
         ``used`` is that.
@@ -221,7 +222,8 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
     for record in _of_key(records, service, key_index):
         if record.status.is_final:
             seconds = record.usage_seconds
-            if seconds is None and record.status is not JobStatus.SUBMIT_FAILED:
+            if (seconds is None and estimate_unknown
+                    and record.status is not JobStatus.SUBMIT_FAILED):
                 seconds = record.estimated_qpu_seconds
             if start < _finished_at(record) <= now and seconds:
                 used += seconds
@@ -476,7 +478,8 @@ class BudgetGuard:
         """
         records = list(records)
         limit = self.limit_for(key_index)
-        state = budget_state(records, service, key_index, limit, now, service_used_seconds)
+        state = budget_state(records, service, key_index, limit, now, service_used_seconds,
+                             estimate_unknown=True)
         if estimate > state.remaining_seconds + _TOLERANCE_SECONDS and not self.allow_over_budget:
             source = (" (the service's figure)" if service_used_seconds is not None
                       and state.used_seconds > (state.ledger_used_seconds or 0.0) else "")

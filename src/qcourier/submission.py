@@ -611,7 +611,7 @@ def dry_run_budget_line(plan: Plan, existing: list[RecordView], guard: BudgetGua
     service_used = _service_usage(plan)
     limit = guard.limit_for(plan.service.api_key_index)
     state = budget_state(existing, plan.service.name, plan.service.api_key_index, limit,
-                         utc_now(), service_used)
+                         utc_now(), service_used, estimate_unknown=True)
     fits = "fits" if estimate <= state.remaining_seconds + 1e-9 else "does NOT fit"
     return (f"{state.label}: the plan needs about {estimate:.1f} s of QPU time; "
             f"{state.remaining_seconds:.1f} s of {limit:.0f} s remain in the 28-day window "
