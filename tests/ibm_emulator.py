@@ -292,6 +292,8 @@ class IBMEmulator:
         self.extra_usage: dict[str, float] = {}
         self.errors: list[str] = []
         self._faults: list[dict[str, Any]] = []
+        #: Ids the next ``POST /jobs`` answers give, in order (a hostile or broken server).
+        self.next_job_ids: list[str] = []
         self._access: dict[str, str] = {}  # access token -> API key
         self._posts: dict[str, list[float]] = {}
         self._lock = threading.RLock()
@@ -622,7 +624,8 @@ class IBMEmulator:
                                                      f"{self.jobs_per_minute} per minute."),
                                  {"Retry-After": str(retry)})
                 self._posts[api_key] = recent + [now]
-            job_id = "".join(secrets.choice(JOB_ID_ALPHABET) for _ in range(20))
+            job_id = (self.next_job_ids.pop(0) if self.next_job_ids
+                      else "".join(secrets.choice(JOB_ID_ALPHABET) for _ in range(20)))
             self.jobs[job_id] = {
                 "id": job_id,
                 "backend": backend.name,

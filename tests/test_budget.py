@@ -360,3 +360,22 @@ def test_budget_help_has_examples(invoke):
     result = invoke(main_cli.main, ["budget", "--help"])
     assert result.exit_code == 0
     assert "qcourier budget --no-service" in result.stdout and "--json" in result.stdout
+
+
+# -- issue 17: usage not known yet, and the service's own figure ---------------------------------
+
+def test_a_final_job_without_usage_counts_its_estimate_until_the_real_figure_is_known():
+    records = [done(DAY, None, estimate=7.0), done(DAY, 3.0, estimate=9.0),
+               done(DAY, None, estimate=5.0, status=JobStatus.SUBMIT_FAILED)]  # never a job
+    state = budget_state(records, "ibm", 0, 600.0, NOW, estimate_unknown=True)
+    assert state.used_seconds == pytest.approx(10.0) and state.jobs_used == 2
+    assert budget_state(records, "ibm", 0, 600.0, NOW).used_seconds == 3.0  # what was reported
+
+
+def test_the_service_figure_counts_when_it_is_larger():
+    records = [done(DAY, 3.0), pending(HOUR, 2.0)]
+    larger = budget_state(records, "ibm", 0, 600.0, NOW, service_used_seconds=500.0)
+    assert larger.used_seconds == 500.0 and larger.ledger_used_seconds == 3.0
+    assert larger.remaining_seconds == pytest.approx(600.0 - 500.0 - 2.0)
+    smaller = budget_state(records, "ibm", 0, 600.0, NOW, service_used_seconds=1.0)
+    assert smaller.used_seconds == 3.0

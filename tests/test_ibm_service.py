@@ -115,7 +115,12 @@ def test_a_job_the_service_does_not_know_gets_status_error_others_go_on(emu, inv
 
 def test_usage_limit_409_on_submit(emu, invoke, tmp_path: Path):
     emu.extra_usage["instance-0"] = 600.0
+    # The guard counts the service's figure (used elsewhere: this ledger knows nothing of it).
     result = invoke(submit.main, ["-e", "bell", "--shots", "50"])
+    assert result.exit_code == 1
+    assert "used 600.0 s (the service's figure)" in result.stderr and emu.jobs == {}
+    assert ledger_records(tmp_path / "ledger") == []
+    result = invoke(submit.main, ["-e", "bell", "--shots", "50", "--allow-over-budget"])
     assert result.exit_code == 1
     [line] = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
     assert "key 0 (IBM_QUANTUM_TOKEN)" in line and "usage exceeds the instance's limit" in line
@@ -265,7 +270,9 @@ def test_a_job_created_before_a_lost_answer_is_recorded_once(emu, invoke, tmp_pa
     emu.fail("POST", r"/jobs$", 503, after=True)  # IBM made the job, then the answer was lost
     result = invoke(submit.main, ["-e", "bell", "--shots", "50"])
     assert result.exit_code == 1
-    assert "may have reached the service: qcollect will find out" in result.stderr
+    assert "the last one may have been submitted — the next `qcollect` will find out" in result.stderr
+    assert "1 job(s) may have been submitted" in result.stdout
+    assert "Nothing was submitted." not in result.stdout
     assert len(emu.jobs) == 1  # the client did not post it again
     [intent] = ledger_records(tmp_path / "ledger")
     assert intent["status"] == "submitting"

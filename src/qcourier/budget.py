@@ -4,8 +4,14 @@ that estimates a job's QPU seconds before it is submitted.
 The budget (per key, over a rolling :data:`WINDOW` of 28 days, as on IBM's Open Plan)::
 
     used      = QPU seconds the ledger records for final jobs that finished in the window
+                (a final job whose usage is not known yet counts its estimate), or the
+                service's own usage figure for the key if that is larger
     reserved  = estimated QPU seconds of jobs still at the service (or being submitted)
     remaining = limit - used - reserved
+
+The service's figure covers jobs this ledger directory does not know (submitted from
+another directory or machine). A job the service has finished but the ledger has not yet
+collected counts in both ``used`` and ``reserved``: the guard errs on the side of spending less.
 
 A key is a ``(service, api_key_index)`` pair: each IBM API key has its own budget, and the
 local service's jobs form one simulated budget of their own (key index ``None``). Limits
@@ -138,8 +144,11 @@ class BudgetState:
         reserved_seconds: estimates of the jobs still pending or being submitted.
         window_start: ``now - WINDOW``.
         now: the time the state was computed for.
-        jobs_used: final jobs finished in the window with a recorded usage above zero.
+        jobs_used: final jobs finished in the window with a recorded usage above zero
+            (or, usage unknown yet, an estimate).
         jobs_reserved: jobs pending or being submitted.
+        ledger_used_seconds: what the ledger alone says was used.
+        service_used_seconds: what the service says the key used, if it was asked.
     """
 
     service: str
@@ -151,6 +160,9 @@ class BudgetState:
     now: datetime
     jobs_used: int
     jobs_reserved: int
+    # Where ``used_seconds`` came from: not part of a state's value.
+    ledger_used_seconds: float | None = field(default=None, compare=False)
+    service_used_seconds: float | None = field(default=None, compare=False)
 
     @property
     def remaining_seconds(self) -> float:
@@ -175,7 +187,9 @@ class BudgetState:
 
 
 def budget_state(records: Iterable[RecordView], service: str, key_index: int | None,
-                 limit_seconds: float, now: datetime) -> BudgetState:
+                 limit_seconds: float, now: datetime,
+                 service_used_seconds: float | None = None,
+                 estimate_unknown: bool = False) -> BudgetState:
     """The budget of key ``(service, key_index)`` at ``now``, from the folded ledger records.
 
     Args:
@@ -185,11 +199,18 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
         key_index: the IBM API key's index.
         limit_seconds: the key's limit per window (``Settings.budget_limit``).
         now: the end of the window (timezone-aware; a naive time is taken as UTC).
+        service_used_seconds: the service's own usage figure for the key, if known.
+        estimate_unknown: count a final job whose usage is not known by its estimate (the
+            guard does; a report of what was used does not).
 
     Returns:
-        ``used``: the ``usage_seconds`` (``None`` = 0) of every final job (failed and
-        cancelled ones included: whatever usage is recorded was charged) whose completion
-        time (else the time of its last ledger line) lies in ``(now - WINDOW, now]``.
+        ``used``: the ``usage_seconds`` of every final job (failed and cancelled ones
+        included: whatever usage is recorded was charged) whose completion time (else the
+        time of its last ledger line) lies in ``(now - WINDOW, now]``; with
+        ``estimate_unknown``, a final job whose usage is not known yet (the service still reports it pending) counts its
+        ``estimated_qpu_seconds`` until a later run records the real figure; a submission
+        that never became a job counts nothing. If ``service_used_seconds`` is larger,
+        ``used`` is that.
         ``reserved``: the ``estimated_qpu_seconds`` (``None`` = 0) of every job pending or
         being submitted, whenever submitted.
     """
@@ -200,15 +221,24 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
     jobs_used = jobs_reserved = 0
     for record in _of_key(records, service, key_index):
         if record.status.is_final:
-            if start < _finished_at(record) <= now and record.usage_seconds:
-                used += record.usage_seconds
+            seconds = record.usage_seconds
+            if (seconds is None and estimate_unknown
+                    and record.status is not JobStatus.SUBMIT_FAILED):
+                seconds = record.estimated_qpu_seconds
+            if start < _finished_at(record) <= now and seconds:
+                used += seconds
                 jobs_used += 1
         elif is_reserving(record.status):
             reserved += record.estimated_qpu_seconds or 0.0
             jobs_reserved += 1
+    ledger_used = used
+    if service_used_seconds is not None:
+        used = max(used, float(service_used_seconds))
     return BudgetState(service=service, key_index=key_index, limit_seconds=float(limit_seconds),
                        used_seconds=used, reserved_seconds=reserved, window_start=start, now=now,
-                       jobs_used=jobs_used, jobs_reserved=jobs_reserved)
+                       jobs_used=jobs_used, jobs_reserved=jobs_reserved,
+                       ledger_used_seconds=ledger_used,
+                       service_used_seconds=service_used_seconds)
 
 
 # -- the pace rule ----------------------------------------------------------------------------
@@ -436,18 +466,26 @@ class BudgetGuard:
     pace: bool = False
 
     def refusal(self, records: Iterable[RecordView], service: str, key_index: int | None,
-                estimate: float, now: datetime) -> tuple[str | None, bool]:
+                estimate: float, now: datetime,
+                service_used_seconds: float | None = None) -> tuple[str | None, bool]:
         """Why ``estimate`` more seconds may not be spent now, and whether that is only pace.
+
+        Args:
+            service_used_seconds: the service's usage figure for the key, if known (the
+                larger of it and the ledger's is counted).
 
         Returns ``(None, False)`` when the spending is allowed.
         """
         records = list(records)
         limit = self.limit_for(key_index)
-        state = budget_state(records, service, key_index, limit, now)
-        if estimate > state.remaining_seconds and not self.allow_over_budget:
+        state = budget_state(records, service, key_index, limit, now, service_used_seconds,
+                             estimate_unknown=True)
+        if estimate > state.remaining_seconds + _TOLERANCE_SECONDS and not self.allow_over_budget:
+            source = (" (the service's figure)" if service_used_seconds is not None
+                      and state.used_seconds > (state.ledger_used_seconds or 0.0) else "")
             return (f"{state.label}: these jobs need about {estimate:.1f} s of QPU time but only "
                     f"{max(state.remaining_seconds, 0.0):.1f} s of {limit:.0f} s remain in the "
-                    f"28-day window (used {state.used_seconds:.1f} s, reserved "
+                    f"28-day window (used {state.used_seconds:.1f} s{source}, reserved "
                     f"{state.reserved_seconds:.1f} s); nothing submitted "
                     "(--allow-over-budget overrides)", False)
         if self.pace:
@@ -457,12 +495,12 @@ class BudgetGuard:
         return None, False
 
     def admit_deferred(self, record: RecordView, records: Iterable[RecordView],
-                       now: datetime) -> str | None:
+                       now: datetime, service_used_seconds: float | None = None) -> str | None:
         """Why a deferred job may not be submitted now, or ``None`` if it may.
 
         The other deferred jobs wait their turn behind it, so they do not count against it.
         """
         others = [r for r in records if r.status is not JobStatus.DEFERRED]
         reason, _ = self.refusal(others, record.service, record.api_key_index,
-                                 record.estimated_qpu_seconds or 0.0, now)
+                                 record.estimated_qpu_seconds or 0.0, now, service_used_seconds)
         return reason

@@ -42,6 +42,7 @@ from qcourier.concurrency import (
 )
 from qcourier.dispatch import (
     QueuePolicy,
+    key_lock,
     load_circuits,
     open_slots,
     queue_key,
@@ -49,7 +50,7 @@ from qcourier.dispatch import (
     submit_record,
 )
 from qcourier.errors import QcourierError, UsageError
-from qcourier.files import atomic_write_bytes, sha256_file
+from qcourier.files import atomic_write_bytes, path_under, remove_stale_temp_files, sha256_file
 from qcourier.ledger import (
     Entry,
     JobStatus,
@@ -65,9 +66,12 @@ from qcourier.services.base import (
     AuthenticationError,
     JobNotFoundError,
     JobState,
+    InvalidJobIdError,
     JobStatusReport,
     QuantumService,
     ServiceError,
+    call_time_scope,
+    check_job_id,
 )
 
 STATUS_FOR_STATE = {
@@ -154,6 +158,11 @@ class CollectReport:
         return 1 if any(o.failed for o in self.outcomes) else 0
 
 
+#: Where atomic writes happen in a ledger directory (a killed writer's temp files are removed).
+TEMP_FILE_DIRS = (".", "jobs", "circuits", "snapshots", "cache", "cache/index",
+                  "cache/transpiled")
+
+
 def collector_lock(ledger: Ledger) -> FileLock:
     """The lock only one collector at a time may hold on a ledger."""
     return FileLock(str(ledger.directory / ".qcollect.lock"), timeout=0)
@@ -195,7 +204,8 @@ def collect_pending(
     run = _Run(pool, ledger, policy, admit or (lambda _r, _all: None), progress,
                ResultCheck(ledger, verify_batch), max(1, workers))
     try:
-        with collector_lock(ledger):
+        with collector_lock(ledger), call_time_scope():  # QCOURIER_IBM_DEADLINE: per run...
+            remove_stale_temp_files([ledger.directory / d for d in TEMP_FILE_DIRS])
             return run.collect(paths, job_id, default_service, resubmit_failed, max_retries)
     except Timeout:
         raise CollectorBusy(
@@ -378,7 +388,8 @@ class _Run:
         reason = self.unreachable.get(queue_key(entry.record))
         if reason is not None:  # its key was rejected while this job waited for a worker
             return JobOutcome(entry.record, None, False, reason, failed=True)
-        return _poll_one(_Gated(service, self._gate(service)), self.ledger, entry, state)
+        with call_time_scope():  # ...and per job
+            return _poll_one(_Gated(service, self._gate(service)), self.ledger, entry, state)
 
     def _gate(self, service: QuantumService) -> RateGate:
         with self._gates_lock:
@@ -410,31 +421,47 @@ class _Run:
         return retries
 
     def _drain(self, deferred: list[Entry]) -> None:
-        """Submit deferred jobs, oldest first, while their key has room."""
+        """Submit deferred jobs, oldest first, while their key has room.
+
+        Each one is decided and submitted under its key's lock on a fresh fold, as ``qsubmit``
+        does, so a ``qsubmit`` running meanwhile cannot overspend against this run.
+        """
         for entry in deferred:
             record = self.entries[entry.record.record_id].record
             service = self._service(record)
             if service is None:
                 self._not_reachable(entry)
                 continue
-            summaries = [e.summary for e in self.entries.values()]
-            mine = [s for s in summaries if queue_key(s) == queue_key(record)]
-            reason = None if open_slots(mine, self.policy, utc_now()) else "waiting for a free slot"
-            reason = reason or self.admit(record, summaries)
-            if reason:
-                self._outcome(JobOutcome(record, None, False, f"deferred: {reason}"), entry.path)
-                continue
-            self.progress(f"submitting deferred {record.experiment_type} job")
             try:
-                submitted = submit_record(service, entry.path, record,
-                                          load_circuits(self.ledger, record))
-            except ServiceError as exc:
-                latest = self.ledger.fold([entry.path]).entries[record.record_id].record
-                self._outcome(JobOutcome(latest, None, True, f"submission failed: {exc}",
-                                         failed=True), entry.path)
-                continue
-            self._outcome(JobOutcome(submitted, JobState.QUEUED, True, "submitted (was deferred)"),
-                          entry.path)
+                with key_lock(self.ledger, record.service, record.api_key_index, timeout=0):
+                    self._drain_one(entry, service)
+            except Timeout:
+                self._outcome(JobOutcome(record, None, False, "deferred: another process is "
+                                         "submitting for this key"), entry.path)
+
+    def _drain_one(self, entry: Entry, service: QuantumService) -> None:
+        self.entries.update(self.ledger.fold().entries)
+        record = self.entries[entry.record.record_id].record
+        if record.status is not JobStatus.DEFERRED:
+            return
+        summaries = [e.summary for e in self.entries.values()]
+        mine = [s for s in summaries if queue_key(s) == queue_key(record)]
+        reason = None if open_slots(mine, self.policy, utc_now()) else "waiting for a free slot"
+        reason = reason or self.admit(record, summaries)
+        if reason:
+            self._outcome(JobOutcome(record, None, False, f"deferred: {reason}"), entry.path)
+            return
+        self.progress(f"submitting deferred {record.experiment_type} job")
+        try:
+            submitted = submit_record(service, entry.path, record,
+                                      load_circuits(self.ledger, record))
+        except ServiceError as exc:
+            latest = self.ledger.fold([entry.path]).entries[record.record_id].record
+            self._outcome(JobOutcome(latest, None, True, f"submission failed: {exc}",
+                                     failed=True), entry.path)
+            return
+        self._outcome(JobOutcome(submitted, JobState.QUEUED, True, "submitted (was deferred)"),
+                      entry.path)
 
 
 class _Gated:
@@ -525,6 +552,10 @@ def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry,
     """Poll one job (unless its ``status`` is known) and record what changed."""
     record = entry.record
     assert record.job_id is not None
+    try:
+        check_job_id(record.job_id, f"ledger file {entry.path.name}")
+    except InvalidJobIdError as exc:  # never put in a URL or a file name
+        return _record_not_found(entry, str(exc))
     try:
         status = status or service.job_status(record.job_id)
     except JobNotFoundError as exc:
@@ -627,8 +658,9 @@ def _finish(
         "analysis_error": analysis_error,
         "collected_at": utc_now().isoformat(),
     }
-    relative = Path("jobs") / f"{record.job_id}.json"
-    sha = atomic_write_bytes(ledger.directory / relative, json.dumps(payload, indent=1).encode())
+    target = path_under(ledger.results_dir, check_job_id(record.job_id, "the ledger"), ".json")
+    relative = Path("jobs") / target.name
+    sha = atomic_write_bytes(target, json.dumps(payload, indent=1).encode())
     short = [(i, n) for i, n in enumerate(result.shots) if n < record.shots]
     partial = (f"partial result: circuit {short[0][0]} has {short[0][1]} of {record.shots} shots"
                if short else None)

@@ -30,14 +30,23 @@ from typing import TYPE_CHECKING
 
 from qcourier import ledger as ledger_mod
 from qcourier.errors import QcourierError
-from qcourier.files import atomic_write_bytes
+from qcourier.files import atomic_write_bytes, path_under
 from qcourier.ledger import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
-from qcourier.services.base import QuantumService, ServiceError, TransientServiceError
+from qcourier.services.base import (
+    InvalidJobIdError,
+    QuantumService,
+    ServiceError,
+    TransientServiceError,
+    check_job_id,
+)
 
 if TYPE_CHECKING:
+    from filelock import FileLock
     from qiskit import QuantumCircuit
 
 CIRCUITS_DIR = "circuits"
+#: How long a submission waits for another process submitting for the same key.
+KEY_LOCK_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ def store_circuits(ledger: Ledger, isa_hash: str, circuits: list[QuantumCircuit]
 
     from qiskit import qpy
 
-    path = ledger.directory / CIRCUITS_DIR / f"{isa_hash}.qpy"
+    path = path_under(ledger.directory / CIRCUITS_DIR, isa_hash, ".qpy")
     if not path.exists():
         buffer = BytesIO()
         qpy.dump(circuits, buffer)
@@ -75,7 +84,7 @@ def load_circuits(ledger: Ledger, record: LedgerRecord) -> list[QuantumCircuit]:
 
     from qcourier.provenance import circuit_hash
 
-    path = ledger.directory / CIRCUITS_DIR / f"{record.isa_circuit_hash}.qpy"
+    path = path_under(ledger.directory / CIRCUITS_DIR, record.isa_circuit_hash, ".qpy")
     try:
         with open(path, "rb") as fh:
             circuits = list(qpy.load(fh))
@@ -106,6 +115,21 @@ def open_slots(records: Iterable[RecordView], policy: QueuePolicy, now: datetime
     return max(0, min(policy.max_pending - pending, policy.per_minute - recent))
 
 
+def key_lock(ledger: Ledger, service: str, key_index: int | None,
+             timeout: float = KEY_LOCK_TIMEOUT_SECONDS) -> FileLock:
+    """The lock that serialises spending on one key from every process using this ledger.
+
+    Held from the fold that the budget guard and the queue limits read to the intent line of
+    the last job they let through, so that N processes submitting at once see each other's
+    intents and spend at most the budget (``qsubmit`` against ``qsubmit``, and against a
+    ``qcollect`` draining the deferred queue).
+    """
+    from filelock import FileLock
+
+    which = "local" if service == "local" or key_index is None else str(key_index)
+    return FileLock(str(ledger.directory / f".submit-{service}-{which}.lock"), timeout=timeout)
+
+
 # -- the intent protocol ------------------------------------------------------------------------
 
 def job_tags(record: LedgerRecord, batch: str, request_id: str) -> list[str]:
@@ -121,8 +145,11 @@ def submit_record(
 
     Raises:
         TransientServiceError: the service may or may not have created the job; the intent
-            stays, and :func:`resolve_intent` settles it later.
-        ServiceError: the service refused the job; the record is now ``submit_failed``.
+            stays, and :func:`resolve_intent` settles it later. When the failure proves that
+            nothing was made (``nothing_done``: a 429, a connection never made), the intent
+            is settled as ``submit_failed`` at once, freeing its pending slot and budget.
+        ServiceError: the service refused the job, or answered with an id that is not a
+            job id; the record is now ``submit_failed``.
     """
     request_id = secrets.token_hex(8)
     now = utc_now()
@@ -132,12 +159,18 @@ def submit_record(
                            error=None)
     ledger_mod.append(path, intent)
     try:
-        job_id = service.submit(record.backend, circuits, record.shots, intent.tags,
-                                record.max_execution_time)
-    except TransientServiceError:
-        raise
+        job_id = check_job_id(
+            service.submit(record.backend, circuits, record.shots, intent.tags,
+                           record.max_execution_time),
+            f"the {service.name} service's answer to a submission")
     except ServiceError as exc:
-        ledger_mod.append(path, intent.evolve(status=JobStatus.SUBMIT_FAILED, error=str(exc)))
+        if isinstance(exc, TransientServiceError) and not exc.nothing_done:
+            raise
+        error = str(exc)
+        if isinstance(exc, InvalidJobIdError):
+            error += (f"; a job may exist on the service with tag request:{request_id}: "
+                      "check it there")
+        ledger_mod.append(path, intent.evolve(status=JobStatus.SUBMIT_FAILED, error=error))
         raise
     submitted = intent.evolve(status=JobStatus.SUBMITTED, job_id=job_id)
     ledger_mod.append(path, submitted)
@@ -154,7 +187,14 @@ def resolve_intent(
     Raises:
         ServiceError: the service could not be asked (try again next time).
     """
-    found = sorted(service.find_jobs(["qcourier", f"request:{record.request_id}"]))
+    try:
+        found = sorted(check_job_id(job_id, f"the {service.name} service's job listing")
+                       for job_id in service.find_jobs(["qcourier",
+                                                        f"request:{record.request_id}"]))
+    except InvalidJobIdError as exc:  # never trusted as a file name: settled, with why
+        updated = record.evolve(status=JobStatus.SUBMIT_FAILED, error=str(exc))
+        ledger_mod.append(path, updated)
+        return updated
     if found:
         note = None if len(found) == 1 else f"several jobs carry request:{record.request_id}: {found}"
         updated = record.evolve(status=JobStatus.SUBMITTED, job_id=found[0], error=note)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import time
 from pathlib import Path
+
+#: The temporary files :func:`atomic_write_bytes` makes: ``.<name>.<8 random chars>.tmp``.
+TEMP_FILE_PATTERN = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+#: A temporary file older than this is left over from a process killed mid-write: no write
+#: of ours takes that long, so it is never a file a live process is still writing.
+STALE_TEMP_SECONDS = 3600.0
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
@@ -59,6 +67,36 @@ def _umask() -> int:
         mask = os.umask(0o022)  # elsewhere: read by setting it, and put it back at once
         os.umask(mask)
         return mask
+
+
+def remove_stale_temp_files(directories: list[Path],
+                            older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Remove temporary files of :func:`atomic_write_bytes` that a killed process left.
+
+    Only files directly in ``directories`` whose names match :data:`TEMP_FILE_PATTERN` and
+    whose last change is more than ``older_than`` seconds ago; nothing else is touched.
+
+    Returns:
+        How many were removed.
+    """
+    removed = 0
+    cutoff = time.time() - older_than
+    for directory in directories:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")
+                    and TEMP_FILE_PATTERN.fullmatch(entry.name)):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                pass  # gone already, or not ours to remove
+    return removed
 
 
 def path_under(directory: Path, name: str, suffix: str = "") -> Path:

@@ -21,7 +21,14 @@ from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
 from qcourier.ledger import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
 from qcourier.budget import BudgetGuard
-from qcourier.dispatch import QueuePolicy, open_slots, queue_key, store_circuits, submit_record
+from qcourier.dispatch import (
+    QueuePolicy,
+    key_lock,
+    open_slots,
+    queue_key,
+    store_circuits,
+    submit_record,
+)
 from qcourier.provenance import (
     GitState,
     calibration_age_hours,
@@ -39,7 +46,6 @@ from qcourier.transpile_cache import (
 )
 from qcourier.services.base import (
     AuthenticationError,
-    BudgetExceededError,
     QuantumService,
     ServiceError,
     TransientServiceError,
@@ -110,6 +116,9 @@ class SubmissionOutcome:
     #: Why the budget guard refused the whole submission, and whether only for pace.
     refusal: str | None = None
     paced: bool = False
+    #: Jobs whose submission failed in a way that may have created them (a 5xx, a timeout):
+    #: their intents stay, and the next ``qcollect`` finds out.
+    maybe_submitted: int = 0
 
     @property
     def dry_run(self) -> bool:
@@ -465,12 +474,61 @@ def submit_plan(
     submitted, and ``error`` says why.
 
     The budget guard sees the estimate of all the jobs to be recorded (deferred ones too)
-    before any is submitted: it refuses the whole submission or none of it.
+    before any is submitted: it refuses the whole submission or none of it. It counts the
+    larger of the ledger's usage and the service's own figure (asked once, before the lock;
+    if that call fails the guard counts the ledger's alone, and a warning says so).
+
+    Everything from the dedupe to the last job's line runs under the key's lock
+    (:func:`~qcourier.dispatch.key_lock`) on a fold made inside it, so processes submitting
+    for one key at once see each other's intents: together they spend at most the budget
+    and keep the pending and per-minute caps.
 
     Args:
-        existing: every record of the ledger (the fold); this run's records are added to it.
+        existing: every record of the ledger (the fold); it is replaced by the fold made
+            under the lock, and this run's records are added to it.
     """
+    from filelock import Timeout
+
     outcome = SubmissionOutcome(plan, None, [])
+    service_used = _service_usage(plan) if guard is not None and not guard.allow_over_budget else None
+    target.ledger.ensure_writable()
+    lock = key_lock(target.ledger, plan.service.name, plan.service.api_key_index)
+    try:
+        with lock:
+            existing[:] = target.ledger.fold().summaries
+            _submit_locked(target, plan, existing, policy, force, guard, progress, outcome,
+                           service_used)
+    except Timeout:
+        outcome.error = (f"{budget_label(plan.service)}: another qsubmit or qcollect has been "
+                         f"submitting for this key for {lock.timeout:.0f} s; nothing submitted, "
+                         "try again later")
+    return outcome
+
+
+def budget_label(service: QuantumService) -> str:
+    """``local`` or ``ibm key N``: how budget messages name a service's key."""
+    if service.name == "local" or service.api_key_index is None:
+        return service.name
+    return f"{service.name} key {service.api_key_index}"
+
+
+def _service_usage(plan: Plan) -> float | None:
+    """The service's own usage figure for the plan's key, or ``None`` (with a warning in the
+    plan) when it cannot be read."""
+    try:
+        return plan.service.usage().usage_seconds
+    except ServiceError as exc:
+        plan.warnings.append(f"could not read the usage of {budget_label(plan.service)} from "
+                             f"the service ({exc}); the budget guard counts the ledger's "
+                             "figure only")
+        return None
+
+
+def _submit_locked(target: LedgerTarget, plan: Plan, existing: list[RecordView],
+                   policy: QueuePolicy, force: bool, guard: BudgetGuard | None,
+                   progress: Progress, outcome: SubmissionOutcome,
+                   service_used: float | None) -> None:
+    """:func:`submit_plan`'s work under the key's lock, on ``existing`` folded inside it."""
     earlier = {dedupe_key(r): r for r in existing if r.status in _DUPLICATE_STATUSES}
     jobs = []
     for job in plan.jobs:
@@ -484,11 +542,12 @@ def submit_plan(
     if guard is not None and jobs:
         estimate = sum(job.record.estimated_qpu_seconds or 0.0 for job in jobs)
         outcome.refusal, outcome.paced = guard.refusal(
-            existing, plan.service.name, plan.service.api_key_index, estimate, utc_now())
+            existing, plan.service.name, plan.service.api_key_index, estimate, utc_now(),
+            service_used)
         if outcome.refusal:
-            return outcome
+            return
     if not jobs:
-        return outcome
+        return
     save_snapshot(target.ledger.snapshots_dir, plan.calibration)
     path = outcome.ledger_path = target.open()
     for index, job in enumerate(jobs, start=1):
@@ -504,12 +563,13 @@ def submit_plan(
             except ServiceError as exc:
                 left = len(jobs) - index + 1
                 outcome.error = f"{exc} ({left} job(s) not submitted)"
-                if isinstance(exc, TransientServiceError):
-                    outcome.error += "; the last one may have reached the service: qcollect will find out"
+                if isinstance(exc, TransientServiceError) and not exc.nothing_done:
+                    outcome.maybe_submitted = 1
+                    outcome.error += ("; the last one may have been submitted — the next "
+                                      "`qcollect` will find out")
                 break
         existing.append(record)
         outcome.records.append(record)
-    return outcome
 
 
 @dataclass
@@ -519,6 +579,8 @@ class SubmissionReport:
     outcomes: list[SubmissionOutcome] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     ledger_path: Path | None = None
+    #: A dry run's estimate of the plan's QPU seconds against each key's remaining budget.
+    budget_lines: list[str] = field(default_factory=list)
 
     @property
     def records(self) -> list[LedgerRecord]:
@@ -527,6 +589,11 @@ class SubmissionReport:
     @property
     def skipped(self) -> list[str]:
         return [s for o in self.outcomes for s in o.skipped]
+
+    @property
+    def maybe_submitted(self) -> int:
+        """Jobs that may have been submitted although the service's answer was lost."""
+        return sum(o.maybe_submitted for o in self.outcomes)
 
     @property
     def paced(self) -> list[str]:
@@ -542,6 +609,21 @@ class SubmissionReport:
 def _service_dirs(services: list[QuantumService]) -> list[Path]:
     """Where services keep files of their own (the local service's job store)."""
     return [root for root in (getattr(s, "root", None) for s in services) if root is not None]
+
+
+def dry_run_budget_line(plan: Plan, existing: list[RecordView], guard: BudgetGuard) -> str:
+    """One line: the plan's estimated QPU seconds against what remains of its key's budget."""
+    from qcourier.budget import budget_state
+
+    estimate = sum(job.record.estimated_qpu_seconds or 0.0 for job in plan.jobs)
+    service_used = _service_usage(plan)
+    limit = guard.limit_for(plan.service.api_key_index)
+    state = budget_state(existing, plan.service.name, plan.service.api_key_index, limit,
+                         utc_now(), service_used, estimate_unknown=True)
+    fits = "fits" if estimate <= state.remaining_seconds + 1e-9 else "does NOT fit"
+    return (f"{state.label}: the plan needs about {estimate:.1f} s of QPU time; "
+            f"{state.remaining_seconds:.1f} s of {limit:.0f} s remain in the 28-day window "
+            f"(used {state.used_seconds:.1f} s, reserved {state.reserved_seconds:.1f} s): {fits}")
 
 
 def submit_everywhere(
@@ -581,6 +663,8 @@ def submit_everywhere(
                                    output_dirs=[ledger.directory, *_service_dirs(services)])
             if dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
+                if guard is not None:
+                    report.budget_lines.append(dry_run_budget_line(plan, existing, guard))
                 continue
             outcome = submit_plan(target, plan, existing=existing, policy=policy, force=force,
                                   guard=guard, progress=progress)
@@ -589,7 +673,7 @@ def submit_everywhere(
                 report.failures.append(outcome.error)
             if outcome.refusal and not outcome.paced:
                 report.failures.append(outcome.refusal)
-        except (AuthenticationError, BudgetExceededError, TransientServiceError) as exc:
+        except ServiceError as exc:  # this key failed; the others go on
             report.failures.append(str(exc))
     target.discard_if_unused()
     report.ledger_path = target.path

@@ -122,21 +122,25 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
         state.info(f"Skipped: {line}")
     for line in report.paced:
         state.info(f"Not submitted: {line}")
+    for line in report.budget_lines:
+        state.info(f"Budget: {line}")
     for warning in dict.fromkeys(w for o in report.outcomes for w in o.plan.warnings):
         state.warn(warning)
     if as_json:
         state.emit_json({"dry_run": dry_run, "ledger_path": report.ledger_path and str(report.ledger_path),
-                         "jobs": [r.model_dump(mode="json") for r in report.records],
+                         "jobs": [{**r.model_dump(mode="json"), **({"status": "planned"} if dry_run else {})}
+                                  for r in report.records],
+                         "budget": report.budget_lines, "maybe_submitted": report.maybe_submitted,
                          "skipped": report.skipped, "paced": report.paced,
                          "failures": report.failures})
     else:
-        _print_table(state, report.records, report.ledger_path, dry_run)
+        _print_table(state, report.records, report.ledger_path, dry_run, report.maybe_submitted)
     for failure in report.failures:
         click.echo(f"Error: {failure}", err=True)
     raise SystemExit(report.exit_code)
 
 
-def _print_table(state, records, path, dry_run: bool) -> None:
+def _print_table(state, records, path, dry_run: bool, maybe_submitted: int = 0) -> None:
     columns = ["job id", "status", "experiment", "state", "backend", "shots", "circuits", "depth",
                "circuit hash"]
     rows = [[r.job_id or "-", "planned" if dry_run else r.status.value, r.experiment_type,
@@ -152,5 +156,8 @@ def _print_table(state, records, path, dry_run: bool) -> None:
         click.echo(f"Recorded {len(records)} job(s) ({len(records) - deferred} submitted, "
                    f"{deferred} deferred); ledger: {path}")
         click.echo("Collect the results (and submit deferred jobs) with: qcollect --watch")
-    else:
+    elif not maybe_submitted:
         click.echo("Nothing was submitted.")
+    if maybe_submitted:
+        click.echo(f"{maybe_submitted} job(s) may have been submitted — the next `qcollect` will "
+                   "find out.")
