@@ -272,8 +272,8 @@ def test_prune_removes_old_entries_then_the_least_recently_used(tmp_path: Path):
     lru = _entry(tmp_path, "b.entry", 300, 5, now)
     mid = _entry(tmp_path, "c.entry", 300, 2, now)
     new = _entry(tmp_path, "d.entry", 300, 0.1, now)
-    stale_tmp = _entry(tmp_path, ".e.entry.abc.tmp", 10, 1, now)
-    live_tmp = _entry(tmp_path, ".f.entry.def.tmp", 10, 0, now)  # a writer at work
+    stale_tmp = _entry(tmp_path, ".e.entry.abcd1234.tmp", 10, 1, now)
+    live_tmp = _entry(tmp_path, ".f.entry.efgh5678.tmp", 10, 0, now)  # a writer at work
     other = _entry(tmp_path, "notes.txt", 10, 400, now)
     report = prune(tmp_path, max_age_days=30, max_bytes=650, now=now)
     assert not old.exists() and not stale_tmp.exists() and not lru.exists()

@@ -244,10 +244,6 @@ class PruneReport:
     kept_bytes: int = 0
 
 
-#: A temporary file this old is a leftover of a writer killed mid-write, not one at work.
-_STALE_TMP_SECONDS = 3600.0
-
-
 def prune(directory: Path, max_age_days: float, max_bytes: int,
           now: float | None = None) -> PruneReport:
     """Remove entries unused for ``max_age_days``, then the least recently used until the
@@ -255,24 +251,28 @@ def prune(directory: Path, max_age_days: float, max_bytes: int,
 
     Never raises: an entry that cannot be removed stays (the cache is an optimisation).
     """
+    from qcourier.files import STALE_TEMP_SECONDS, remove_stale_temp_files
+
     now = time.time() if now is None else now
     try:
         names = os.listdir(directory)
     except OSError:
         return PruneReport()
+    removed = remove_stale_temp_files([Path(directory)],
+                                      older_than=STALE_TEMP_SECONDS + (time.time() - now))
     entries: list[tuple[float, int, Path]] = []
-    removed = freed = 0
+    freed = 0
     for name in names:
+        if not name.endswith(_SUFFIX):
+            continue
         path = Path(directory) / name
         try:
             st = path.stat()
         except OSError:
             continue
-        stale_tmp = name.endswith(".tmp") and now - st.st_mtime > _STALE_TMP_SECONDS
-        too_old = name.endswith(_SUFFIX) and now - st.st_mtime > max_age_days * 86400
-        if stale_tmp or too_old:
+        if now - st.st_mtime > max_age_days * 86400:
             removed, freed = removed + _unlink(path), freed + st.st_size
-        elif name.endswith(_SUFFIX):
+        else:
             entries.append((st.st_mtime, st.st_size, path))
     entries.sort()  # least recently used first
     total = sum(size for _, size, _ in entries)
