@@ -241,7 +241,7 @@ def test_a_429_carries_retry_after(emu: IBMEmulator):
     [job_id] = [emu.add_job(tags=["qcourier"])]
     service = ibm(emu, retries=0)
     emu.fail("GET", r"/api/v1/jobs$", 429, headers={"Retry-After": "0.3"})
-    with pytest.raises(TransientServiceError, match="failed transiently") as caught:
+    with pytest.raises(TransientServiceError, match="rate limit reached") as caught:
         service.job_states([job_id])
     assert caught.value.http_status == 429 and caught.value.retry_after == pytest.approx(0.3)
     assert "good-token" not in str(caught.value)
