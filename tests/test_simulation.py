@@ -129,3 +129,34 @@ def test_depolarizing_conventions():
     assert NoiseSpec.depolarizing_lambda(0.01, 1) == pytest.approx(0.02)
     assert NoiseSpec.depolarizing_lambda(0.03, 2) == pytest.approx(0.04)
     assert NoiseSpec.depolarizing_lambda(0.9, 1) == 1.0
+
+
+def test_noise_scale_multiplies_every_rate():
+    backend = fake_backend("fake_fez")
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    isa = transpile([qc], backend)[0]
+    small, physical = compact(isa)
+    ops = {i.operation.name for i in small.data}
+    base = noise_spec(backend.target, physical, ops)
+    double = noise_spec(backend.target, physical, ops, scale=2.0)
+    assert double.readout_errors == {q: pytest.approx(min(2 * p, 0.5)) for q, p in base.readout_errors.items()}
+    assert double.gate_errors == {k: pytest.approx(min(2 * r, 0.5)) for k, r in base.gate_errors.items()}
+    off = noise_spec(backend.target, physical, ops, scale=0.0)
+    assert not off.gate_errors and set(off.readout_errors.values()) == {0.0}
+    counts, _ = simulate_counts(isa, 400, 1, backend.target, noise_scale=0.0)
+    assert set(counts) <= {"00", "11"}
+
+
+def test_noise_scale_setting_is_validated(monkeypatch):
+    from pydantic import ValidationError
+
+    from qcourier.config import Settings
+
+    monkeypatch.setenv("QCOURIER_LOCAL_NOISE_SCALE", "0.3")
+    assert Settings(_env_file=None).local_noise_scale == pytest.approx(0.3)
+    monkeypatch.setenv("QCOURIER_LOCAL_NOISE_SCALE", "-1")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)

@@ -89,6 +89,7 @@ def pool_from_settings(settings: Settings) -> ServicePool:
             failure_rate=settings.local_failure_rate,
             seed=settings.local_seed,
             noise=settings.local_noise,
+            noise_scale=settings.local_noise_scale,
             clifford_engine=settings.local_clifford_engine,
             latency_seconds=settings.local_latency_seconds,
             rate_limit_per_second=settings.local_rate_limit,

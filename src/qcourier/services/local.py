@@ -98,6 +98,7 @@ class LocalServiceConfig:
         failure_rate: probability that a job ends in ERROR (a simulated system error).
         seed: base seed; with it, the same circuits give the same counts in every run.
         noise: whether to simulate the backend's noise.
+        noise_scale: multiplier on every simulated error rate (``QCOURIER_LOCAL_NOISE_SCALE``).
         clifford_engine: ``"stim"`` or ``"aer"``: what samples Clifford circuits.
         latency_seconds: how long every emulated network call sleeps before it is served.
         rate_limit_per_second: calls allowed per second (sliding window) before HTTP 429;
@@ -110,6 +111,7 @@ class LocalServiceConfig:
     failure_rate: float = 0.0
     seed: int | None = None
     noise: bool = True
+    noise_scale: float = 1.0
     clifford_engine: str = "stim"
     latency_seconds: float = 0.0
     rate_limit_per_second: float | None = None
@@ -282,6 +284,7 @@ class LocalService(QuantumService):
             "run_seconds": self.config.run_seconds,
             "seed": seed,
             "noise": self.config.noise,
+            "noise_scale": self.config.noise_scale,
             "fail": failed,
             "num_circuits": len(circuits),
             "usage_seconds": estimate_qpu_seconds(circuits, shots, target),
@@ -517,7 +520,8 @@ class LocalService(QuantumService):
         counts, methods = [], []
         for index, circuit in enumerate(circuits):
             c, method = simulate_counts(circuit, spec["shots"], spec["seed"] + index, target,
-                                        engine=self.config.clifford_engine)
+                                        engine=self.config.clifford_engine,
+                                        noise_scale=spec.get("noise_scale", 1.0))
             counts.append(c)
             methods.append(method)
         payload = {

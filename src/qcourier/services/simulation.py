@@ -16,8 +16,10 @@ each gate, a depolarizing channel whose average gate infidelity equals the gate'
 ``error`` (Aer parameter ``lam = r d / (d - 1)``; stim's equivalent probability of a
 non-identity Pauli is ``lam (d^2 - 1) / d^2``), and a symmetric readout error equal to the
 measurement's reported ``error`` (a classical flip of the recorded bit). RZ is virtual and
-error-free; resets are taken as perfect. All channels are Pauli channels, so Clifford circuits
-stay Clifford.
+error-free; resets are taken as perfect, and there is no idle (T1/T2) noise yet (the
+shared model with both is ``qcourier.noise_model``, not yet used here). Every rate is
+multiplied by ``QCOURIER_LOCAL_NOISE_SCALE`` (default 1). All channels are Pauli channels,
+so Clifford circuits stay Clifford.
 """
 
 from __future__ import annotations
@@ -61,8 +63,13 @@ class NoiseSpec:
         return min(error * dim / (dim - 1), 1.0)
 
 
-def noise_spec(target: Any, physical: list[int], operations: set[str]) -> NoiseSpec:
-    """The noise of the compacted circuit's qubits, from the target's reported errors."""
+def noise_spec(target: Any, physical: list[int], operations: set[str], scale: float = 1.0) -> NoiseSpec:
+    """The noise of the compacted circuit's qubits, from the target's reported errors.
+
+    Args:
+        scale: multiplier on every error rate (``QCOURIER_LOCAL_NOISE_SCALE``); a rate
+            is clipped at 0.5.
+    """
     where = {q: i for i, q in enumerate(physical)}
     spec = NoiseSpec()
     for name in operations - {"rz", "reset", *_IGNORED}:
@@ -74,7 +81,7 @@ def noise_spec(target: Any, physical: list[int], operations: set[str]) -> NoiseS
             if not all(q in where for q in qargs):
                 continue
             local = tuple(where[q] for q in qargs)
-            error = min(max(float(props.error), 0.0), 0.5)
+            error = min(max(float(props.error), 0.0) * scale, 0.5)
             if name == "measure":
                 spec.readout_errors[local[0]] = error
             elif error > 0:
@@ -138,6 +145,7 @@ def simulate_counts(
     seed: int,
     target: Any | None,
     engine: str = "stim",
+    noise_scale: float = 1.0,
 ) -> tuple[dict[str, int], str]:
     """Counts of an ISA circuit, and the method used (see the module docstring).
 
@@ -147,10 +155,11 @@ def simulate_counts(
         seed: simulator seed.
         target: the backend target whose errors make the noise; ``None`` for noiseless.
         engine: ``"stim"`` or ``"aer"`` for Clifford circuits.
+        noise_scale: multiplier on every error rate (see :func:`noise_spec`).
     """
     small, physical = compact(circuit)
     ops = {inst.operation.name for inst in small.data}
-    noise = noise_spec(target, physical, ops) if target is not None else NoiseSpec()
+    noise = noise_spec(target, physical, ops, noise_scale) if target is not None else NoiseSpec()
     clifford = as_clifford(small)
     if clifford is not None and engine == "stim":
         return _stim_counts(clifford, shots, seed, noise), "stim_stabilizer"
