@@ -325,7 +325,7 @@ def test_both_end_to_end_gives_decoded_rates_and_heartbeat_fidelity(invoke, tmp_
     noise = jobs["surface_code"]["analysis"]["decoder_noise"]
     assert noise["two_qubit_gate_error"] != 1e-3  # taken from the fake_fez snapshot, not defaults
     heartbeat = jobs["deployment"]["analysis"]
-    assert 0.3 < heartbeat["hellinger_fidelity"] <= 1 and len(heartbeat["p1_measured"]) == 5
+    assert 0.9 < heartbeat["marginal_fidelity"] <= 1 and len(heartbeat["p1_measured"]) == 5
 
 
 @pytest.mark.parametrize("state", ["0", "1", "+", "-"])

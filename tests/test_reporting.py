@@ -31,7 +31,8 @@ def _surface(state: str, eps: float) -> dict:
 def _heartbeat(fidelity: float, mad: float) -> dict:
     return {"experiment": "deployment", "width": 3, "shots": 100,
             "p1_measured": [0.02, 0.03, 0.05], "p1_ideal": [0.0, 0.004, 0.015],
-            "mean_absolute_deviation": mad, "hellinger_fidelity": fidelity}
+            "mean_absolute_deviation": mad, "marginal_fidelity": fidelity,
+            "marginal_fidelity_stderr": 0.01}
 
 
 # (name, experiment, service, key, status, hours after T0 submitted (None: no submission
@@ -144,7 +145,7 @@ def test_experiment_series_and_skipped_result_files(hand_built: Path):
     assert [p["logical_error_per_round"] for p in surface] == [0.01, 0.02, 0.03]
     assert surface[1]["per_round"][1] == {"rounds": 2, "shots": 100, "logical_error_rate": 0.04,
                                           "logical_error_ci95": [0.02, 0.06]}
-    assert [(p["job_id"], p["hellinger_fidelity"], p["mean_absolute_deviation"])
+    assert [(p["job_id"], p["marginal_fidelity"], p["mean_absolute_deviation"])
             for p in r.series["deployment"]] == [("job-hb1", 0.9, 0.05), ("job-hb2", 0.8, 0.07)]
     assert [p["hellinger_fidelity"] for p in r.series["ghz"]] == [0.95]
     assert r.series["bell"] == []
@@ -229,8 +230,8 @@ def test_report_json_shape(invoke, hand_built: Path, monkeypatch):
                        "logical_error_per_round", "logical_error_per_round_stderr", "per_round"}
     assert datetime.fromisoformat(sc["submission_time"]) == T0
     assert set(data["experiments"]["deployment"][0]) == {
-        "job_id", "record_id", "submission_time", "width", "shots", "hellinger_fidelity",
-        "mean_absolute_deviation", "p1_measured", "p1_ideal"}
+        "job_id", "record_id", "submission_time", "width", "shots", "marginal_fidelity",
+        "marginal_fidelity_stderr", "mean_absolute_deviation", "p1_measured", "p1_ideal"}
     assert data["summary"]["heartbeat"]["latest"] == 0.8
     assert set(data["summary"]["surface_code_latest"]) == {"0", "+"}
     assert [s["job_id"] for s in data["skipped_results"]] == ["job-old", "job-noan", "job-junk"]
@@ -248,7 +249,8 @@ def test_report_text(invoke, hand_built: Path):
             "submit_failed / error 1 / 1 never became a job / could not be polled"} <= lines
     out = result.stdout
     assert "|0>  0.0300 ± 0.0030  (job job-sc3" in out
-    assert "Heartbeat fidelity: latest 0.800 (job job-hb2); min 0.800, max 0.900 over 2" in out
+    assert ("Heartbeat marginal fidelity: latest 0.8000 (job job-hb2); min 0.8000, max 0.9000 "
+            "over 2") in out
     assert "ghz: latest fidelity 0.950 over 1 job(s)" in out
 
 
@@ -296,7 +298,7 @@ def test_plots_of_a_completed_local_study(invoke, tmp_path: Path):
     for path in written:
         assert path.stat().st_size > 1000 and path.read_bytes().startswith(PNG_SIGNATURE)
     text = invoke(main.main, ["report", "--plots", "out"]).stdout
-    assert "Wrote 8 plot(s):" in text and "Heartbeat fidelity: latest" in text
+    assert "Wrote 8 plot(s):" in text and "Heartbeat marginal fidelity: latest" in text
 
 
 def test_report_writes_prometheus_metrics_keeping_the_last_poll(invoke, tmp_path):

@@ -149,10 +149,10 @@ class StudyReport:
 
     def heartbeat_summary(self) -> dict[str, Any] | None:
         """Latest heartbeat fidelity and its min/max over sessions; ``None`` without any."""
-        points = [p for p in self.series["deployment"] if p["hellinger_fidelity"] is not None]
+        points = [p for p in self.series["deployment"] if p["marginal_fidelity"] is not None]
         if not points:
             return None
-        fidelities = [p["hellinger_fidelity"] for p in points]
+        fidelities = [p["marginal_fidelity"] for p in points]
         return {"sessions": len(points), "latest": fidelities[-1],
                 "latest_job_id": points[-1]["job_id"],
                 "latest_submission_time": _iso(points[-1]["submission_time"]),
@@ -179,7 +179,8 @@ class StudyReport:
                                  "per_round": [{"rounds", "shots", "logical_error_rate",
                                                 "logical_error_ci95": [lo, hi]}]}],
                "deployment": [{"job_id", "record_id", "submission_time", "width",
-                               "shots", "hellinger_fidelity", "mean_absolute_deviation",
+                               "shots", "marginal_fidelity", "marginal_fidelity_stderr",
+                               "mean_absolute_deviation",
                                "p1_measured": [...], "p1_ideal": [...]}],
                "bell": [{"job_id", "record_id", "submission_time", "shots",
                          "hellinger_fidelity"}],
@@ -290,8 +291,16 @@ def _point(experiment: str, a: dict[str, Any]) -> dict[str, Any]:
                                "logical_error_ci95": p.get("logical_error_ci95")}
                               for p in a.get("per_round") or []]}
     if experiment == "deployment":
+        marginal = a.get("marginal_fidelity")
+        stderr = a.get("marginal_fidelity_stderr")
+        if marginal is None and a.get("p1_measured") and a.get("p1_ideal") and a.get("shots"):
+            # a result written before the marginal metric: it follows from the P(1) alone
+            from qcourier.experiments.deployment import marginal_summary
+
+            summary = marginal_summary(a["p1_measured"], a["p1_ideal"], int(a["shots"]))
+            marginal, stderr = summary["marginal_fidelity"], summary["marginal_fidelity_stderr"]
         return {"width": a.get("width"), "shots": a.get("shots"),
-                "hellinger_fidelity": a.get("hellinger_fidelity"),
+                "marginal_fidelity": marginal, "marginal_fidelity_stderr": stderr,
                 "mean_absolute_deviation": a.get("mean_absolute_deviation"),
                 "p1_measured": a.get("p1_measured"), "p1_ideal": a.get("p1_ideal")}
     return {"shots": a.get("shots"), "hellinger_fidelity": a.get("hellinger_fidelity")}
@@ -522,7 +531,7 @@ def _plot_surface_code(result: PlotFiles, report: StudyReport, out_dir: Path) ->
 
 def _heartbeats(report: StudyReport) -> list[dict[str, Any]]:
     return [p for p in report.series["deployment"]
-            if p["p1_measured"] and p["p1_ideal"] and p["hellinger_fidelity"] is not None]
+            if p["p1_measured"] and p["p1_ideal"] and p["marginal_fidelity"] is not None]
 
 
 def _plot_heartbeat_p1(result: PlotFiles, report: StudyReport, out_dir: Path) -> None:
@@ -555,7 +564,7 @@ def _plot_heartbeat_p1(result: PlotFiles, report: StudyReport, out_dir: Path) ->
     top.set_ylim(0, min(1.02, highest * 1.15 + 0.01))
     top.set_ylabel("P(measured 1)")
     top.set_title(f"Heartbeat, {width} qubits: per-qubit P(1), measured against ideal\n"
-                  f"latest session: Hellinger fidelity {latest['hellinger_fidelity']:.3f}, "
+                  f"latest session: mean marginal fidelity {latest['marginal_fidelity']:.4f}, "
                   f"mean |deviation| {latest['mean_absolute_deviation']:.3f}", fontsize=10)
     top.legend(fontsize=8, loc="upper left")
     bottom.set_ylabel("measured − ideal")
@@ -594,19 +603,19 @@ def _plot_heartbeat_fidelity(result: PlotFiles, report: StudyReport, out_dir: Pa
     widths = sorted({len(p["p1_ideal"]) for p in points})
     for w in widths:
         mine = [p for p in points if len(p["p1_ideal"]) == w]
-        ax.plot([p["submission_time"] for p in mine], [p["hellinger_fidelity"] for p in mine],
+        ax.plot([p["submission_time"] for p in mine], [p["marginal_fidelity"] for p in mine],
                 "o-", markersize=5, label=f"{w} qubits ({len(mine)} session"
                                           f"{'s' if len(mine) != 1 else ''})")
     _time_axis(ax, [p["submission_time"] for p in points])
-    fidelities = [p["hellinger_fidelity"] for p in points]
+    fidelities = [p["marginal_fidelity"] for p in points]
     # Fit the axis to the data (drift is what this plot is for); the ticks give the scale.
     pad = max(0.01, 0.2 * (max(fidelities) - min(fidelities)))
     ax.set_ylim(max(0.0, min(fidelities) - pad), min(1.005, max(fidelities) + pad))
     ax.set_xlabel("submission time (UTC)")
-    ax.set_ylabel("Hellinger fidelity to the ideal distribution")
+    ax.set_ylabel("mean per-qubit marginal fidelity to the ideal")
     ax.set_title(f"Heartbeat fidelity over time: {len(points)} session"
-                 f"{'s' if len(points) != 1 else ''}, min {min(fidelities):.3f}, "
-                 f"max {max(fidelities):.3f}", fontsize=10)
+                 f"{'s' if len(points) != 1 else ''}, min {min(fidelities):.4f}, "
+                 f"max {max(fidelities):.4f}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     _save(result, fig, out_dir / name)

@@ -109,7 +109,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             default_service=service or state.default_service_name(),
             policy=queue_policy(settings, max_pending),
             resubmit_failed=resubmit_failed, max_retries=max_retries,
-            admit=_budget_admission(settings),
+            admit=_budget_admission(settings, pool),
             verify_batch=None if verify_results else RESULT_CHECK_BATCH,
             workers=workers or settings.poll_workers, progress=progress)
 
@@ -204,14 +204,25 @@ class _Output:
             self.state.info(text)
 
 
-def _budget_admission(settings):
-    """The budget guard's check for deferred jobs (imported only when one is to be submitted)."""
+def _budget_admission(settings, pool):
+    """The budget guard's check for deferred jobs (imported only when one is to be submitted):
+    it counts the larger of the ledger's usage and the service's own figure, asked once per
+    key and run; a service that cannot say leaves the ledger's figure."""
+    service_used: dict[tuple, float | None] = {}
 
     def admit(record, records):
         from qcourier.budget import BudgetGuard
+        from qcourier.errors import QcourierError
         from qcourier.ledger import utc_now
 
-        return BudgetGuard(settings.budget_limit).admit_deferred(record, records, utc_now())
+        key = (record.service, record.api_key_index)
+        if key not in service_used:
+            try:
+                service_used[key] = pool.get(*key).usage().usage_seconds
+            except QcourierError:
+                service_used[key] = None
+        return BudgetGuard(settings.budget_limit).admit_deferred(record, records, utc_now(),
+                                                                 service_used[key])
 
     return admit
 

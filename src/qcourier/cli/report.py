@@ -71,7 +71,8 @@ def main(plots_dir: Path | None, prometheus: Path | None, ledger_dir: Path | Non
                            "per_round": [{"rounds", "shots", "logical_error_rate",
                                           "logical_error_ci95": [lo, hi]}]}],
          "deployment": [{"job_id", "record_id", "submission_time", "width", "shots",
-                         "hellinger_fidelity", "mean_absolute_deviation",
+                         "marginal_fidelity", "marginal_fidelity_stderr",
+                         "mean_absolute_deviation",
                          "p1_measured", "p1_ideal"}],
          "bell": [{"job_id", "record_id", "submission_time", "shots",
                    "hellinger_fidelity"}],
@@ -176,9 +177,9 @@ def _print_experiments(report: Any) -> None:
                        f"{p['submission_time']:%Y-%m-%d %H:%M} UTC)")
     heartbeat = report.heartbeat_summary()
     if heartbeat:
-        click.echo(f"Heartbeat fidelity: latest {heartbeat['latest']:.3f} (job "
-                   f"{heartbeat['latest_job_id']}); min {heartbeat['min']:.3f}, max "
-                   f"{heartbeat['max']:.3f} over {heartbeat['sessions']} session(s)")
+        click.echo(f"Heartbeat marginal fidelity: latest {heartbeat['latest']:.4f} (job "
+                   f"{heartbeat['latest_job_id']}); min {heartbeat['min']:.4f}, max "
+                   f"{heartbeat['max']:.4f} over {heartbeat['sessions']} session(s)")
     for name in ("bell", "ghz"):
         points = [p for p in report.series[name] if p["hellinger_fidelity"] is not None]
         if points:
