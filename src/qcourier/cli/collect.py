@@ -126,6 +126,8 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             if job_id is not None and not report.outcomes and report.unrecorded is None:
                 state.info(f"Job {job_id} is already final; its record, history and result: "
                            f"qcourier show {job_id}")
+            if settings.notify:
+                _notify(ledger, settings.notify, report)
             if prometheus is not None:
                 _write_metrics(prometheus, ledger, settings, report)
             if not watch or report.pending == 0 or report.unrecorded is not None:
@@ -202,6 +204,20 @@ class _Output:
             self.live.progress(text)
         elif not self.as_json:
             self.state.info(text)
+
+
+def _notify(ledger, setting: str, report) -> None:
+    """One message for what this run finished (and what an earlier failed send left);
+    a failure is a one-line warning, never a failed collect."""
+    from qcourier.errors import QcourierError
+    from qcourier.notify import job_events, notify_events, urls_of
+
+    try:
+        notify_events(ledger.directory, urls_of(setting), job_events(report))
+    except QcourierError as exc:
+        click.echo(f"Warning: notification not sent: {exc}", err=True)
+    except Exception as exc:  # noqa: BLE001 - apprise or the network: never fail the collect
+        click.echo(f"Warning: notification not sent: {type(exc).__name__}", err=True)
 
 
 def _budget_admission(settings):
