@@ -98,3 +98,22 @@ def test_bad_url_is_one_line_warning(invoke, monkeypatch):
     lines = [ln for ln in result.stderr.splitlines() if "notification" in ln]
     assert len(lines) == 1 and "not a valid apprise URL" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_notify_test_sends_a_message(invoke, sink, monkeypatch):
+    from qcourier.cli import notify
+
+    monkeypatch.setenv("QCOURIER_NOTIFY", sink.url)
+    result = invoke(notify.main, ["--test"])
+    assert result.exit_code == 0 and "Test message sent to 1 URL" in result.output
+    assert len(sink.bodies) == 1 and sink.bodies[0]["title"] == "qcourier: test"
+
+
+def test_notify_test_without_setting_is_one_line_error(invoke):
+    from qcourier.cli import notify
+
+    result = invoke(notify.main, ["--test"])
+    assert result.exit_code != 0
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("Error: ")]
+    assert "QCOURIER_NOTIFY is not set" in result.stderr
