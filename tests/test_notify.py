@@ -19,6 +19,9 @@ class _Sink:
     def __init__(self):
         self.bodies: list[dict] = []
         self.fail = False
+        self.received = threading.Event()  # set when a body arrived
+        self.hold = False  # with hold: the answer waits for release (or 30 s)
+        self.release = threading.Event()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,6 +31,9 @@ class _Sink:
                     self.send_response(500)
                 else:
                     sink.bodies.append(json.loads(data))
+                    sink.received.set()
+                    if sink.hold:
+                        sink.release.wait(30)
                     self.send_response(200)
                 self.end_headers()
 
@@ -43,6 +49,7 @@ class _Sink:
         return f"json://127.0.0.1:{self.server.server_address[1]}/hook"
 
     def stop(self):
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
@@ -117,3 +124,96 @@ def test_notify_test_without_setting_is_one_line_error(invoke):
     assert result.stderr.strip().splitlines() == [
         line for line in result.stderr.strip().splitlines() if line.startswith("Error: ")]
     assert "QCOURIER_NOTIFY is not set" in result.stderr
+
+
+def _job_ids(tmp_path: Path) -> set[str]:
+    from conftest import ledger_records
+
+    return {r["job_id"] for r in ledger_records(tmp_path / "ledger") if r.get("job_id")}
+
+
+def test_two_collectors_at_once_send_each_event_once(sink, tmp_path: Path):
+    import subprocess
+
+    from conftest import cli_env, script, submit_process
+
+    submit_process(tmp_path, "--experiment", "bell", "--shots", "100", "--repeat", "3")
+    env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url)
+    procs = [subprocess.Popen([script("qcollect"), "--quiet"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        p.communicate(timeout=300)
+        assert p.returncode == 0
+    done = subprocess.run([script("qcollect"), "--quiet"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ids = _job_ids(tmp_path)
+    assert len(ids) == 3
+    text = "\n".join(b["message"] for b in sink.bodies)
+    assert all(text.count(j) == 1 for j in ids), text  # each job's event sent exactly once
+
+
+def test_kill_9_while_sending_resends_once_then_never(sink, tmp_path: Path):
+    """The documented window: killed after the target received the message but before the
+    ``sent`` line, the next run sends it again (at-least-once); after that, never again."""
+    import signal
+    import subprocess
+
+    from conftest import cli_env, script, submit_process
+
+    submit_process(tmp_path, "--experiment", "bell", "--shots", "100")
+    env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url)
+    sink.hold = True
+    proc = subprocess.Popen([script("qcollect"), "--quiet"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert sink.received.wait(120), "qcollect sent no notification"
+        proc.send_signal(signal.SIGKILL)  # the server has the message; qcollect has no answer
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    sink.hold = False
+    sink.release.set()
+    phases = [json.loads(ln)["phase"] for ln in
+              (tmp_path / "ledger" / SENT_FILE).read_text().splitlines()]
+    assert phases == ["intent"]
+    for _ in range(2):
+        done = subprocess.run([script("qcollect"), "--quiet"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    (job_id,) = _job_ids(tmp_path)
+    assert [job_id in b["message"] for b in sink.bodies] == [True, True]  # resent once, not twice
+    phases = [json.loads(ln)["phase"] for ln in
+              (tmp_path / "ledger" / SENT_FILE).read_text().splitlines()]
+    assert phases == ["intent", "sent"]
+
+
+def test_kill_9_after_sent_line_sends_no_duplicate(sink, tmp_path: Path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import cli_env, script, submit_process
+
+    submit_process(tmp_path, "--experiment", "bell", "--shots", "100")
+    env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url)
+    sent_file = tmp_path / "ledger" / SENT_FILE
+    proc = subprocess.Popen([script("qcollect"), "--quiet", "--watch", "--interval", "3600"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):  # observed point: the sent line is on disk
+            if sent_file.exists() and '"sent"' in sent_file.read_text():
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert '"sent"' in sent_file.read_text()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    done = subprocess.run([script("qcollect"), "--quiet"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(sink.bodies) == 1
