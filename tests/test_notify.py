@@ -217,3 +217,30 @@ def test_kill_9_after_sent_line_sends_no_duplicate(sink, tmp_path: Path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(sink.bodies) == 1
+
+
+def test_budget_thresholds_notified_once_each(invoke, sink, monkeypatch):
+    monkeypatch.setenv("QCOURIER_NOTIFY", sink.url)
+    invoke(submit.main, ["--experiment", "bell", "--shots", "100"])
+    monkeypatch.setenv("QCOURIER_BUDGET_SECONDS", "0.000001")  # any usage passes 100 %
+    assert invoke(collect.main, []).exit_code == 0
+    assert invoke(collect.main, []).exit_code == 0
+    text = "\n".join(b["message"] for b in sink.bodies)
+    for threshold in (50, 80, 100):
+        assert text.count(f"passed {threshold}%") == 1, text
+
+
+def test_stuck_deferred_queue_is_defined_by_the_oldest_wait():
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from qcourier.ledger import JobStatus
+    from qcourier.notify import stuck_events
+
+    now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+    rec = lambda rid, hours: SimpleNamespace(  # noqa: E731
+        record_id=rid, status=JobStatus.DEFERRED, service="ibm", api_key_index=1,
+        updated_at=now - timedelta(hours=hours), experiment_type="heartbeat", backend="ibm_x")
+    assert stuck_events([rec("a", 23)], now) == []
+    (event,) = stuck_events([rec("a", 23), rec("b", 25)], now)
+    assert event.key == "stuck:ibm:1:b" and "ibm key 1" in event.line

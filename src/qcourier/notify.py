@@ -54,6 +54,60 @@ def job_events(report) -> list[Event]:
     return events
 
 
+#: Budget shares of a key's limit whose passing is notified (once per key and threshold).
+BUDGET_THRESHOLDS = (50, 80, 100)
+#: A key's deferred queue is *stuck* when its oldest deferred job has waited this long
+#: (no ledger line for it) without being submitted: qcollect found no free pending slot or
+#: budget for it in all that time.
+STUCK_HOURS = 24.0
+
+
+def budget_events(records, limit_of, now) -> list[Event]:
+    """A key's used + reserved QPU time passing 50/80/100 % of its limit (rolling window)."""
+    from qcourier.budget import budget_keys, budget_state
+
+    events = []
+    for service, key_index in budget_keys(records):
+        state = budget_state(records, service, key_index, limit_of(key_index), now)
+        if state.limit_seconds <= 0:
+            continue
+        share = 100.0 * (state.used_seconds + state.reserved_seconds) / state.limit_seconds
+        for threshold in BUDGET_THRESHOLDS:
+            if share >= threshold:
+                events.append(Event(
+                    f"budget:{service}:{key_index}:{threshold}",
+                    f"budget: {state.label} passed {threshold}% ({state.used_seconds:.1f} s "
+                    f"used + {state.reserved_seconds:.1f} s reserved of "
+                    f"{state.limit_seconds:.0f} s)"))
+    return events
+
+
+def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
+    """One event per key whose oldest deferred job has waited ``hours`` or more."""
+    from datetime import UTC, timedelta
+
+    from qcourier.ledger import JobStatus
+
+    oldest: dict[tuple, object] = {}
+    for r in records:
+        if r.status is JobStatus.DEFERRED:
+            key = (r.service, r.api_key_index)
+            if key not in oldest or r.updated_at < oldest[key].updated_at:
+                oldest[key] = r
+    events = []
+    for (service, key_index), r in sorted(oldest.items(), key=lambda kv: str(kv[0])):
+        at = r.updated_at if r.updated_at.tzinfo else r.updated_at.replace(tzinfo=UTC)
+        waited = now - at
+        if waited >= timedelta(hours=hours):
+            name = service if key_index is None else f"{service} key {key_index}"
+            events.append(Event(
+                f"stuck:{service}:{key_index}:{r.record_id}",
+                f"stuck: the deferred queue of {name} has not moved for "
+                f"{waited.total_seconds() / 3600:.0f} h (oldest: {r.experiment_type} on "
+                f"{r.backend}); see qcourier budget and qcourier status"))
+    return events
+
+
 def sent_keys(directory: Path) -> set[str]:
     """Events already sent, from the sent-events file (damaged lines are ignored)."""
     return _read(directory)[0]

@@ -127,7 +127,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                 state.info(f"Job {job_id} is already final; its record, history and result: "
                            f"qcourier show {job_id}")
             if settings.notify:
-                _notify(ledger, settings.notify, report)
+                _notify(ledger, settings, report)
             if prometheus is not None:
                 _write_metrics(prometheus, ledger, settings, report)
             if not watch or report.pending == 0 or report.unrecorded is not None:
@@ -206,14 +206,19 @@ class _Output:
             self.state.info(text)
 
 
-def _notify(ledger, setting: str, report) -> None:
-    """One message for what this run finished (and what an earlier failed send left);
-    a failure is a one-line warning, never a failed collect."""
+def _notify(ledger, settings, report) -> None:
+    """One message for what this run finished, budgets passing 50/80/100 %, stuck deferred
+    queues (and what an earlier failed send left); a failure is a one-line warning, never a
+    failed collect."""
     from qcourier.errors import QcourierError
-    from qcourier.notify import job_events, notify_events, urls_of
+    from qcourier.ledger import utc_now
+    from qcourier.notify import budget_events, job_events, notify_events, stuck_events, urls_of
 
     try:
-        notify_events(ledger.directory, urls_of(setting), job_events(report))
+        records, now = ledger.fold().summaries, utc_now()
+        events = (job_events(report) + budget_events(records, settings.budget_limit, now)
+                  + stuck_events(records, now))
+        notify_events(ledger.directory, urls_of(settings.notify), events)
     except QcourierError as exc:
         click.echo(f"Warning: notification not sent: {exc}", err=True)
     except Exception as exc:  # noqa: BLE001 - apprise or the network: never fail the collect
