@@ -36,6 +36,7 @@ Examples:
   qcollect --watch --interval 10
   qcollect --jobs-file results/ibm_experiments/submitted_jobs_20261121_101500.jsonl
   qcollect --job-id d4k2v9x0abcd1234efgh --json
+  qcollect --watch --html study.html
 {exit_codes_help(
     "every job was polled (also: another qcollect was busy, so nothing was done)",
     "a job could not be polled or collected, an I/O error")}"""
@@ -75,6 +76,9 @@ Examples:
 @click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="After each run, write metrics in the Prometheus text format to this file "
               "(atomically), e.g. for node_exporter's textfile collector.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="After each run, refresh the study page (qcourier report "
+              "--html) in this file, atomically.")
 @ledger_dir_option
 @service_option
 @json_option
@@ -82,7 +86,7 @@ Examples:
 def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool, interval: float,
          resubmit_failed: bool, max_retries: int, max_pending: int | None,
          workers: int | None, verify_results: bool, quiet: bool,
-         log_file: Path | None, prometheus: Path | None,
+         log_file: Path | None, prometheus: Path | None, html_file: Path | None,
          ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
     from qcourier.collection import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
     from qcourier.config import queue_policy
@@ -130,6 +134,8 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                 _notify(ledger, settings, report)
             if prometheus is not None:
                 _write_metrics(prometheus, ledger, settings, report)
+            if html_file is not None:
+                _write_html(html_file, ledger, settings)
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break
             time.sleep(interval)
@@ -204,6 +210,16 @@ class _Output:
             self.live.progress(text)
         elif not self.as_json:
             self.state.info(text)
+
+
+def _write_html(path: Path, ledger, settings) -> None:
+    from qcourier.html_report import write_html
+    from qcourier.ledger import utc_now
+    from qcourier.reporting import study_report
+
+    fold = ledger.fold()
+    report = study_report(fold.records, ledger.directory, settings.budget_limit, utc_now())
+    write_html(path, report, fold.records, ledger.directory)
 
 
 def _notify(ledger, settings, report) -> None:

@@ -23,10 +23,14 @@ from qcourier.cli._common import (
 @click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the metrics qcollect --prometheus writes to this file (keeping "
               "its last-successful-poll time).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write the study as one self-contained HTML page to "
+              "this file (atomically), e.g. --html study.html.")
 @ledger_dir_option
 @json_option
 @handle_errors
-def main(plots_dir: Path | None, prometheus: Path | None, ledger_dir: Path | None,
+def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None,
+         ledger_dir: Path | None,
          as_json: bool) -> None:
     """Report the study: job SLIs, QPU budget per key, each experiment over time.
 
@@ -88,6 +92,7 @@ def main(plots_dir: Path | None, prometheus: Path | None, ledger_dir: Path | Non
     Examples:
       qcourier report
       qcourier report --plots out/
+      qcourier report --html study.html
       qcourier report --json | jq '.success_rate, .turnaround_seconds.p95'
     """
     from qcourier.ledger import Ledger, utc_now
@@ -107,6 +112,10 @@ def main(plots_dir: Path | None, prometheus: Path | None, ledger_dir: Path | Non
 
         write_prometheus(prometheus, fold.records, state.get_settings().budget_limit, utc_now(),
                          last_poll=None)
+    if html_file is not None:
+        from qcourier.html_report import write_html
+
+        write_html(html_file, report, fold.records, directory)
     if as_json:
         state.emit_json({**report.to_dict(), "plots": plots.to_dict() if plots else None})
         return
