@@ -63,8 +63,6 @@ def test_page_in_headless_chromium(invoke, tmp_path: Path):
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2000",
                     page.as_uri()], capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 10_000
-    keep = Path("/tmp/qcourier-study-screenshot.png")
-    shutil.copyfile(shot, keep)  # for a person to look at
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert all(j in dom for j in _job_ids(tmp_path))
