@@ -130,7 +130,7 @@ def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None
                    plan_lines(planned) if planned else None)
     if as_json:
         state.emit_json({**report.to_dict(), "plots": plots.to_dict() if plots else None,
-                         "plan": planned})
+                         **({"plan": planned} if planned is not None else {})})
         return
     if planned is not None:
         click.echo("Plan:")
