@@ -54,3 +54,17 @@ def test_report_shows_progress_against_plan(invoke, tmp_path: Path):
     bell = next(t for t in data["targets"] if t["experiment"] == "bell")
     assert bell["remaining_sessions"] == 3 and bell["remaining_qpu_seconds"] > 0
     assert data["affordable"] is None  # no heartbeat job yet: its cost is unknown
+
+
+def test_budget_shows_plan(invoke, tmp_path: Path):
+    from qcourier.cli import budget
+
+    plan = tmp_path / "my-plan.toml"
+    plan.write_text('keys = [0]\n[targets.bell]\nsessions = 3\n')
+    invoke(submit.main, ["--experiment", "bell", "--shots", "100"])
+    assert invoke(collect.main, []).exit_code == 0
+    result = invoke(budget.main, ["--no-service", "--plan", plan])
+    assert result.exit_code == 0 and "bell: 1/3 (declared)" in result.output
+    data = json.loads(invoke(budget.main, ["--no-service", "--plan", plan, "--json"]).output)
+    assert data["plan"]["targets"][0]["remaining_sessions"] == 2
+    assert data["plan"]["affordable"] in (True, False)
