@@ -38,10 +38,12 @@ def test_page_is_self_contained_and_lists_jobs(invoke, tmp_path: Path):
 
 def test_collect_refreshes_page(invoke, tmp_path: Path):
     page = tmp_path / "out" / "study.html"
+    (tmp_path / "qcourier-plan.toml").write_text("[targets.bell]\nsessions = 4\n")
     invoke(submit.main, ["--experiment", "bell", "--shots", "100"])
     assert invoke(collect.main, ["--html", page]).exit_code == 0
     (job_id,) = _job_ids(tmp_path)
     assert job_id in page.read_text()
+    assert "bell: 1/4 (declared)" in page.read_text()
 
 
 def test_values_are_escaped():

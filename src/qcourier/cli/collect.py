@@ -217,9 +217,14 @@ def _write_html(path: Path, ledger, settings) -> None:
     from qcourier.ledger import utc_now
     from qcourier.reporting import study_report
 
+    from qcourier.study_plan import lines, load_plan, progress
+
     fold = ledger.fold()
     report = study_report(fold.records, ledger.directory, settings.budget_limit, utc_now())
-    write_html(path, report, fold.records, ledger.directory)
+    plan = load_plan(None)  # ./qcourier-plan.toml, when present
+    plan_lines = (None if plan is None else
+                  lines(progress(plan, fold.records, settings.budget_limit, utc_now())))
+    write_html(path, report, fold.records, ledger.directory, plan_lines)
 
 
 def _notify(ledger, settings, report) -> None:
