@@ -221,7 +221,13 @@ def _write_html(path: Path, ledger, settings) -> None:
 
     fold = ledger.fold()
     report = study_report(fold.records, ledger.directory, settings.budget_limit, utc_now())
-    plan = load_plan(None)  # ./qcourier-plan.toml, when present
+    from qcourier.errors import QcourierError
+
+    try:
+        plan = load_plan(None)  # ./qcourier-plan.toml, when present
+    except QcourierError as exc:  # the page is still written, without the plan
+        click.echo(f"Warning: {exc}", err=True)
+        plan = None
     plan_lines = (None if plan is None else
                   lines(progress(plan, fold.records, settings.budget_limit, utc_now())))
     write_html(path, report, fold.records, ledger.directory, plan_lines)
