@@ -73,6 +73,8 @@ class Settings(BaseSettings):
         30.0, gt=0, validation_alias="QCOURIER_TRANSPILE_CACHE_MAX_AGE_DAYS")
     transpile_cache_max_mb: float = Field(200.0, ge=0, validation_alias="QCOURIER_TRANSPILE_CACHE_MAX_MB")
 
+    #: apprise URLs (spaces or commas between them) qcollect notifies; unset: no notifications.
+    notify: str | None = Field(None, validation_alias="QCOURIER_NOTIFY")
     local_service_dir: Path = Field(
         DEFAULT_LOCAL_SERVICE_DIR, validation_alias="QCOURIER_LOCAL_SERVICE_DIR"
     )

@@ -20,10 +20,14 @@ from qcourier.cli._common import (
 @click.command()
 @click.option("--no-service", is_flag=True,
               help="Do not ask the services for their own usage figures (ledger only, offline).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The study plan (TOML) whose remaining cost to show "
+              "[default: ./qcourier-plan.toml if present].")
 @ledger_dir_option
 @json_option
 @handle_errors
-def main(no_service: bool, ledger_dir: Path | None, as_json: bool) -> None:
+def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
+         as_json: bool) -> None:
     """Show each key's QPU budget over the rolling 28-day window, from the ledger.
 
     \b
@@ -54,6 +58,7 @@ def main(no_service: bool, ledger_dir: Path | None, as_json: bool) -> None:
     Examples:
       qcourier budget
       qcourier budget --no-service
+      qcourier budget --plan qcourier-plan.toml
       qcourier budget --json | jq '.keys[] | {service, key_index, remaining_seconds}'
     """
     from qcourier.ledger import Ledger, utc_now
@@ -63,11 +68,22 @@ def main(no_service: bool, ledger_dir: Path | None, as_json: bool) -> None:
     for problem in fold.problems:
         state.warn(str(problem))
     report = budget_report(state, fold.summaries, utc_now(), ask_services=not no_service)
+    from qcourier.study_plan import lines as plan_lines
+    from qcourier.study_plan import load_plan, progress
+
+    plan = load_plan(plan_file)
+    if plan is not None:
+        report["plan"] = progress(plan, fold.summaries, state.get_settings().budget_limit,
+                                  utc_now())
     if as_json:
         state.emit_json(report)
         return
     _print_keys(state, report["keys"], with_service=not no_service)
     _print_accuracy(state, report["model_accuracy"])
+    if plan is not None:
+        click.echo("Plan:")
+        for line in plan_lines(report["plan"]):
+            click.echo(f"  {line}")
 
 
 def budget_report(state: AppState, records: list[Any], now: Any, ask_services: bool

@@ -36,6 +36,7 @@ Examples:
   qcollect --watch --interval 10
   qcollect --jobs-file results/ibm_experiments/submitted_jobs_20261121_101500.jsonl
   qcollect --job-id d4k2v9x0abcd1234efgh --json
+  qcollect --watch --html study.html
 {exit_codes_help(
     "every job was polled (also: another qcollect was busy, so nothing was done)",
     "a job could not be polled or collected, an I/O error")}"""
@@ -75,6 +76,9 @@ Examples:
 @click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="After each run, write metrics in the Prometheus text format to this file "
               "(atomically), e.g. for node_exporter's textfile collector.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="After each run, refresh the study page (qcourier report "
+              "--html) in this file, atomically.")
 @ledger_dir_option
 @service_option
 @json_option
@@ -82,7 +86,7 @@ Examples:
 def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool, interval: float,
          resubmit_failed: bool, max_retries: int, max_pending: int | None,
          workers: int | None, verify_results: bool, quiet: bool,
-         log_file: Path | None, prometheus: Path | None,
+         log_file: Path | None, prometheus: Path | None, html_file: Path | None,
          ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
     from qcourier.collection import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
     from qcourier.config import queue_policy
@@ -126,8 +130,12 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             if job_id is not None and not report.outcomes and report.unrecorded is None:
                 state.info(f"Job {job_id} is already final; its record, history and result: "
                            f"qcourier show {job_id}")
+            if settings.notify:
+                _notify(ledger, settings, report)
             if prometheus is not None:
                 _write_metrics(prometheus, ledger, settings, report)
+            if html_file is not None:
+                _write_html(html_file, ledger, settings)
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break
             time.sleep(interval)
@@ -202,6 +210,46 @@ class _Output:
             self.live.progress(text)
         elif not self.as_json:
             self.state.info(text)
+
+
+def _write_html(path: Path, ledger, settings) -> None:
+    from qcourier.html_report import write_html
+    from qcourier.ledger import utc_now
+    from qcourier.reporting import study_report
+
+    from qcourier.study_plan import lines, load_plan, progress
+
+    fold = ledger.fold()
+    report = study_report(fold.records, ledger.directory, settings.budget_limit, utc_now())
+    from qcourier.errors import QcourierError
+
+    try:
+        plan = load_plan(None)  # ./qcourier-plan.toml, when present
+    except QcourierError as exc:  # the page is still written, without the plan
+        click.echo(f"Warning: {exc}", err=True)
+        plan = None
+    plan_lines = (None if plan is None else
+                  lines(progress(plan, fold.records, settings.budget_limit, utc_now())))
+    write_html(path, report, fold.records, ledger.directory, plan_lines)
+
+
+def _notify(ledger, settings, report) -> None:
+    """One message for what this run finished, budgets passing 50/80/100 %, stuck deferred
+    queues (and what an earlier failed send left); a failure is a one-line warning, never a
+    failed collect."""
+    from qcourier.errors import QcourierError
+    from qcourier.ledger import utc_now
+    from qcourier.notify import budget_events, job_events, notify_events, stuck_events, urls_of
+
+    try:
+        records, now = ledger.fold().summaries, utc_now()
+        events = (job_events(report) + budget_events(records, settings.budget_limit, now)
+                  + stuck_events(records, now))
+        notify_events(ledger.directory, urls_of(settings.notify), events)
+    except QcourierError as exc:
+        click.echo(f"Warning: notification not sent: {exc}", err=True)
+    except Exception as exc:  # noqa: BLE001 - apprise or the network: never fail the collect
+        click.echo(f"Warning: notification not sent: {type(exc).__name__}", err=True)
 
 
 def _budget_admission(settings, pool):

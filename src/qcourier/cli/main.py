@@ -8,7 +8,7 @@ import click
 
 from qcourier import __version__
 from qcourier.ledger import JobStatus
-from qcourier.cli import budget, collect, jobs, ledger, report, submit
+from qcourier.cli import budget, collect, jobs, ledger, notify, report, submit
 from qcourier.cli._common import (
     api_key_option,
     get_state,
@@ -35,6 +35,7 @@ main.add_command(report.main, "report")
 main.add_command(jobs.show, "show")
 main.add_command(jobs.cancel, "cancel")
 main.add_command(ledger.group, "ledger")
+main.add_command(notify.main, "notify")
 
 
 @main.command("status")

@@ -23,10 +23,17 @@ from qcourier.cli._common import (
 @click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the metrics qcollect --prometheus writes to this file (keeping "
               "its last-successful-poll time).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write the study as one self-contained HTML page to "
+              "this file (atomically), e.g. --html study.html.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The study plan (TOML) to show progress against "
+              "[default: ./qcourier-plan.toml if present].")
 @ledger_dir_option
 @json_option
 @handle_errors
-def main(plots_dir: Path | None, prometheus: Path | None, ledger_dir: Path | None,
+def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None,
+         plan_file: Path | None, ledger_dir: Path | None,
          as_json: bool) -> None:
     """Report the study: job SLIs, QPU budget per key, each experiment over time.
 
@@ -89,6 +96,8 @@ def main(plots_dir: Path | None, prometheus: Path | None, ledger_dir: Path | Non
     Examples:
       qcourier report
       qcourier report --plots out/
+      qcourier report --html study.html
+      qcourier report --plan qcourier-plan.toml
       qcourier report --json | jq '.success_rate, .turnaround_seconds.p95'
     """
     from qcourier.ledger import Ledger, utc_now
@@ -108,9 +117,26 @@ def main(plots_dir: Path | None, prometheus: Path | None, ledger_dir: Path | Non
 
         write_prometheus(prometheus, fold.records, state.get_settings().budget_limit, utc_now(),
                          last_poll=None)
+    from qcourier.study_plan import lines as plan_lines
+    from qcourier.study_plan import load_plan
+    from qcourier.study_plan import progress as plan_progress
+
+    plan = load_plan(plan_file)
+    planned = (None if plan is None else
+               plan_progress(plan, fold.records, state.get_settings().budget_limit, utc_now()))
+    if html_file is not None:
+        from qcourier.html_report import write_html
+
+        write_html(html_file, report, fold.records, directory,
+                   plan_lines(planned) if planned else None)
     if as_json:
-        state.emit_json({**report.to_dict(), "plots": plots.to_dict() if plots else None})
+        state.emit_json({**report.to_dict(), "plots": plots.to_dict() if plots else None,
+                         **({"plan": planned} if planned is not None else {})})
         return
+    if planned is not None:
+        click.echo("Plan:")
+        for line in plan_lines(planned):
+            click.echo(f"  {line}")
     _print_slis(state, report)
     _print_budget(state, report)
     _print_experiments(report)

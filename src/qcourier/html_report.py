@@ -1,0 +1,109 @@
+"""``qcourier report --html``: the study as one self-contained HTML page.
+
+Inline CSS, plots as base64 PNG (``data:`` URLs): the page opens with no network. Every value
+from the ledger or a server (job ids, errors, backends) is escaped with :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;
+margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
+th{background:#eee}h2{margin-top:1.5em;border-bottom:1px solid #ccc}.ind{display:inline-block;
+margin:0 1.5em 1em 0}.ind b{font-size:1.6em;display:block}img{max-width:100%;margin:.5em 0}
+.muted{color:#777}"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("-" if value is None else str(value), quote=True)
+
+
+def _num(value: Any, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else _e(fmt.format(value))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]]:
+    """(name, base64 PNG) of the study's plots (no per-job counts plots)."""
+    from qcourier.reporting import write_plots
+
+    with tempfile.TemporaryDirectory(prefix="qcourier-html-") as tmp:
+        written = write_plots(report, records, ledger_dir, Path(tmp)).written
+        return [(p.stem, base64.b64encode(p.read_bytes()).decode("ascii"))
+                for p in sorted(written) if not p.name.startswith("counts_")]
+
+
+def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = None) -> str:
+    """The page's HTML text for a :class:`qcourier.reporting.StudyReport`."""
+    d = report.to_dict()
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qcourier study</title>"
+             f"<style>{_CSS}</style></head><body><h1>qcourier study</h1>"
+             f"<p class='muted'>Generated {_e(report.now.strftime('%Y-%m-%d %H:%M:%S UTC'))} "
+             f"from {_e(report.ledger_dir)}</p>"]
+    indicators = [("jobs", _e(report.total_jobs)),
+                  ("success rate", "-" if report.success_rate is None
+                   else _e(f"{100 * report.success_rate:.0f}%")),
+                  ("queue median", _num(report.queue.median, "{:.0f} s")),
+                  ("turnaround p95", _num(report.turnaround.p95, "{:.0f} s"))]
+    parts.append("<h2>Indicators</h2><div id='indicators'>" + "".join(
+        f"<span class='ind'><b>{v}</b>{_e(k)}</span>" for k, v in indicators) + "</div>")
+    if plan_lines:
+        parts.append("<h2>Plan</h2><ul id='plan'>" + "".join(
+            f"<li>{_e(line)}</li>" for line in plan_lines) + "</ul>")
+    rows = []
+    for r in sorted(records, key=lambda r: str(r.submission_time or r.updated_at)):
+        rows.append([f"<code>{_e(r.job_id)}</code>", _e(r.experiment_type), _e(r.backend),
+                     _e(r.status.value), _num(r.queue_seconds, "{:.0f}"),
+                     _num(r.usage_seconds, "{:.1f}"),
+                     _e(r.submission_time.strftime("%Y-%m-%d %H:%M") if r.submission_time
+                        else None),
+                     _e(getattr(r, "error", None) or "")])
+    parts.append("<h2>Jobs</h2>" + _table(
+        ["job id", "experiment", "backend", "status", "queue s", "QPU s", "submitted", "error"],
+        rows).replace("<table>", "<table id='jobs'>", 1))
+    exp = d.get("experiments", {})
+    sc = exp.get("surface_code", [])
+    parts.append("<h2>Surface code</h2>" + (_table(
+        ["job id", "state", "distance", "logical error / round", "stderr"],
+        [[f"<code>{_e(x.get('job_id'))}</code>", _e(x.get("logical_state")),
+          _e(x.get("distance")), _num(x.get("logical_error_per_round"), "{:.4g}"),
+          _num(x.get("logical_error_per_round_stderr"), "{:.2g}")] for x in sc])
+        if sc else "<p class='muted'>No surface-code results yet.</p>"))
+    hb = exp.get("deployment", [])
+    parts.append("<h2>Heartbeat</h2>" + (_table(
+        ["job id", "width", "shots", "Hellinger fidelity", "mean abs. deviation"],
+        [[f"<code>{_e(x.get('job_id'))}</code>", _e(x.get("width")), _e(x.get("shots")),
+          _num(x.get("hellinger_fidelity"), "{:.4f}"),
+          _num(x.get("mean_absolute_deviation"), "{:.4f}")] for x in hb])
+        if hb else "<p class='muted'>No heartbeat results yet.</p>"))
+    parts.append("<h2>Budget</h2>" + _table(
+        ["key", "limit s", "used s", "reserved s", "remaining s"],
+        [[_e(b["service"] if b["key_index"] is None else f"{b['service']} key {b['key_index']}"),
+          _num(b["limit_seconds"], "{:.0f}"), _num(b["used_seconds"]),
+          _num(b["reserved_seconds"]), _num(b["remaining_seconds"])] for b in d["budget"]]))
+    plots = _plots(report, records, ledger_dir)
+    parts.append("<h2>Plots</h2>" + ("".join(
+        f"<figure><img class='plot' alt='{_e(name)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{_e(name)}</figcaption></figure>" for name, data in plots)
+        or "<p class='muted'>No plots yet.</p>"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: Path, report, records, ledger_dir: Path,
+               plan_lines: list[str] | None = None) -> None:
+    """Write the page atomically (a reader never sees half a page)."""
+    from qcourier.files import atomic_write_bytes
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(path), render(report, records, ledger_dir, plan_lines).encode())
