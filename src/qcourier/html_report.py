@@ -81,9 +81,10 @@ def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = Non
         if sc else "<p class='muted'>No surface-code results yet.</p>"))
     hb = exp.get("deployment", [])
     parts.append("<h2>Heartbeat</h2>" + (_table(
-        ["job id", "width", "shots", "Hellinger fidelity", "mean abs. deviation"],
+        ["job id", "width", "shots", "marginal fidelity", "± stderr", "mean abs. deviation"],
         [[f"<code>{_e(x.get('job_id'))}</code>", _e(x.get("width")), _e(x.get("shots")),
-          _num(x.get("hellinger_fidelity"), "{:.4f}"),
+          _num(x.get("marginal_fidelity"), "{:.5f}"),
+          _num(x.get("marginal_fidelity_stderr"), "{:.1g}"),
           _num(x.get("mean_absolute_deviation"), "{:.4f}")] for x in hb])
         if hb else "<p class='muted'>No heartbeat results yet.</p>"))
     parts.append("<h2>Budget</h2>" + _table(
