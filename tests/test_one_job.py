@@ -220,3 +220,22 @@ def test_inside_a_users_repository_results_stay_untracked_and_clean(tmp_path: Pa
     assert done.returncode == 0
     assert "has uncommitted changes; the record says git_dirty=true" in done.stderr
     assert ledger_records(repo / "results" / "ibm_experiments")[-1]["git_dirty"] is True
+
+
+def test_a_deferred_job_cancelled_before_submission_costs_nothing_in_the_guard(invoke,
+                                                                              tmp_path: Path):
+    from qcourier.budget import budget_state
+    from qcourier.ledger import Ledger, utc_now
+
+    slow = LocalService(LocalServiceConfig(root=tmp_path / "service", queue_seconds=600,
+                                           run_seconds=0, seed=3))
+    invoke(qsubmit, ["-e", "bell", "--shots", "10", "--repeat", "2", "--max-pending", "1"],
+           AppState(service=slow))
+    [deferred] = [r for r in ledger_records(tmp_path / "ledger") if r["status"] == "deferred"]
+    records = Ledger(tmp_path / "ledger").fold().summaries
+    before = budget_state(records, "local", None, 600, utc_now(), estimate_unknown=True)
+    invoke(qcourier, ["cancel", deferred["record_id"]], AppState(service=slow))
+    records = Ledger(tmp_path / "ledger").fold().summaries
+    after = budget_state(records, "local", None, 600, utc_now(), estimate_unknown=True)
+    assert after.used_seconds == before.used_seconds == 0.0
+    assert after.reserved_seconds < before.reserved_seconds  # its reservation is released

@@ -222,8 +222,11 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
     for record in _of_key(records, service, key_index):
         if record.status.is_final:
             seconds = record.usage_seconds
-            if (seconds is None and estimate_unknown
-                    and record.status is not JobStatus.SUBMIT_FAILED):
+            # A record that never became a job (submit_failed, or cancelled while deferred)
+            # was never charged.
+            never_a_job = record.status is JobStatus.SUBMIT_FAILED or (
+                record.status is JobStatus.CANCELLED and record.job_id is None)
+            if seconds is None and estimate_unknown and not never_a_job:
                 seconds = record.estimated_qpu_seconds
             if start < _finished_at(record) <= now and seconds:
                 used += seconds
