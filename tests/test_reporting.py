@@ -320,3 +320,27 @@ def test_report_writes_prometheus_metrics_keeping_the_last_poll(invoke, tmp_path
     after = samples()
     assert after[("qcourier_last_successful_poll_timestamp_seconds", ())] == polled
     assert after[("qcourier_jobs", (("experiment", "bell"), ("status", "completed")))] == 1
+
+
+def test_ghz_results_of_different_widths_are_separate_series(tmp_path: Path):
+    import subprocess
+
+    from conftest import cli_env, script, submit_process
+
+    submit_process(tmp_path, "-e", "ghz", "-p", "width=3", "--shots", "50")
+    submit_process(tmp_path, "-e", "ghz", "-p", "width=4", "--shots", "50")
+    env = cli_env(tmp_path)
+    subprocess.run([script("qcollect")], env=env, cwd=tmp_path, capture_output=True,
+                   timeout=300, check=True)
+    done = subprocess.run([script("qcourier"), "report"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ghz width 3: latest fidelity" in done.stdout
+    assert "ghz width 4: latest fidelity" in done.stdout
+    assert "over 1 job(s)" in done.stdout and "over 2 job(s)" not in done.stdout
+    report = subprocess.run([script("qcourier"), "report", "--json"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    import json
+
+    widths = sorted(p["width"] for p in json.loads(report.stdout)["experiments"]["ghz"])
+    assert widths == [3, 4]

@@ -183,7 +183,7 @@ class StudyReport:
                                "mean_absolute_deviation",
                                "p1_measured": [...], "p1_ideal": [...]}],
                "bell": [{"job_id", "record_id", "submission_time", "shots",
-                         "hellinger_fidelity"}],
+                         "hellinger_fidelity", "width"}],
                "ghz": [same as bell]},
              "summary": {"surface_code_latest": {<state>: {"job_id", "submission_time",
                                                           "logical_error_per_round",
@@ -277,7 +277,10 @@ def _series(records: list[LedgerRecord], ledger_dir: Path
             skipped.append({"job_id": r.job_id, "result_path": r.result_path, "reason": reason})
             continue
         base = {"job_id": r.job_id, "record_id": r.record_id, "submission_time": _submitted_at(r)}
-        series[r.experiment_type].append({**base, **_point(r.experiment_type, analysis)})
+        point = _point(r.experiment_type, analysis)
+        if point.get("width") is None and "width" in point:  # canaries: the width is a param
+            point["width"] = r.metadata.get("width", r.params.get("width"))
+        series[r.experiment_type].append({**base, **point})
     return series, skipped
 
 
@@ -303,7 +306,8 @@ def _point(experiment: str, a: dict[str, Any]) -> dict[str, Any]:
                 "marginal_fidelity": marginal, "marginal_fidelity_stderr": stderr,
                 "mean_absolute_deviation": a.get("mean_absolute_deviation"),
                 "p1_measured": a.get("p1_measured"), "p1_ideal": a.get("p1_ideal")}
-    return {"shots": a.get("shots"), "hellinger_fidelity": a.get("hellinger_fidelity")}
+    return {"shots": a.get("shots"), "hellinger_fidelity": a.get("hellinger_fidelity"),
+            "width": a.get("width")}
 
 
 def read_result(ledger_dir: Path, record: LedgerRecord) -> tuple[dict[str, Any] | None, str | None]:

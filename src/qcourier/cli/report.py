@@ -208,9 +208,11 @@ def _print_experiments(report: Any) -> None:
                    f"{heartbeat['max']:.4f} over {heartbeat['sessions']} session(s)")
     for name in ("bell", "ghz"):
         points = [p for p in report.series[name] if p["hellinger_fidelity"] is not None]
-        if points:
-            click.echo(f"{name}: latest fidelity {points[-1]['hellinger_fidelity']:.3f} "
-                       f"over {len(points)} job(s)")
+        for width in sorted({p.get("width") for p in points}, key=lambda w: (w is None, w)):
+            same = [p for p in points if p.get("width") == width]  # one series per width
+            label = name if name == "bell" or width is None else f"{name} width {width}"
+            click.echo(f"{label}: latest fidelity {same[-1]['hellinger_fidelity']:.3f} "
+                       f"over {len(same)} job(s)")
     if not any(report.series.values()):
         click.echo("No experiment results yet: collect completed jobs with qcollect.")
 
