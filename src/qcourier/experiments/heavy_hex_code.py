@@ -55,7 +55,7 @@ def hhc_layout(d: int) -> tuple[dict, dict, list, int]:
     return data, anc, zg, nxt[0]
 
 def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
-                   flag_detectors: bool = True) -> tuple[stim.Circuit, int]:
+                   flag_detectors: bool = True, flip: bool = False) -> tuple[stim.Circuit, int]:
     """The HHC memory experiment as a stim circuit with uniform circuit-level noise ``p``.
 
     Round order: Z gauges then X gauges for ``basis="z"`` (data prepared in ``|0>``), X then Z
@@ -65,6 +65,12 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
 
     Args:
         flag_detectors: ``False`` drops the flag detectors (only to show they are needed).
+        flip: prepare the other eigenstate (``|1>_L`` or ``|->_L``): X (Z) on every data
+            qubit right after preparation, which for odd ``d`` is a logical X (Z). stim's
+            reference sample includes it, so detectors stay deterministic and zero.
+
+    A ``TICK`` ends every round (the Qiskit translation turns it into a barrier, so the
+    transpiler cannot merge gates across rounds).
 
     Returns:
         ``(circuit, num_qubits)``.
@@ -86,6 +92,7 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
     D = list(data.values())
     op("R", D)
     if basis == "x": op("H", D)
+    if flip: op("X" if basis == "z" else "Z", D)
     recs = []  # per round: dict
     def xround(store):
         A = list(anc.values())
@@ -115,6 +122,7 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
         store = []
         if basis == "z": zround(store); xround(store)
         else: xround(store); zround(store)
+        c.append("TICK")
         recs.append(store)
     final = []
     if basis == "x": op("H", D)
