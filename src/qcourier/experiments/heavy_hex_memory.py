@@ -77,6 +77,9 @@ if TYPE_CHECKING:
 VALID_DISTANCES = (3, 5)
 #: Embeddings VF2Layout scores before it keeps the best (bounded search).
 VF2_MAX_TRIALS = 2500
+#: VF2 state-space bound (deterministic, unlike a time limit): keeps the search on a dense
+#: (square) lattice, where embeddings abound, to seconds.
+VF2_CALL_LIMIT = 3_000_000
 #: A fit whose chi2 p-value is below this is withheld.
 FIT_MIN_P_VALUE = 0.01
 #: Fault-distance search limits (stim): detection-event sets and error degrees explored.
@@ -195,7 +198,7 @@ def find_patch(circuit: QuantumCircuit, device: Device, distance: int) -> list[i
             f"heavy-hex code needs {circuit.num_qubits}: choose a larger heavy-hex backend "
             f"or distance=3")
     manager = PassManager([VF2Layout(target=device.target, seed=1, max_trials=VF2_MAX_TRIALS,
-                                     call_limit=30_000_000, strict_direction=False)])
+                                     call_limit=VF2_CALL_LIMIT, strict_direction=False)])
     manager.run(circuit)
     layout = manager.property_set["layout"]
     if layout is None:
