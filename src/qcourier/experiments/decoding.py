@@ -8,13 +8,14 @@ decomposed DEM splits it into a flag edge and a data edge, so the data edge is a
 whether or not the flag fired: two faults can then look like one, and at d=5 the X-basis memory
 decays as ``p^2`` instead of ``p^3`` (docs/SURFACE_CODE.md).
 
-Method (flag-conditioned edge re-weighting, Chamberland et al., PRX 10, 011022 (2020), Sec. VI;
-Chamberland & Beverland, Quantum 2, 53 (2018); used by Sundaresan et al., Nat. Commun. 14, 2852
-(2023)). Flags are not matched. Each DEM mechanism ``e`` (probability ``p_e``, weight
-``w_e = ln((1-p_e)/p_e)``) is split into its flag part ``F_e`` and its non-flag part ``N_e``;
-the matching graph is built on the non-flag detectors from the ``N_e`` (a part with more than two
-detectors is cut into edges that exist on their own, as stim's decomposition does). Per shot, with
-``f`` the set of fired flags, the edge of ``N_e`` gets the weight
+Method (flag-conditioned edge re-weighting: Chamberland et al., PRX 10, 011022 (2020), decoding
+with flag information; Chamberland & Beverland, Quantum 2, 53 (2018); used by Sundaresan et al.,
+Nat. Commun. 14, 2852 (2023)). Flags are not matched. Each DEM mechanism ``e`` (probability
+``p_e``, weight ``w_e = ln((1-p_e)/p_e)``) is split into its flag part ``F_e`` and its non-flag
+part ``N_e``; the matching graph is built on the non-flag detectors from the ``N_e`` (a part with
+more than two detectors is cut into edges that exist on their own, as stim's decomposition does;
+one that cannot be cut is dropped and counted in ``undecomposed``). Per shot, with ``f`` the set
+of fired flags, the edge of ``N_e`` gets the weight
 
     w_e + C(F_e \\ f) - C(F_e & f),
 
@@ -36,8 +37,13 @@ decoded once; rows are grouped by their flag pattern and each pattern re-weights
 its flags touch on one PyMatching graph (``add_edge(..., merge_strategy="replace")``), decodes
 its rows in one batch, then restores them.
 
-Without flags (the heavy-hex Z basis), ``make_decoder`` returns ``PlainMatchingDecoder``: PyMatching
-on the DEM as given (decompose it with ``decompose_errors=True``).
+Without flags (the heavy-hex Z basis), ``make_decoder`` returns ``PlainMatchingDecoder``:
+PyMatching on the DEM as given (decompose it with ``decompose_errors=True``).
+
+Checked (tests/test_decoding.py): on the d=5 heavy-hex X-basis memory (3 rounds) every single
+DEM mechanism and every pair of them (77028 pairs) is corrected, where plain matching misses
+more than a thousand pairs; the same with per-mechanism probabilities perturbed by factors in
+[0.5, 2]. Measured logical error rates: docs/SURFACE_CODE.md.
 """
 
 from __future__ import annotations
@@ -282,18 +288,19 @@ class FlagAwareDecoder:
         width = self._matching.num_detectors
         for g in range(len(patterns)):
             idx = order[bounds[g]:bounds[g + 1]]
+            sub = checks[idx]
+            if not sub.any():
+                continue  # nothing to match: no correction
             fired_cols = np.flatnonzero(flags[idx[0]])
             fired = frozenset(int(self._flag_cols[c]) for c in fired_cols)
             touched = set()
             for k in fired:
                 touched |= self._edges_of_flag.get(k, set())
-            for key in touched:
-                self._set_edge(key, *self._edge(key, fired))
             try:
-                sub = checks[idx]
-                if not sub.any() and not touched:
-                    continue
-                out[idx] = self._matching.decode_batch(sub[:, :width]).astype(np.bool_)
+                for key in touched:
+                    self._set_edge(key, *self._edge(key, fired))
+                predicted = self._matching.decode_batch(sub[:, :width])
+                out[idx] = predicted[:, :self.num_observables].astype(np.bool_)
             finally:
                 for key in touched:
                     self._set_edge(key, *self._base[key])
