@@ -145,16 +145,18 @@ def _model_samples(isa, abstract, noise, shots, seed):
     return {"".join(map(str, r)): int(k) for r, k in zip(rows, n, strict=True)}
 
 
-@pytest.mark.parametrize("distance,scales,shots", [(3, (0.5, 0.25), 60_000),
-                                                   (5, (0.3, 0.15), 150_000)])
-def test_decoded_error_falls_as_the_distance_predicts(distance, scales, shots):
+@pytest.mark.parametrize("distance,state,scales,shots", [
+    (3, "0", (0.5, 0.25), 60_000), (3, "+", (0.5, 0.25), 60_000),
+    (5, "0", (0.3, 0.15), 150_000), (5, "+", (0.3, 0.15), 150_000)])
+def test_decoded_error_falls_as_the_distance_predicts(distance, state, scales, shots):
     """Halving every error rate divides the decoded error by at least 2^((d+1)/2 - 0.4).
 
-    On fake_fez's calibration the Z-basis memory (one round) measures 2^-1.8 at d=3 and
-    2^-2.6..2^-2.9 at d=5 (seeds 17..19) between these scales; plain matching on a routed
+    On fake_fez's calibration (one round) the Z basis measures 2^-1.8 at d=3 and
+    2^-2.6..2^-2.9 at d=5 (seeds 17..19) between these scales; the X basis needs the
+    flag-conditioned decoder at d=5 (plain matching gives about 2^-1.9 there); a routed
     circuit of distance 2 would give about 2^-1."""
-    unit, isa = _placed(distance, 1, "0")
-    abstract = abstract_circuit(distance, 1, "0")
+    unit, isa = _placed(distance, 1, state)
+    abstract = abstract_circuit(distance, 1, state)
     base = DeviceNoise.from_snapshot(_snapshot(), unit.metadata["layout"])
     rates = {}
     for scale in scales:

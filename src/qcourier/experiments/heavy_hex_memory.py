@@ -32,7 +32,9 @@ Analysis
     depolarizing from reported infidelities, readout and reset flips, T1/T2 idle errors on
     the circuit's schedule. The detectors and the observable of the abstract HHC circuit are
     attached to that program through the clbits; stim then gives the detector error model
-    (decoded with PyMatching) and the circuit-level fault distance of that model
+    (decoded by flag-conditioned matching, ``qcourier.experiments.decoding``: in the X basis
+    the flag outcomes re-weight the matching graph shot by shot; in the Z basis, which has
+    no flags, it is plain PyMatching) and the circuit-level fault distance of that model
     (``search_for_undetectable_logical_errors``), recorded per PUB: it must equal the code
     distance, else the analysis says so (``distance_ok: false``). Counts become detection
     events with stim's measurement-to-detection converter (relative to the noiseless
@@ -307,8 +309,8 @@ def decode_pub(isa: QuantumCircuit, abstract: stim.Circuit, noise: Any,
                counts: dict[str, int], distance: int) -> dict[str, Any]:
     """Decode one PUB's counts with the detector error model of its ISA circuit."""
     import numpy as np
-    import pymatching
 
+    from qcourier.experiments.decoding import flag_detector_indices, make_decoder
     from qcourier.noise_model import isa_to_stim
 
     detectors, observable = annotations(abstract)
@@ -332,8 +334,9 @@ def decode_pub(isa: QuantumCircuit, abstract: stim.Circuit, noise: Any,
     ordered = records[:, np.asarray(record_clbit, dtype=np.int64)]
     dets, obs = model.compile_m2d_converter().convert(measurements=ordered,
                                                       separate_observables=True)
-    matching = pymatching.Matching.from_detector_error_model(dem)
-    predicted = matching.decode_batch(dets)
+    # Flags (X basis) condition the matching weights; without flags this is plain matching.
+    decoder = make_decoder(dem, flag_detector_indices(abstract))
+    predicted = decoder.decode_batch(dets)
     wrong = np.any(predicted.astype(np.bool_) != obs, axis=1)
     errors = int(weights[wrong].sum())
     n_det = dets.shape[1]
