@@ -157,7 +157,9 @@ def test_experiment_series_and_skipped_result_files(hand_built: Path):
     assert "is not JSON" in skipped["job-junk"]
     latest = r.surface_code_latest()
     assert {s: p["job_id"] for s, p in latest.items()} == {"+": "job-sc2", "0": "job-sc3"}
-    assert r.heartbeat_summary() == {
+    summary = r.heartbeat_summary()
+    assert summary.pop("drift")["earlier_sessions"] == 1  # too few for the check
+    assert summary == {
         "sessions": 2, "latest": 0.8, "latest_job_id": "job-hb2",
         "latest_submission_time": (T0 + timedelta(hours=4)).isoformat(), "min": 0.8, "max": 0.9}
 
@@ -234,8 +236,9 @@ def test_report_json_shape(invoke, hand_built: Path, monkeypatch):
                        "fault_distance", "fit_intercept_eps0", "fit_chi2_per_dof", "fit_withheld"}
     assert datetime.fromisoformat(sc["submission_time"]) == T0
     assert set(data["experiments"]["deployment"][0]) == {
-        "job_id", "record_id", "submission_time", "width", "shots", "marginal_fidelity",
-        "marginal_fidelity_stderr", "mean_absolute_deviation", "p1_measured", "p1_ideal"}
+        "job_id", "record_id", "submission_time", "backend", "width", "shots",
+        "marginal_fidelity", "marginal_fidelity_stderr", "mean_absolute_deviation",
+        "p1_measured", "p1_ideal"}
     assert data["summary"]["heartbeat"]["latest"] == 0.8
     assert set(data["summary"]["surface_code_latest"]) == {"0", "+"}
     assert [s["job_id"] for s in data["skipped_results"]] == ["job-old", "job-noan", "job-junk"]
@@ -363,3 +366,19 @@ def test_lambda_from_the_latest_d3_and_d5_fits(hand_built: Path):
     assert (z["basis"], z["job_id_d3"], z["job_id_d5"]) == ("z", "a", "c")
     assert z["lambda"] == pytest.approx(2.0)
     assert z["lambda_stderr"] == pytest.approx(2.0 * math.sqrt(0.1**2 + 0.1**2))
+
+
+def test_heartbeat_drift_against_the_study_baseline():
+    from qcourier.reporting import heartbeat_drift
+
+    def hb(f, shots=2048, backend="fake_fez", se=0.0005):
+        return {"marginal_fidelity": f, "shots": shots, "backend": backend, "width": 27,
+                "marginal_fidelity_stderr": se}
+    earlier = [hb(0.990), hb(0.992), hb(0.991), hb(0.989), hb(0.5, shots=512),
+               hb(0.2, backend="fake_torino")]
+    steady = heartbeat_drift([*earlier, hb(0.9905)])
+    assert steady["earlier_sessions"] == 4 and not steady["drifted"] and abs(steady["z"]) < 1
+    sick = heartbeat_drift([*earlier, hb(0.975)])
+    assert sick["drifted"] and sick["z"] < -3
+    alone = heartbeat_drift([hb(0.99), hb(0.98, shots=512)])
+    assert alone["z"] is None and "0 earlier session(s)" in alone["reason"]

@@ -101,6 +101,13 @@ def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = Non
           _num(x.get("marginal_fidelity_stderr"), "{:.1g}"),
           _num(x.get("mean_absolute_deviation"), "{:.4f}")] for x in hb])
         if hb else "<p class='muted'>No heartbeat results yet.</p>"))
+    drift = (d.get("summary", {}).get("heartbeat") or {}).get("drift")
+    if drift:
+        parts.append("<p id='drift'>" + _e(
+            f"Drift check: not made ({drift['reason']})" if drift["z"] is None else
+            f"Drift check: z = {drift['z']:+.1f} against {drift['earlier_sessions']} earlier "
+            f"sessions at {drift['shots']} shots: "
+            + ("DRIFTED" if drift["drifted"] else "within the study's baseline")) + "</p>")
     parts.append("<h2>Budget</h2>" + _table(
         ["key", "limit s", "used s", "reserved s", "remaining s"],
         [[_e(b["service"] if b["key_index"] is None else f"{b['service']} key {b['key_index']}"),

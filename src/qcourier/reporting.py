@@ -175,7 +175,8 @@ class StudyReport:
         return out
 
     def heartbeat_summary(self) -> dict[str, Any] | None:
-        """Latest heartbeat fidelity and its min/max over sessions; ``None`` without any."""
+        """Latest heartbeat fidelity, its min/max over sessions and the drift check of the
+        latest session (:func:`heartbeat_drift`); ``None`` without any session."""
         points = [p for p in self.series["deployment"] if p["marginal_fidelity"] is not None]
         if not points:
             return None
@@ -183,7 +184,8 @@ class StudyReport:
         return {"sessions": len(points), "latest": fidelities[-1],
                 "latest_job_id": points[-1]["job_id"],
                 "latest_submission_time": _iso(points[-1]["submission_time"]),
-                "min": min(fidelities), "max": max(fidelities)}
+                "min": min(fidelities), "max": max(fidelities),
+                "drift": heartbeat_drift(points)}
 
     def to_dict(self) -> dict[str, Any]:
         """The ``qcourier report --json`` shape (times in ISO 8601, durations in seconds)::
@@ -222,7 +224,11 @@ class StudyReport:
                          "lambda": [{"basis", "lambda", "lambda_stderr", "eps_d3",
                                      "eps_d5", "job_id_d3", "job_id_d5"}],
                          "heartbeat": null | {"sessions", "latest", "latest_job_id",
-                                              "latest_submission_time", "min", "max"}},
+                                              "latest_submission_time", "min", "max",
+                                              "drift": {"earlier_sessions", "shots",
+                                                        "backend", "baseline_mean",
+                                                        "baseline_sd", "z", "drifted",
+                                                        "reason"}}},
              "skipped_results": [{"job_id", "result_path", "reason"}]}
         """
         def latest(experiment: str) -> dict[str, Any]:
@@ -251,6 +257,43 @@ class StudyReport:
                         "heartbeat": self.heartbeat_summary()},
             "skipped_results": list(self.skipped_results),
         }
+
+
+#: Earlier sessions (same backend, width and shots) needed before the drift check speaks.
+DRIFT_MIN_SESSIONS = 3
+#: |z| above this flags the latest heartbeat as drifted from the study's own baseline.
+DRIFT_Z = 3.0
+
+
+def heartbeat_drift(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Has the device moved? The latest heartbeat against the study's earlier sessions of
+    the same backend, width and shot count (so shot-noise bias and circuit are identical).
+
+    The baseline is the mean ``m`` and sample standard deviation ``s`` of the earlier
+    sessions' marginal fidelity (``s`` holds shot noise and the device's normal
+    session-to-session wander); the latest value ``F`` is scored as a new draw from it,
+    ``z = (F - m) / (s sqrt(1 + 1/k))`` with ``k`` earlier sessions (the prediction
+    interval), ``s`` floored at the latest session's own standard error. ``drifted``: ``|z| >
+    DRIFT_Z``. With fewer than ``DRIFT_MIN_SESSIONS`` comparable sessions, ``z`` is ``None``
+    and ``reason`` says why.
+    """
+    latest = points[-1]
+    same = [p["marginal_fidelity"] for p in points[:-1]
+            if (p.get("backend"), p.get("width"), p.get("shots"))
+            == (latest.get("backend"), latest.get("width"), latest.get("shots"))]
+    out: dict[str, Any] = {"earlier_sessions": len(same), "shots": latest.get("shots"),
+                           "backend": latest.get("backend"), "baseline_mean": None,
+                           "baseline_sd": None, "z": None, "drifted": None, "reason": None}
+    if len(same) < DRIFT_MIN_SESSIONS:
+        out["reason"] = (f"{len(same)} earlier session(s) on {latest.get('backend')} at "
+                         f"{latest.get('shots')} shots and width {latest.get('width')}; the "
+                         f"check needs {DRIFT_MIN_SESSIONS}")
+        return out
+    mean = statistics.fmean(same)
+    sd = max(statistics.stdev(same), latest.get("marginal_fidelity_stderr") or 0.0)
+    z = (latest["marginal_fidelity"] - mean) / (sd * math.sqrt(1 + 1 / len(same))) if sd > 0 else 0.0
+    out.update({"baseline_mean": mean, "baseline_sd": sd, "z": z, "drifted": abs(z) > DRIFT_Z})
+    return out
 
 
 def study_report(records: Iterable[LedgerRecord], ledger_dir: Path,
@@ -315,6 +358,8 @@ def _series(records: list[LedgerRecord], ledger_dir: Path
             skipped.append({"job_id": r.job_id, "result_path": r.result_path, "reason": reason})
             continue
         base = {"job_id": r.job_id, "record_id": r.record_id, "submission_time": _submitted_at(r)}
+        if r.experiment_type == "deployment":  # the drift check compares like with like
+            base["backend"] = r.backend
         point = _point(r.experiment_type, analysis)
         if point.get("width") is None and "width" in point:  # canaries: the width is a param
             point["width"] = r.metadata.get("width", r.params.get("width"))

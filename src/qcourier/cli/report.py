@@ -214,6 +214,14 @@ def _print_experiments(report: Any) -> None:
         click.echo(f"Heartbeat marginal fidelity: latest {heartbeat['latest']:.4f} (job "
                    f"{heartbeat['latest_job_id']}); min {heartbeat['min']:.4f}, max "
                    f"{heartbeat['max']:.4f} over {heartbeat['sessions']} session(s)")
+        drift = heartbeat["drift"]
+        if drift["z"] is None:
+            click.echo(f"Heartbeat drift: not checked ({drift['reason']})")
+        else:
+            verdict = "DRIFTED" if drift["drifted"] else "within the study's baseline"
+            click.echo(f"Heartbeat drift: z = {drift['z']:+.1f} against {drift['earlier_sessions']} "
+                       f"earlier session(s) at {drift['shots']} shots (baseline "
+                       f"{drift['baseline_mean']:.4f} ± {drift['baseline_sd']:.4f}): {verdict}")
     for name in ("bell", "ghz"):
         points = [p for p in report.series[name] if p["hellinger_fidelity"] is not None]
         for width in sorted({p.get("width") for p in points}, key=lambda w: (w is None, w)):
