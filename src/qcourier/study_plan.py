@@ -7,7 +7,7 @@ The plan is a TOML file, ``qcourier-plan.toml`` in the current directory or ``--
 
     [targets.deployment]      # the heartbeat
     sessions = 42
-    [targets.surface_code]
+    [targets.heavy_hex_code]
     sessions = 12
 
 Instead of ``sessions`` a target may give ``effect_size`` (Cohen's d), ``power`` (default

@@ -64,7 +64,7 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
       qcourier status
       qcourier status --status deferred --status submitting
       qcourier status --limit 0 > all-jobs.txt
-      qcourier status --experiment surface_code --since 2026-11-01 --json
+      qcourier status --experiment heavy_hex_code --since 2026-11-01 --json
     """
     from collections import Counter
     from datetime import UTC
@@ -113,7 +113,7 @@ def experiments(as_json: bool) -> None:
     \b
     Examples:
       qcourier experiments
-      qsubmit --experiment surface_code --param distance=5 --param logical_state=0
+      qsubmit --experiment heavy_hex_code --param distance=5 --param logical_state=+
     """
     from qcourier.experiments import GROUPS, available
 

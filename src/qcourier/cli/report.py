@@ -48,14 +48,16 @@ def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None
       budget        QPU seconds used per key in the rolling 28-day window vs its limit
       failures      failed, partial and cancelled jobs by class (system, user,
                     unknown); submit_failed and error counts
-    Then, from the result files of completed jobs: the latest surface-code logical
-    error per round of each logical state, and the heartbeat's latest fidelity with
-    its min and max over sessions.
+    Then, from the result files of completed jobs: the latest heavy-hex code logical
+    error per round of each logical state (or why its fit is withheld), Lambda =
+    eps(d=3)/eps(d=5) per basis when both distances ran, and the heartbeat's latest
+    fidelity with its min and max over sessions and its drift check.
 
     \b
     --plots DIR writes (skipping, and saying so, any plot without data):
       counts_<job_id>.png                        top 20 outcomes of each completed job
-      surface_code_logical_error_vs_rounds.png   with 95% intervals and the fit
+      heavy_hex_code_logical_error_vs_rounds.png with 95% intervals and the fit
+      surface_code_logical_error_vs_rounds.png   (only if the routed code ran)
       heartbeat_p1_vs_ideal.png                  latest heartbeat's per-qubit P(1)
       heartbeat_fidelity_over_time.png           fidelity by submission time
       budget_<service>[_<key>].png               burn-down against the limit
@@ -72,22 +74,31 @@ def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None
                    "window_start", "now", "burn_down": [{"time", "used_seconds"}]}],
        "failures": {"by_class": {"system", "user", "unknown"}, "submit_failed", "error"},
        "experiments": {
-         "surface_code": [{"job_id", "record_id", "submission_time", "logical_state",
+         "heavy_hex_code": [{"job_id", "record_id", "submission_time", "logical_state",
                            "distance", "logical_error_per_round",
-                           "logical_error_per_round_stderr",
+                           "logical_error_per_round_stderr", "fault_distance",
+                           "fit_intercept_eps0", "fit_chi2_per_dof", "fit_withheld",
                            "per_round": [{"rounds", "shots", "logical_error_rate",
                                           "logical_error_ci95": [lo, hi]}]}],
-         "deployment": [{"job_id", "record_id", "submission_time", "width", "shots",
+         "surface_code": [...as heavy_hex_code],
+         "deployment": [{"job_id", "record_id", "submission_time", "backend", "width", "shots",
                          "marginal_fidelity", "marginal_fidelity_stderr",
                          "mean_absolute_deviation",
                          "p1_measured", "p1_ideal"}],
          "bell": [{"job_id", "record_id", "submission_time", "shots",
                    "hellinger_fidelity"}],
          "ghz": [...as bell]},
-       "summary": {"surface_code_latest": {<state>: {"job_id", "submission_time",
-                     "logical_error_per_round", "logical_error_per_round_stderr"}},
+       "summary": {"heavy_hex_code_latest": {<state>: {"job_id", "submission_time",
+                     "distance", "logical_error_per_round",
+                     "logical_error_per_round_stderr"}},
+                   "surface_code_latest": {...as heavy_hex_code_latest},
+                   "lambda": [{"basis", "lambda", "lambda_stderr", "eps_d3", "eps_d5",
+                               "job_id_d3", "job_id_d5"}],
                    "heartbeat": null | {"sessions", "latest", "latest_job_id",
-                                        "latest_submission_time", "min", "max"}},
+                                        "latest_submission_time", "min", "max",
+                                        "drift": {"earlier_sessions", "shots", "backend",
+                                                  "baseline_mean", "baseline_sd", "z",
+                                                  "drifted", "reason"}}},
        "skipped_results": [{"job_id", "result_path", "reason"}],
        "plots": null | {"written": [path, ...], "skipped": [{"plot", "reason"}]}}
     Times are ISO 8601 (UTC); durations in seconds; null where there is no data.

@@ -29,7 +29,7 @@ Collect the results later with qcollect.
 \b
 Examples:
   qsubmit --experiment both
-  qsubmit --experiment surface_code --param distance=5 --param logical_state=0
+  qsubmit --experiment heavy_hex_code --param distance=5 --param logical_state=+
   qsubmit --experiment deployment --repeat 4
   qsubmit --experiment ghz --param width=8 --shots 2000 --repeat 3
   qsubmit --experiment bell --dry-run --json
@@ -49,8 +49,9 @@ def _experiment_names() -> list[str]:
 @click.command("submit", help=HELP)
 @click.version_option(__version__, prog_name="qsubmit")
 @click.option("--experiment", "-e", required=True, type=LazyChoice(_experiment_names, "NAME"),
-              help="Experiment or group to submit: bell, ghz, surface_code, deployment, both "
-              "(surface_code + deployment), or any installed one (`qcourier experiments`).")
+              help="Experiment or group to submit: heavy_hex_code, deployment, both "
+              "(heavy_hex_code + deployment), bell, ghz, surface_code (routed; legacy), or any "
+              "installed one (`qcourier experiments`).")
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
               help="Set an experiment parameter (repeatable); see `qcourier experiments`.")
 @click.option("--backend", default=None, help="Backend name [default: least busy that fits].")
