@@ -1,11 +1,15 @@
 """One Pauli noise model of a device, from its calibration snapshot, for decoder and simulator.
 
 The same :class:`DeviceNoise` feeds the local simulator (``services/simulation.py``, which
-samples with it) and the QEC decoders (``experiments/heavy_hex_code.py``, whose detector
-error model is built with it from the ISA circuit that ran). Both translate an ISA circuit
-with :func:`isa_to_stim`, so the circuit sampled and the circuit decoded are the same program
-with the same channels. This module imports nothing of qcourier: it is a leaf that
-``services`` and ``experiments`` may both use.
+samples with it) and is meant for the QEC decoders (``experiments/heavy_hex_code.py``, whose
+detector error model is to be built with it from the ISA circuit that ran; not wired yet).
+:func:`schedule` walks an ISA circuit once and yields its operations with the channels below;
+every translation is an emitter of that walk: :func:`isa_to_stim` (Clifford circuits; the
+decoder's program and what the simulator samples with stim) and :func:`isa_to_aer` (any
+gates; the channels as inline Aer ``PauliError`` instructions, readout flips returned for an
+Aer ``ReadoutError``). So the circuit sampled and the circuit decoded are the same program
+with the same channels, whichever engine samples it. This module imports nothing of
+qcourier: it is a leaf that ``services`` and ``experiments`` may both use.
 
 Input: a calibration snapshot in the ``BackendProperties.to_dict()`` form that
 ``QuantumService.calibration`` returns and the ledger stores (``qubits``: T1, T2 in us,
@@ -42,6 +46,10 @@ Idle
     ``p_x = p_y = (1 - exp(-t/T1)) / 4``, ``p_z = (1 - exp(-t/T2)) / 2 - (1 - exp(-t/T1)) / 4``
     (``p_z`` clipped at 0 where a snapshot reports ``T2 > 2 T1``). A qubit also decays
     during its own gate; that is inside the gate's reported error, so no idle is added there.
+    An ``id`` gate is idle time of its reported length (no gate error of its own). A delay
+    is idle time; one in ``dt`` units needs :attr:`DeviceNoise.dt` (the backend's, which a
+    snapshot does not carry), else it adds none. Before its first operation a qubit has no
+    clock (it is in ``|0>``), so nothing there counts.
 
 Scale
     ``scale`` multiplies every probability above (gate, readout, reset, idle), each clipped to
