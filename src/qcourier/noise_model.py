@@ -256,6 +256,7 @@ class DeviceNoise:
 @lru_cache(maxsize=64)
 def _clifford_program(name: str, params: tuple[float, ...], num_qubits: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """A gate stim has no name for (e.g. ``ecr``), as stim gates on local qubits 0..n-1."""
+    import numpy as np
     import stim
     from qiskit.circuit import QuantumCircuit as QC
     from qiskit.circuit.library import get_standard_gate_name_mapping
@@ -268,8 +269,6 @@ def _clifford_program(name: str, params: tuple[float, ...], num_qubits: int) -> 
         gate = type(gate)(*params)
     qc = QC(num_qubits)
     qc.append(gate, range(num_qubits))
-    import numpy as np
-
     unitary = Operator(qc).data
     try:
         tableau = stim.Tableau.from_unitary_matrix(unitary, endian="little")
@@ -412,7 +411,7 @@ def isa_to_stim(circuit: QuantumCircuit, noise: DeviceNoise | None = None,
     record_clbit: list[int] = []
     for event in schedule(circuit, noise, physical):
         kind = event[0]
-        if kind is GATE:
+        if kind == GATE:
             _, inst, qubits = event
             op = inst.operation
             name = op.name
@@ -429,16 +428,16 @@ def isa_to_stim(circuit: QuantumCircuit, noise: DeviceNoise | None = None,
                     raise NotClifford(f"{name} with an unbound parameter") from None
                 for gate, local in _clifford_program(name, params, len(qubits)):
                     add(f"{gate} {' '.join(str(qubits[i]) for i in local)}")
-        elif kind is MEASURE:
+        elif kind == MEASURE:
             _, qubit, clbit, flip = event
             add(f"M({float(flip)!r}) {qubit}" if flip > 0 else f"M {qubit}")
             record_clbit.append(clbit)
-        elif kind is RESET:
+        elif kind == RESET:
             _, qubit, flip = event
             add(f"R {qubit}")
             if flip > 0:
                 add(f"X_ERROR({float(flip)!r}) {qubit}")
-        elif kind is DEPOLARIZE:
+        elif kind == DEPOLARIZE:
             _, qubits, p = event
             add(f"DEPOLARIZE{len(qubits)}({float(p)!r}) {' '.join(map(str, qubits))}")
         else:  # PAULI
@@ -483,20 +482,20 @@ def isa_to_aer(circuit: QuantumCircuit, noise: DeviceNoise | None = None,
 
     for event in schedule(circuit, noise, physical):
         kind = event[0]
-        if kind is GATE:
+        if kind == GATE:
             _, inst, qubits = event
             add(inst.operation, qubits, [find(c).index for c in inst.clbits])
-        elif kind is MEASURE:
+        elif kind == MEASURE:
             _, qubit, clbit, flip = event
             add(measure, [qubit], [clbit])
             if flip > 0:
                 readout[qubit] = flip
-        elif kind is RESET:
+        elif kind == RESET:
             _, qubit, flip = event
             add(reset, [qubit])
             if flip > 0:
                 add(_aer_pauli_error(1, (flip, 0.0, 0.0)), [qubit])
-        elif kind is DEPOLARIZE:
+        elif kind == DEPOLARIZE:
             _, qubits, p = event
             n = len(qubits)
             add(_aer_pauli_error(n, (p / (4**n - 1),) * (4**n - 1)), qubits)
