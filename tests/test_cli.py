@@ -312,18 +312,20 @@ def test_both_end_to_end_gives_decoded_rates_and_heartbeat_fidelity(invoke, tmp_
     result = invoke(submit.main, ["-e", "both", "-p", "rounds=2", "-p", "width=5", "--shots", "300"])
     assert result.exit_code == 0, result.output
     lines = ledger_lines(tmp_path)
-    surface = next(line for line in lines if line["experiment_type"] == "surface_code")
-    assert surface["logical_state"] == "+" and surface["num_circuits"] == 2
-    assert surface["params"]["distance"] == 3 and surface["metadata"]["rounds"] == [1, 2]
+    code = next(line for line in lines if line["experiment_type"] == "heavy_hex_code")
+    assert code["logical_state"] == "0" and code["num_circuits"] == 2
+    assert code["params"]["distance"] == 3 and code["metadata"]["rounds"] == [1, 2]
+    assert len(code["metadata"]["layout"]) == 23
     result = invoke(collect.main, [])
     assert result.exit_code == 0, result.output
     [collected] = list((tmp_path / "ledger").glob("collected_results_*.json"))
     jobs = {j["experiment_type"]: j for j in json.loads(collected.read_text())["jobs"]}
-    per_round = jobs["surface_code"]["analysis"]["per_round"]
-    assert [p["rounds"] for p in per_round] == [1, 2]
-    assert all(0 <= p["logical_error_rate"] <= 1 and p["shots"] == 300 for p in per_round)
-    noise = jobs["surface_code"]["analysis"]["decoder_noise"]
-    assert noise["two_qubit_gate_error"] != 1e-3  # taken from the fake_fez snapshot, not defaults
+    analysis = jobs["heavy_hex_code"]["analysis"]
+    assert [p["rounds"] for p in analysis["per_round"]] == [1, 2]
+    assert all(0 <= p["logical_error_rate"] <= 1 and p["shots"] == 300 for p in analysis["per_round"])
+    assert analysis["fault_distance"] == 3
+    noise = analysis["decoder_noise"]
+    assert 0 < noise["median_2q_gate_infidelity"] < 0.05  # from the fake_fez snapshot
     heartbeat = jobs["deployment"]["analysis"]
     assert 0.9 < heartbeat["marginal_fidelity"] <= 1 and len(heartbeat["p1_measured"]) == 5
 

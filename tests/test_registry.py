@@ -12,9 +12,10 @@ from qcourier.errors import UsageError
 from qcourier.experiments import available, expand, get_experiment, resolve
 from qcourier.experiments.canaries import BellExperiment, GHZExperiment
 from qcourier.experiments.deployment import DeploymentExperiment
+from qcourier.experiments.heavy_hex_memory import HeavyHexCodeExperiment
 from qcourier.experiments.surface_code import SurfaceCodeExperiment
 
-BUILTINS = {"bell", "ghz", "surface_code", "deployment"}
+BUILTINS = {"bell", "ghz", "heavy_hex_code", "surface_code", "deployment"}
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +37,8 @@ def test_builtins_available():
 
 def test_resolve_group_both():
     resolved = resolve("both", [])
-    assert [e.name for e, _ in resolved] == ["surface_code", "deployment"]
-    assert isinstance(resolved[0][0], SurfaceCodeExperiment)
+    assert [e.name for e, _ in resolved] == ["heavy_hex_code", "deployment"]
+    assert isinstance(resolved[0][0], HeavyHexCodeExperiment)
     assert isinstance(resolved[1][0], DeploymentExperiment)
     # defaults are kept
     assert resolved[0][1].distance == 3
@@ -51,7 +52,7 @@ def test_resolve_single():
 
 def test_param_applies_only_where_it_exists():
     (sc, sc_params), (dep, dep_params) = resolve("both", ["distance=5"])
-    assert sc.name == "surface_code" and sc_params.distance == 5
+    assert sc.name == "heavy_hex_code" and sc_params.distance == 5
     assert dep.name == "deployment"
     assert "distance" not in type(dep_params).model_fields
     assert dep_params == type(dep_params)()
@@ -228,7 +229,7 @@ def test_plugin_cannot_shadow_builtin(plugin):
     assert isinstance(get_experiment("bell"), BellExperiment)
     assert "toy" in found  # the legitimate entry of the same distribution still loads
     assert "both" not in found
-    assert [e.name for e, _ in resolve("both", [])] == ["surface_code", "deployment"]
+    assert [e.name for e, _ in resolve("both", [])] == ["heavy_hex_code", "deployment"]
 
 
 def test_plugin_non_experiment_ignored(plugin):

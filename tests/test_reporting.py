@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -156,7 +157,9 @@ def test_experiment_series_and_skipped_result_files(hand_built: Path):
     assert "is not JSON" in skipped["job-junk"]
     latest = r.surface_code_latest()
     assert {s: p["job_id"] for s, p in latest.items()} == {"+": "job-sc2", "0": "job-sc3"}
-    assert r.heartbeat_summary() == {
+    summary = r.heartbeat_summary()
+    assert summary.pop("drift")["earlier_sessions"] == 1  # too few for the check
+    assert summary == {
         "sessions": 2, "latest": 0.8, "latest_job_id": "job-hb2",
         "latest_submission_time": (T0 + timedelta(hours=4)).isoformat(), "min": 0.8, "max": 0.9}
 
@@ -167,7 +170,8 @@ def test_an_empty_ledger_has_no_rates(tmp_path: Path):
     assert data["success_rate"] is None and data["jobs"]["total"] == 0
     assert data["queue_seconds"] == {"count": 0, "median": None, "p95": None}
     assert data["budget"] == [] and data["summary"]["heartbeat"] is None
-    assert data["experiments"] == {"surface_code": [], "deployment": [], "bell": [], "ghz": []}
+    assert data["experiments"] == {"heavy_hex_code": [], "surface_code": [], "deployment": [],
+                                  "bell": [], "ghz": []}
 
 
 @pytest.mark.parametrize(("values", "median", "p95"), [
@@ -189,7 +193,8 @@ def test_plots_of_the_hand_built_ledger(hand_built: Path, tmp_path: Path):
     assert names == sorted([*counts, "surface_code_logical_error_vs_rounds.png",
                             "heartbeat_p1_vs_ideal.png", "heartbeat_fidelity_over_time.png",
                             "budget_local.png", "budget_ibm_0.png", "budget_ibm_1.png"])
-    assert {s["plot"] for s in plots.skipped} == {"counts_job-old.png", "counts_job-junk.png"}
+    assert {s["plot"] for s in plots.skipped} == {"counts_job-old.png", "counts_job-junk.png",
+                                                  "heavy_hex_code_logical_error_vs_rounds.png"}
     for path in plots.written:
         assert path.read_bytes().startswith(PNG_SIGNATURE)
 
@@ -227,11 +232,13 @@ def test_report_json_shape(invoke, hand_built: Path, monkeypatch):
     assert set(key1["burn_down"][0]) == {"time", "used_seconds"}
     sc = data["experiments"]["surface_code"][0]
     assert set(sc) == {"job_id", "record_id", "submission_time", "logical_state", "distance",
-                       "logical_error_per_round", "logical_error_per_round_stderr", "per_round"}
+                       "logical_error_per_round", "logical_error_per_round_stderr", "per_round",
+                       "fault_distance", "fit_intercept_eps0", "fit_chi2_per_dof", "fit_withheld"}
     assert datetime.fromisoformat(sc["submission_time"]) == T0
     assert set(data["experiments"]["deployment"][0]) == {
-        "job_id", "record_id", "submission_time", "width", "shots", "marginal_fidelity",
-        "marginal_fidelity_stderr", "mean_absolute_deviation", "p1_measured", "p1_ideal"}
+        "job_id", "record_id", "submission_time", "backend", "width", "shots",
+        "marginal_fidelity", "marginal_fidelity_stderr", "mean_absolute_deviation",
+        "p1_measured", "p1_ideal"}
     assert data["summary"]["heartbeat"]["latest"] == 0.8
     assert set(data["summary"]["surface_code_latest"]) == {"0", "+"}
     assert [s["job_id"] for s in data["skipped_results"]] == ["job-old", "job-noan", "job-junk"]
@@ -248,7 +255,7 @@ def test_report_text(invoke, hand_built: Path):
             "failures 4 failed, partial, cancelled by class: system 2, user 1, unknown 1",
             "submit_failed / error 1 / 1 never became a job / could not be polled"} <= lines
     out = result.stdout
-    assert "|0>  0.0300 ± 0.0030  (job job-sc3" in out
+    assert "|0> d=3  0.0300 ± 0.0030  (job job-sc3" in out
     assert ("Heartbeat marginal fidelity: latest 0.8000 (job job-hb2); min 0.8000, max 0.9000 "
             "over 2") in out
     assert "ghz: latest fidelity 0.950 over 1 job(s)" in out
@@ -287,9 +294,9 @@ def test_plots_of_a_completed_local_study(invoke, tmp_path: Path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["jobs"]["by_status"]["completed"] == 4 and data["success_rate"] == 1.0
-    jobs = [j for e in ("surface_code", "deployment") for j in data["experiments"][e]]
+    jobs = [j for e in ("heavy_hex_code", "deployment") for j in data["experiments"][e]]
     expected = {f"counts_{j['job_id']}.png" for j in jobs} | {
-        "surface_code_logical_error_vs_rounds.png", "heartbeat_p1_vs_ideal.png",
+        "heavy_hex_code_logical_error_vs_rounds.png", "heartbeat_p1_vs_ideal.png",
         "heartbeat_fidelity_over_time.png", "budget_local.png"}
     assert len(expected) == 8
     written = [Path(p) for p in data["plots"]["written"]]
@@ -344,3 +351,34 @@ def test_ghz_results_of_different_widths_are_separate_series(tmp_path: Path):
 
     widths = sorted(p["width"] for p in json.loads(report.stdout)["experiments"]["ghz"])
     assert widths == [3, 4]
+
+
+def test_lambda_from_the_latest_d3_and_d5_fits(hand_built: Path):
+    report = _report(hand_built)
+    def point(job, state, d, eps, err):
+        return {"job_id": job, "logical_state": state, "distance": d,
+                "logical_error_per_round": eps, "logical_error_per_round_stderr": err}
+    report.series["heavy_hex_code"] = [
+        point("a", "0", 3, 0.04, 0.004), point("b", "0", 5, 0.05, None),
+        point("c", "1", 5, 0.02, 0.002),  # the latest d=5 in the Z basis
+        point("d", "+", 3, 0.05, 0.005), point("e", "+", 5, None, None)]  # X: d=5 withheld
+    (z,) = report.lambda_factors()
+    assert (z["basis"], z["job_id_d3"], z["job_id_d5"]) == ("z", "a", "c")
+    assert z["lambda"] == pytest.approx(2.0)
+    assert z["lambda_stderr"] == pytest.approx(2.0 * math.sqrt(0.1**2 + 0.1**2))
+
+
+def test_heartbeat_drift_against_the_study_baseline():
+    from qcourier.reporting import heartbeat_drift
+
+    def hb(f, shots=2048, backend="fake_fez", se=0.0005):
+        return {"marginal_fidelity": f, "shots": shots, "backend": backend, "width": 27,
+                "marginal_fidelity_stderr": se}
+    earlier = [hb(0.990), hb(0.992), hb(0.991), hb(0.989), hb(0.5, shots=512),
+               hb(0.2, backend="fake_torino")]
+    steady = heartbeat_drift([*earlier, hb(0.9905)])
+    assert steady["earlier_sessions"] == 4 and not steady["drifted"] and abs(steady["z"]) < 1
+    sick = heartbeat_drift([*earlier, hb(0.975)])
+    assert sick["drifted"] and sick["z"] < -3
+    alone = heartbeat_drift([hb(0.99), hb(0.98, shots=512)])
+    assert alone["z"] is None and "0 earlier session(s)" in alone["reason"]

@@ -694,6 +694,20 @@ def _calibration(directory: Path, sha: str, qubits: tuple[int, ...]) -> Any:
     return None if snapshot is None else calibration_for_qubits(snapshot, qubits)
 
 
+def _run_context(ledger: Ledger, record: LedgerRecord) -> Any:
+    """The ISA circuits (hash-checked) and the calibration snapshot a record ran with;
+    either is None when the ledger no longer holds it (the analysis says what is missing)."""
+    from qcourier.experiments.base import RunContext
+
+    try:
+        circuits = load_circuits(ledger, record)
+    except QcourierError:
+        circuits = None
+    snapshot = (_snapshot(ledger.snapshots_dir, record.backend_snapshot_sha256)
+                if record.backend_snapshot_sha256 else None)
+    return RunContext(circuits, snapshot)
+
+
 def analyse(
     ledger: Ledger, record: LedgerRecord, counts: list[dict[str, int]]
 ) -> tuple[dict[str, Any] | None, str | None]:
@@ -707,8 +721,9 @@ def analyse(
             calibration = _calibration(ledger.snapshots_dir, record.backend_snapshot_sha256,
                                        tuple(record.metadata.get("physical_qubits", [])))
         metadata = dict(record.metadata, logical_state=record.logical_state)
+        extra = {"run": _run_context(ledger, record)} if experiment.needs_run else {}
         with CPU_LOCK:  # collectors analyse on several threads; see CPU_LOCK
-            return experiment.analyse(metadata, counts, calibration), None
+            return experiment.analyse(metadata, counts, calibration, **extra), None
     except Exception as exc:  # an analysis bug must not lose the counts
         return None, f"{type(exc).__name__}: {exc}"
 

@@ -72,13 +72,27 @@ def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = Non
         ["job id", "experiment", "backend", "status", "queue s", "QPU s", "submitted", "error"],
         rows).replace("<table>", "<table id='jobs'>", 1))
     exp = d.get("experiments", {})
-    sc = exp.get("surface_code", [])
-    parts.append("<h2>Surface code</h2>" + (_table(
-        ["job id", "state", "distance", "logical error / round", "stderr"],
-        [[f"<code>{_e(x.get('job_id'))}</code>", _e(x.get("logical_state")),
-          _e(x.get("distance")), _num(x.get("logical_error_per_round"), "{:.4g}"),
-          _num(x.get("logical_error_per_round_stderr"), "{:.2g}")] for x in sc])
-        if sc else "<p class='muted'>No surface-code results yet.</p>"))
+    for key, title in (("heavy_hex_code", "Heavy-hex code"), ("surface_code", "Surface code (routed)")):
+        sc = exp.get(key, [])
+        if not sc and key == "surface_code":
+            continue
+        parts.append(f"<h2 id='{key}'>{title}</h2>" + (_table(
+            ["job id", "state", "distance", "circuit distance", "logical error / round",
+             "stderr", "fit"],
+            [[f"<code>{_e(x.get('job_id'))}</code>", _e(x.get("logical_state")),
+              _e(x.get("distance")), _e(x.get("fault_distance")),
+              _num(x.get("logical_error_per_round"), "{:.4g}"),
+              _num(x.get("logical_error_per_round_stderr"), "{:.2g}"),
+              _e(x.get("fit_withheld") or (f"chi2/dof {x['fit_chi2_per_dof']:.2f}"
+                                           if x.get("fit_chi2_per_dof") is not None else ""))]
+             for x in sc])
+            if sc else "<p class='muted'>No heavy-hex code results yet.</p>"))
+    lambdas = d.get("summary", {}).get("lambda") or []
+    if lambdas:
+        parts.append("<p id='lambda'>" + "; ".join(
+            f"Lambda ({_e(x['basis'].upper())} basis) = {x['lambda']:.2f}"
+            + (f" ± {x['lambda_stderr']:.2f}" if x.get("lambda_stderr") is not None else "")
+            for x in lambdas) + "</p>")
     hb = exp.get("deployment", [])
     parts.append("<h2>Heartbeat</h2>" + (_table(
         ["job id", "width", "shots", "marginal fidelity", "± stderr", "mean abs. deviation"],
@@ -87,6 +101,13 @@ def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = Non
           _num(x.get("marginal_fidelity_stderr"), "{:.1g}"),
           _num(x.get("mean_absolute_deviation"), "{:.4f}")] for x in hb])
         if hb else "<p class='muted'>No heartbeat results yet.</p>"))
+    drift = (d.get("summary", {}).get("heartbeat") or {}).get("drift")
+    if drift:
+        parts.append("<p id='drift'>" + _e(
+            f"Drift check: not made ({drift['reason']})" if drift["z"] is None else
+            f"Drift check: z = {drift['z']:+.1f} against {drift['earlier_sessions']} earlier "
+            f"sessions at {drift['shots']} shots: "
+            + ("DRIFTED" if drift["drifted"] else "within the study's baseline")) + "</p>")
     parts.append("<h2>Budget</h2>" + _table(
         ["key", "limit s", "used s", "reserved s", "remaining s"],
         [[_e(b["service"] if b["key_index"] is None else f"{b['service']} key {b['key_index']}"),

@@ -1,8 +1,8 @@
 """One Pauli noise model of a device, from its calibration snapshot, for decoder and simulator.
 
 The same :class:`DeviceNoise` feeds the local simulator (``services/simulation.py``, which
-samples with it) and is meant for the QEC decoders (``experiments/heavy_hex_code.py``, whose
-detector error model is to be built with it from the ISA circuit that ran; not wired yet).
+samples with it) and the QEC decoders (``experiments/heavy_hex_memory.py``, whose detector
+error model is built with it from the ISA circuit that ran).
 :func:`schedule` walks an ISA circuit once and yields its operations with the channels below;
 every translation is an emitter of that walk: :func:`isa_to_stim` (Clifford circuits; the
 decoder's program and what the simulator samples with stim) and :func:`isa_to_aer` (any

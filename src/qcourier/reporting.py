@@ -52,7 +52,10 @@ from qcourier.budget import WINDOW, BudgetState, budget_keys, budget_state
 from qcourier.ledger import FINAL_STATUSES, JobStatus, LedgerRecord
 
 #: Experiments whose results the report follows over time.
-SERIES_EXPERIMENTS = ("surface_code", "deployment", "bell", "ghz")
+SERIES_EXPERIMENTS = ("heavy_hex_code", "surface_code", "deployment", "bell", "ghz")
+#: Memory experiments (logical error per round against rounds), plotted alike.
+QEC_EXPERIMENTS = ("heavy_hex_code", "surface_code")
+_QEC_TITLES = {"heavy_hex_code": "Heavy-hex code", "surface_code": "Surface code (routed)"}
 #: Bitstrings shown in a counts histogram (the most frequent ones).
 TOP_OUTCOMES = 20
 _FAILURE_STATUSES = (JobStatus.FAILED, JobStatus.PARTIAL, JobStatus.CANCELLED)
@@ -140,15 +143,40 @@ class StudyReport:
         finished = self.finished_jobs
         return self.by_status[JobStatus.COMPLETED.value] / finished if finished else None
 
-    def surface_code_latest(self) -> dict[str, dict[str, Any]]:
-        """The latest surface-code job of each logical state, by state (sorted)."""
+    def surface_code_latest(self, experiment: str = "surface_code") -> dict[str, dict[str, Any]]:
+        """The latest job of a memory experiment for each logical state, by state (sorted)."""
         latest: dict[str, dict[str, Any]] = {}
-        for point in self.series["surface_code"]:
+        for point in self.series[experiment]:
             latest[str(point["logical_state"])] = point
         return dict(sorted(latest.items()))
 
+    def lambda_factors(self) -> list[dict[str, Any]]:
+        """Lambda = eps(d=3) / eps(d=5) of the heavy-hex code, per basis, from the latest
+        reported (not withheld) fit at each distance; a first-order error propagation gives
+        its standard error. Empty without both distances in one basis."""
+        out = []
+        for basis, states in (("z", ("0", "1")), ("x", ("+", "-"))):
+            latest: dict[int, dict[str, Any]] = {}
+            for point in self.series["heavy_hex_code"]:
+                if (str(point["logical_state"]) in states
+                        and point["logical_error_per_round"] and point["distance"] in (3, 5)):
+                    latest[point["distance"]] = point
+            if 3 not in latest or 5 not in latest:
+                continue
+            e3, e5 = latest[3], latest[5]
+            value = e3["logical_error_per_round"] / e5["logical_error_per_round"]
+            rel = [p["logical_error_per_round_stderr"] / p["logical_error_per_round"]
+                   for p in (e3, e5) if p["logical_error_per_round_stderr"] is not None]
+            stderr = value * math.sqrt(sum(r * r for r in rel)) if len(rel) == 2 else None
+            out.append({"basis": basis, "lambda": value, "lambda_stderr": stderr,
+                        "eps_d3": e3["logical_error_per_round"],
+                        "eps_d5": e5["logical_error_per_round"],
+                        "job_id_d3": e3["job_id"], "job_id_d5": e5["job_id"]})
+        return out
+
     def heartbeat_summary(self) -> dict[str, Any] | None:
-        """Latest heartbeat fidelity and its min/max over sessions; ``None`` without any."""
+        """Latest heartbeat fidelity, its min/max over sessions and the drift check of the
+        latest session (:func:`heartbeat_drift`); ``None`` without any session."""
         points = [p for p in self.series["deployment"] if p["marginal_fidelity"] is not None]
         if not points:
             return None
@@ -156,7 +184,8 @@ class StudyReport:
         return {"sessions": len(points), "latest": fidelities[-1],
                 "latest_job_id": points[-1]["job_id"],
                 "latest_submission_time": _iso(points[-1]["submission_time"]),
-                "min": min(fidelities), "max": max(fidelities)}
+                "min": min(fidelities), "max": max(fidelities),
+                "drift": heartbeat_drift(points)}
 
     def to_dict(self) -> dict[str, Any]:
         """The ``qcourier report --json`` shape (times in ISO 8601, durations in seconds)::
@@ -173,11 +202,13 @@ class StudyReport:
              "failures": {"by_class": {"system", "user", "unknown"},
                           "submit_failed", "error"},
              "experiments": {
-               "surface_code": [{"job_id", "record_id", "submission_time",
+               "heavy_hex_code": [{"job_id", "record_id", "submission_time",
                                  "logical_state", "distance", "logical_error_per_round",
-                                 "logical_error_per_round_stderr",
+                                 "logical_error_per_round_stderr", "fault_distance",
+                                 "fit_intercept_eps0", "fit_chi2_per_dof", "fit_withheld",
                                  "per_round": [{"rounds", "shots", "logical_error_rate",
                                                 "logical_error_ci95": [lo, hi]}]}],
+               "surface_code": [same as heavy_hex_code; the fit fields are null],
                "deployment": [{"job_id", "record_id", "submission_time", "width",
                                "shots", "marginal_fidelity", "marginal_fidelity_stderr",
                                "mean_absolute_deviation",
@@ -185,17 +216,27 @@ class StudyReport:
                "bell": [{"job_id", "record_id", "submission_time", "shots",
                          "hellinger_fidelity", "width"}],
                "ghz": [same as bell]},
-             "summary": {"surface_code_latest": {<state>: {"job_id", "submission_time",
+             "summary": {"heavy_hex_code_latest": {<state>: {"job_id", "submission_time",
+                                                          "distance",
                                                           "logical_error_per_round",
                                                           "logical_error_per_round_stderr"}},
+                         "surface_code_latest": {same},
+                         "lambda": [{"basis", "lambda", "lambda_stderr", "eps_d3",
+                                     "eps_d5", "job_id_d3", "job_id_d5"}],
                          "heartbeat": null | {"sessions", "latest", "latest_job_id",
-                                              "latest_submission_time", "min", "max"}},
+                                              "latest_submission_time", "min", "max",
+                                              "drift": {"earlier_sessions", "shots",
+                                                        "backend", "baseline_mean",
+                                                        "baseline_sd", "z", "drifted",
+                                                        "reason"}}},
              "skipped_results": [{"job_id", "result_path", "reason"}]}
         """
-        latest = {state: {"job_id": p["job_id"], "submission_time": _iso(p["submission_time"]),
-                          "logical_error_per_round": p["logical_error_per_round"],
-                          "logical_error_per_round_stderr": p["logical_error_per_round_stderr"]}
-                  for state, p in self.surface_code_latest().items()}
+        def latest(experiment: str) -> dict[str, Any]:
+            return {state: {"job_id": p["job_id"], "submission_time": _iso(p["submission_time"]),
+                            "distance": p["distance"],
+                            "logical_error_per_round": p["logical_error_per_round"],
+                            "logical_error_per_round_stderr": p["logical_error_per_round_stderr"]}
+                    for state, p in self.surface_code_latest(experiment).items()}
         return {
             "now": self.now.isoformat(),
             "ledger_dir": str(self.ledger_dir),
@@ -210,9 +251,49 @@ class StudyReport:
                          "error": self.by_status[JobStatus.ERROR.value]},
             "experiments": {name: [{k: _iso(v) for k, v in point.items()} for point in points]
                             for name, points in self.series.items()},
-            "summary": {"surface_code_latest": latest, "heartbeat": self.heartbeat_summary()},
+            "summary": {"heavy_hex_code_latest": latest("heavy_hex_code"),
+                        "surface_code_latest": latest("surface_code"),
+                        "lambda": self.lambda_factors(),
+                        "heartbeat": self.heartbeat_summary()},
             "skipped_results": list(self.skipped_results),
         }
+
+
+#: Earlier sessions (same backend, width and shots) needed before the drift check speaks.
+DRIFT_MIN_SESSIONS = 3
+#: |z| above this flags the latest heartbeat as drifted from the study's own baseline.
+DRIFT_Z = 3.0
+
+
+def heartbeat_drift(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Has the device moved? The latest heartbeat against the study's earlier sessions of
+    the same backend, width and shot count (so shot-noise bias and circuit are identical).
+
+    The baseline is the mean ``m`` and sample standard deviation ``s`` of the earlier
+    sessions' marginal fidelity (``s`` holds shot noise and the device's normal
+    session-to-session wander); the latest value ``F`` is scored as a new draw from it,
+    ``z = (F - m) / (s sqrt(1 + 1/k))`` with ``k`` earlier sessions (the prediction
+    interval), ``s`` floored at the latest session's own standard error. ``drifted``: ``|z| >
+    DRIFT_Z``. With fewer than ``DRIFT_MIN_SESSIONS`` comparable sessions, ``z`` is ``None``
+    and ``reason`` says why.
+    """
+    latest = points[-1]
+    same = [p["marginal_fidelity"] for p in points[:-1]
+            if (p.get("backend"), p.get("width"), p.get("shots"))
+            == (latest.get("backend"), latest.get("width"), latest.get("shots"))]
+    out: dict[str, Any] = {"earlier_sessions": len(same), "shots": latest.get("shots"),
+                           "backend": latest.get("backend"), "baseline_mean": None,
+                           "baseline_sd": None, "z": None, "drifted": None, "reason": None}
+    if len(same) < DRIFT_MIN_SESSIONS:
+        out["reason"] = (f"{len(same)} earlier session(s) on {latest.get('backend')} at "
+                         f"{latest.get('shots')} shots and width {latest.get('width')}; the "
+                         f"check needs {DRIFT_MIN_SESSIONS}")
+        return out
+    mean = statistics.fmean(same)
+    sd = max(statistics.stdev(same), latest.get("marginal_fidelity_stderr") or 0.0)
+    z = (latest["marginal_fidelity"] - mean) / (sd * math.sqrt(1 + 1 / len(same))) if sd > 0 else 0.0
+    out.update({"baseline_mean": mean, "baseline_sd": sd, "z": z, "drifted": abs(z) > DRIFT_Z})
+    return out
 
 
 def study_report(records: Iterable[LedgerRecord], ledger_dir: Path,
@@ -277,6 +358,8 @@ def _series(records: list[LedgerRecord], ledger_dir: Path
             skipped.append({"job_id": r.job_id, "result_path": r.result_path, "reason": reason})
             continue
         base = {"job_id": r.job_id, "record_id": r.record_id, "submission_time": _submitted_at(r)}
+        if r.experiment_type == "deployment":  # the drift check compares like with like
+            base["backend"] = r.backend
         point = _point(r.experiment_type, analysis)
         if point.get("width") is None and "width" in point:  # canaries: the width is a param
             point["width"] = r.metadata.get("width", r.params.get("width"))
@@ -285,10 +368,15 @@ def _series(records: list[LedgerRecord], ledger_dir: Path
 
 
 def _point(experiment: str, a: dict[str, Any]) -> dict[str, Any]:
-    if experiment == "surface_code":
+    if experiment in QEC_EXPERIMENTS:
+        fit = a.get("fit") or {}
         return {"logical_state": a.get("logical_state"), "distance": a.get("distance"),
                 "logical_error_per_round": a.get("logical_error_per_round"),
                 "logical_error_per_round_stderr": a.get("logical_error_per_round_stderr"),
+                "fault_distance": a.get("fault_distance"),
+                "fit_intercept_eps0": fit.get("eps0"),
+                "fit_chi2_per_dof": fit.get("chi2_per_dof"),
+                "fit_withheld": fit.get("withheld"),
                 "per_round": [{"rounds": p.get("rounds"), "shots": p.get("shots"),
                                "logical_error_rate": p.get("logical_error_rate"),
                                "logical_error_ci95": p.get("logical_error_ci95")}
@@ -390,7 +478,10 @@ def write_plots(report: StudyReport, records: Iterable[LedgerRecord], ledger_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     result = PlotFiles()
     _plot_counts(result, report, list(records), Path(ledger_dir), out_dir)
-    _plot_surface_code(result, report, out_dir)
+    for experiment in QEC_EXPERIMENTS:
+        # the routed surface code is legacy: its plot is only made (or missed) where it ran
+        if experiment == "heavy_hex_code" or report.series[experiment]:
+            _plot_surface_code(result, report, out_dir, experiment)
     _plot_heartbeat_p1(result, report, out_dir)
     _plot_heartbeat_fidelity(result, report, out_dir)
     _plot_budgets(result, report, out_dir)
@@ -459,7 +550,7 @@ def _counts_figure(record: LedgerRecord, counts: list[dict[str, int]]) -> Any:
     ax.set_xlabel(f"counts (shots; {shots} in total)")
     ax.set_ylabel("outcome (bitstring, qubit 0 rightmost)")
     what = record.experiment_type
-    if record.experiment_type == "surface_code":
+    if record.experiment_type in QEC_EXPERIMENTS:
         rounds = record.metadata.get("rounds") or []
         what += f" |{record.logical_state}>" if record.logical_state else ""
         if rounds:
@@ -477,16 +568,17 @@ _STATE_COLOURS = {"0": "tab:blue", "1": "tab:orange", "+": "tab:green", "-": "ta
 _MANY_JOBS = 8  # above this, one legend entry per logical state instead of per job
 
 
-def _plot_surface_code(result: PlotFiles, report: StudyReport, out_dir: Path) -> None:
-    name = "surface_code_logical_error_vs_rounds.png"
+def _plot_surface_code(result: PlotFiles, report: StudyReport, out_dir: Path,
+                       experiment: str = "surface_code") -> None:
+    name = f"{experiment}_logical_error_vs_rounds.png"
     jobs = []
-    for p in report.series["surface_code"]:
+    for p in report.series[experiment]:
         rows = [q for q in p["per_round"]
                 if q["logical_error_rate"] is not None and q["rounds"] is not None]
         if rows:
             jobs.append((p, rows))
     if not jobs:
-        result.skipped.append({"plot": name, "reason": "no completed surface-code job with "
+        result.skipped.append({"plot": name, "reason": f"no completed {experiment} job with "
                                                        "decoded rates"})
         return
     fig = _figure()
@@ -517,15 +609,18 @@ def _plot_surface_code(result: PlotFiles, report: StudyReport, out_dir: Path) ->
                     alpha=1.0 if per_job else 0.6)
         eps = p["logical_error_per_round"]
         if eps is not None:
-            ax.plot(fit_x, [(1 - (1 - 2 * eps) ** x) / 2 for x in fit_x], "--", color=colour,
+            spam = 1 - 2 * (p.get("fit_intercept_eps0") or 0.0)
+            ax.plot(fit_x, [(1 - spam * (1 - 2 * eps) ** x) / 2 for x in fit_x], "--", color=colour,
                     linewidth=1, alpha=0.8 if per_job else 0.4)
-    ax.plot([], [], "--", color="gray", label="fit (1 - (1 - 2 eps)^r) / 2, per job")
+    ax.plot([], [], "--", color="gray", label=(
+        "fit (1 - (1 - 2 eps0)(1 - 2 eps)^r) / 2, per job" if experiment == "heavy_hex_code"
+        else "fit (1 - (1 - 2 eps)^r) / 2, per job"))
     ax.set_xticks(range(1, max_rounds + 1))
     ax.set_xlim(0.5, max_rounds + 0.5)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("syndrome-extraction rounds r")
     ax.set_ylabel("logical error rate (fraction of shots, after decoding)")
-    ax.set_title(f"Surface code: logical error rate against rounds, {len(jobs)} job"
+    ax.set_title(f"{_QEC_TITLES[experiment]}: logical error rate against rounds, {len(jobs)} job"
                  f"{'s' if len(jobs) != 1 else ''}\n(bars: 95% Wilson interval; "
                  "eps: fitted logical error per round)", fontsize=10)
     ax.grid(alpha=0.3)

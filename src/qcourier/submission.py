@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from qcourier import ledger as ledger_mod
 from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
+from qcourier.experiments.base import Device
 from qcourier.ledger import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
 from qcourier.budget import BudgetGuard
 from qcourier.dispatch import (
@@ -182,7 +183,11 @@ def plan_submission(
         plan.warnings.append(f"the calibration of {backend_name} is {age:.0f} hours old")
     cache, context = _open_cache(transpile_cache, update_cache, backend_name, target, snapshot,
                                  plan.warnings)
+    device = Device(backend_name, getattr(target, "target", None), target.num_qubits, calibration)
     for experiment, params, unit in built:
+        if getattr(target, "target", None) is not None:
+            progress(f"placing {experiment.name} on {backend_name}")
+            unit = experiment.place(unit, device)
         logical_hash = circuit_hash(unit.circuits)
         what = f"{experiment.name} ({len(unit.circuits)} circuits) for {backend_name}"
         transpiled = _transpile_unit(unit, logical_hash, target, cache, context, what, progress)
@@ -258,14 +263,14 @@ def _transpile_unit(
 
     key = inputs = None
     if cache is not None and context is not None:
-        inputs = cache_inputs(context, logical_hash, unit.circuits)
+        inputs = cache_inputs(context, logical_hash, unit.circuits, unit.initial_layout)
         key = cache_key(inputs)
         hit = cache.load(key, inputs)
         if hit is not None:
             progress(f"reusing cached transpilation of {what}")
             return hit
     progress(f"transpiling {what}")
-    isa = transpile(unit.circuits, target)
+    isa = transpile(unit.circuits, target, unit.initial_layout, what)
     # Dumped before the caller adds provenance metadata: the entry must hold the transpiler's
     # output alone, since other experiments or params may share these circuits.
     buffer = BytesIO()
@@ -296,14 +301,60 @@ def describe_transpiled(isa: list[QuantumCircuit], qpy_size: int) -> TranspiledU
     )
 
 
-def transpile(circuits: list[QuantumCircuit], backend: Any) -> list[QuantumCircuit]:
-    """ISA circuits for ``backend``, deterministically (fixed seed)."""
-    from qiskit.transpiler import generate_preset_pass_manager
+def transpile(circuits: list[QuantumCircuit], backend: Any,
+              initial_layout: list[int] | None = None, what: str = "the circuits") -> list[QuantumCircuit]:
+    """ISA circuits for ``backend``, deterministically (fixed seed).
 
+    Args:
+        initial_layout: physical qubit of each circuit qubit, fixed: the transpiler may then
+            neither route nor move a qubit (see :func:`check_fixed_layout`).
+
+    Raises:
+        UsageError: with ``initial_layout``, the circuits do not fit the coupling map there.
+    """
+    from qiskit.transpiler import TranspilerError, generate_preset_pass_manager
+
+    if initial_layout is None:
+        manager = generate_preset_pass_manager(
+            optimization_level=OPTIMIZATION_LEVEL, backend=backend, seed_transpiler=TRANSPILER_SEED
+        )
+        return list(manager.run(circuits))
     manager = generate_preset_pass_manager(
-        optimization_level=OPTIMIZATION_LEVEL, backend=backend, seed_transpiler=TRANSPILER_SEED
+        optimization_level=OPTIMIZATION_LEVEL, backend=backend, seed_transpiler=TRANSPILER_SEED,
+        initial_layout=initial_layout, routing_method="none",
     )
-    return list(manager.run(circuits))
+    try:
+        isa = list(manager.run(circuits))
+    except TranspilerError as exc:
+        raise UsageError(f"{what}: the transpiler would have to route (add SWAPs) on the chosen "
+                         f"qubits, which the experiment forbids ({str(exc)[:120]})") from None
+    for logical, circuit in zip(circuits, isa, strict=True):
+        check_fixed_layout(logical, circuit, initial_layout, what)
+    return isa
+
+
+def _two_qubit_gates(circuit: QuantumCircuit) -> int:
+    return sum(1 for inst in circuit.data
+               if len(inst.qubits) == 2 and inst.operation.name != "barrier")
+
+
+def check_fixed_layout(logical: QuantumCircuit, isa: QuantumCircuit, layout: list[int],
+                       what: str) -> None:
+    """Refuse an ISA circuit that does not keep ``layout`` or adds two-qubit gates (SWAPs).
+
+    Raises:
+        UsageError: the layout moved, the output permutation is not the identity, or the ISA
+            circuit has a different number of two-qubit gates than the logical one.
+    """
+    found = isa.layout.initial_index_layout(filter_ancillas=True) if isa.layout else None
+    final = isa.layout.final_index_layout(filter_ancillas=True) if isa.layout else None
+    if found != list(layout) or final != list(layout):
+        raise UsageError(f"{what}: the transpiler moved qubits away from the chosen patch "
+                         f"(layout {found}, final {final}); refusing to submit")
+    before, after = _two_qubit_gates(logical), _two_qubit_gates(isa)
+    if before != after:
+        raise UsageError(f"{what}: the transpiled circuit has {after} two-qubit gates for the "
+                         f"circuit's {before} (SWAPs added or gates merged); refusing to submit")
 
 
 def check_input_size(circuits: list[QuantumCircuit], experiment: str) -> int:

@@ -126,13 +126,18 @@ class TranspileContext:
 
 
 def cache_inputs(context: TranspileContext, logical_hash: str,
-                 circuits: list[QuantumCircuit]) -> dict[str, Any]:
+                 circuits: list[QuantumCircuit],
+                 initial_layout: list[int] | None = None) -> dict[str, Any]:
     """What the transpiler's output depends on, as a JSON-able dict (hashed by :func:`cache_key`).
 
     Args:
         logical_hash: ``circuit_hash`` of ``circuits``, the logical circuits.
+        initial_layout: the fixed placement, if the experiment chose one (absent from the
+            inputs otherwise, so the keys of transpiler-placed units are unchanged).
     """
+    extra = {} if initial_layout is None else {"initial_layout": list(initial_layout)}
     return {
+        **extra,
         "format": FORMAT_VERSION,
         "logical_circuit_hash": logical_hash,
         # The OpenQASM 3 text omits these, yet they reach the transpiler's output.

@@ -193,19 +193,35 @@ def _print_budget(state: AppState, report: Any) -> None:
 
 def _print_experiments(report: Any) -> None:
     click.echo("")
-    latest = report.surface_code_latest()
-    if latest:
-        click.echo("Surface code, latest logical error per round by logical state:")
+    for experiment, title in (("heavy_hex_code", "Heavy-hex code"),
+                              ("surface_code", "Surface code (routed, not distance-d on heavy-hex)")):
+        latest = report.surface_code_latest(experiment)
+        if not latest:
+            continue
+        click.echo(f"{title}, latest logical error per round by logical state:")
         for logical_state, p in latest.items():
             eps, err = p["logical_error_per_round"], p["logical_error_per_round_stderr"]
-            value = "no fit" if eps is None else f"{eps:.4f}" + (f" ± {err:.4f}" if err else "")
-            click.echo(f"  |{logical_state}>  {value}  (job {p['job_id']}, "
+            value = (f"withheld ({p.get('fit_withheld') or 'no fit'})" if eps is None
+                     else f"{eps:.4f}" + (f" ± {err:.4f}" if err else ""))
+            click.echo(f"  |{logical_state}> d={p['distance']}  {value}  (job {p['job_id']}, "
                        f"{p['submission_time']:%Y-%m-%d %H:%M} UTC)")
+    for item in report.lambda_factors():
+        err = f" ± {item['lambda_stderr']:.2f}" if item["lambda_stderr"] is not None else ""
+        click.echo(f"Lambda ({item['basis'].upper()} basis) = eps(d=3) / eps(d=5) = "
+                   f"{item['lambda']:.2f}{err}")
     heartbeat = report.heartbeat_summary()
     if heartbeat:
         click.echo(f"Heartbeat marginal fidelity: latest {heartbeat['latest']:.4f} (job "
                    f"{heartbeat['latest_job_id']}); min {heartbeat['min']:.4f}, max "
                    f"{heartbeat['max']:.4f} over {heartbeat['sessions']} session(s)")
+        drift = heartbeat["drift"]
+        if drift["z"] is None:
+            click.echo(f"Heartbeat drift: not checked ({drift['reason']})")
+        else:
+            verdict = "DRIFTED" if drift["drifted"] else "within the study's baseline"
+            click.echo(f"Heartbeat drift: z = {drift['z']:+.1f} against {drift['earlier_sessions']} "
+                       f"earlier session(s) at {drift['shots']} shots (baseline "
+                       f"{drift['baseline_mean']:.4f} ± {drift['baseline_sd']:.4f}): {verdict}")
     for name in ("bell", "ghz"):
         points = [p for p in report.series[name] if p["hellinger_fidelity"] is not None]
         for width in sorted({p.get("width") for p in points}, key=lambda w: (w is None, w)):

@@ -34,12 +34,13 @@ ENTRY_POINT_GROUP = "qcourier.experiments"
 _BUILTINS: dict[str, str] = {
     "bell": "qcourier.experiments.canaries:BellExperiment",
     "ghz": "qcourier.experiments.canaries:GHZExperiment",
+    "heavy_hex_code": "qcourier.experiments.heavy_hex_memory:HeavyHexCodeExperiment",
     "surface_code": "qcourier.experiments.surface_code:SurfaceCodeExperiment",
     "deployment": "qcourier.experiments.deployment:DeploymentExperiment",
 }
 
 #: Names that stand for several experiments.
-GROUPS: dict[str, tuple[str, ...]] = {"both": ("surface_code", "deployment")}
+GROUPS: dict[str, tuple[str, ...]] = {"both": ("heavy_hex_code", "deployment")}
 
 
 def _load(target: str) -> type[Experiment]:

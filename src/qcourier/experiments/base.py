@@ -44,6 +44,41 @@ class JobUnit:
     circuits: list[QuantumCircuit]
     shots: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Set by :meth:`Experiment.place`: ``initial_layout[i]`` is the physical qubit of circuit
+    #: qubit ``i`` for every circuit of the unit, and the transpiler may not route (add a
+    #: SWAP) or move a qubit: submission refuses the job if it would.
+    initial_layout: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """The backend a submission will run on, for experiments that place their own qubits.
+
+    Attributes:
+        name: backend name.
+        target: its Qiskit ``Target`` (coupling map, gate errors and durations).
+        num_qubits: its width.
+        snapshot: its calibration snapshot (``BackendProperties.to_dict()`` form).
+    """
+
+    name: str
+    target: Any
+    num_qubits: int
+    snapshot: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What ran, for experiments whose analysis needs it (``Experiment.needs_run``).
+
+    Attributes:
+        isa_circuits: the job's transpiled circuits, as submitted (checked against the
+            record's ``isa_circuit_hash``); None if the ledger's circuit store lacks them.
+        snapshot: the calibration snapshot recorded at submission; None if it is gone.
+    """
+
+    isa_circuits: list[QuantumCircuit] | None
+    snapshot: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -66,10 +101,23 @@ class Experiment(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Params: ClassVar[type[ExperimentParams]]
+    #: True: :meth:`analyse` is called with ``run=RunContext(...)`` (the ISA circuits and the
+    #: calibration snapshot), for analyses that model the circuit that actually ran.
+    needs_run: ClassVar[bool] = False
 
     @abstractmethod
     def build(self, params: ExperimentParams) -> list[JobUnit]:
         """Build the job units for one submission with these parameters."""
+
+    def place(self, unit: JobUnit, device: Device) -> JobUnit:
+        """Fix the unit's physical qubits on the chosen backend (``initial_layout``).
+
+        The default leaves layout and routing to the transpiler. An experiment whose circuit
+        is only correct on a given qubit graph (a code made for the lattice) returns a copy
+        of the unit with ``initial_layout`` set, and raises ``UsageError`` when the device
+        has no room for it.
+        """
+        return unit
 
     @abstractmethod
     def analyse(

@@ -55,7 +55,7 @@ def hhc_layout(d: int) -> tuple[dict, dict, list, int]:
     return data, anc, zg, nxt[0]
 
 def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
-                   flag_detectors: bool = True) -> tuple[stim.Circuit, int]:
+                   flag_detectors: bool = True, flip: bool = False) -> tuple[stim.Circuit, int]:
     """The HHC memory experiment as a stim circuit with uniform circuit-level noise ``p``.
 
     Round order: Z gauges then X gauges for ``basis="z"`` (data prepared in ``|0>``), X then Z
@@ -63,8 +63,20 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
     columns) for ``"z"``; surface-like X stabilizers and every flag for ``"x"``. Observable:
     Z on column 0, or X on row 0.
 
+    Every detector has four coordinates ``(x, y, t, flag)``: ``(x, y)`` the centre of what it
+    checks on a grid where data ``(i, j)`` sits at ``(2j, 2i)`` (column, row), ``t`` the round
+    (``rounds`` for the final data-readout detectors), and ``flag`` = 1 for a flag detector, 0
+    otherwise. ``flag_detector_indices`` (in ``qcourier.experiments.decoding``) reads the
+    marker back.
+
     Args:
         flag_detectors: ``False`` drops the flag detectors (only to show they are needed).
+        flip: prepare the other eigenstate (``|1>_L`` or ``|->_L``): X (Z) on every data
+            qubit right after preparation, which for odd ``d`` is a logical X (Z). stim's
+            reference sample includes it, so detectors stay deterministic and zero.
+
+    A ``TICK`` ends every round (the Qiskit translation turns it into a barrier, so the
+    transpiler cannot merge gates across rounds).
 
     Returns:
         ``(circuit, num_qubits)``.
@@ -86,6 +98,7 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
     D = list(data.values())
     op("R", D)
     if basis == "x": op("H", D)
+    if flip: op("X" if basis == "z" else "Z", D)
     recs = []  # per round: dict
     def xround(store):
         A = list(anc.values())
@@ -115,12 +128,21 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
         store = []
         if basis == "z": zround(store); xround(store)
         else: xround(store); zround(store)
+        c.append("TICK")
         recs.append(store)
     final = []
     if basis == "x": op("H", D)
     M(D, "d", final)
     total = meas[0]
     def rec(k): return stim.target_rec(k - total)
+    def det(ks, xy, t, flag=0):
+        c.append("DETECTOR", [rec(k) for k in ks], [xy[0], xy[1], t, flag])
+    def centre(cells):  # (x, y) of a list of data (i, j)
+        return (sum(2 * j for _, j in cells) / len(cells), sum(2 * i for i, _ in cells) / len(cells))
+    flag_gauge = {}  # flag qubit -> centre of its Z gauge
+    for g in zg:
+        xy = centre([divmod(q, d) for q in g[1]])
+        flag_gauge[g[2]] = flag_gauge[g[4]] = xy
     dq = {q: k for _, q, k in final}
     if basis == "z":
         # strips: Z gauges per column pair
@@ -131,15 +153,16 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
         def values(store):
             m = {q: k for t, q, k in store if t == "z"}
             return {j: [m[q] for q in mids] for j, mids in strips.items()}
+        def strip_xy(j): return (2 * j + 1, d - 1)
         prev = None
-        for store in recs:
+        for t, store in enumerate(recs):
             v = values(store)
             for j in strips:
-                c.append("DETECTOR", [rec(k) for k in v[j] + (prev[j] if prev else [])])
+                det(v[j] + (prev[j] if prev else []), strip_xy(j), t)
             prev = v
         for j in strips:
             sup = [dq[data[i, jj]] for i in range(d) for jj in (j, j + 1)]
-            c.append("DETECTOR", [rec(k) for k in sup + prev[j]])
+            det(sup + prev[j], strip_xy(j), rounds)
         c.append("OBSERVABLE_INCLUDE", [rec(dq[data[i, 0]]) for i in range(d)], 0)
     else:
         stabs = []
@@ -149,18 +172,21 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
                     if j == d - 1: stabs.append([(i, j)])
                     else: stabs.append([(i, j), (i, j + 1)])
                 elif j == 0: stabs.append([(i, j)])
+        def stab_xy(s): return centre([(i + di, j) for (i, j) in s for di in (0, 1)])
         prev = None
-        for store in recs:
+        for r, store in enumerate(recs):
             m = {q: k for t, q, k in store if t == "x"}
             v = [[m[anc[a]] for a in s] for s in stabs]
             for si in range(len(stabs)):
-                c.append("DETECTOR", [rec(k) for k in v[si] + (prev[si] if prev else [])])
+                det(v[si] + (prev[si] if prev else []), stab_xy(stabs[si]), r)
             for t, q, k in store:
-                if flag_detectors and t in ("fl", "fr"): c.append("DETECTOR", [rec(k)])
+                if flag_detectors and t in ("fl", "fr"):
+                    x, y = flag_gauge[q]
+                    det([k], (x + (-0.5 if t == "fl" else 0.5), y), r, 1)
             prev = v
         for si, s in enumerate(stabs):
             sup = [dq[data[i + di, j]] for (i, j) in s for di in (0, 1)]
-            c.append("DETECTOR", [rec(k) for k in sup + prev[si]])
+            det(sup + prev[si], stab_xy(s), rounds)
         c.append("OBSERVABLE_INCLUDE", [rec(dq[data[0, j]]) for j in range(d)], 0)
     return c, n
 
