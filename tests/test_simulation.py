@@ -170,6 +170,27 @@ def test_noise_comes_from_the_calibration_of_the_used_qubits():
     assert depolarize.gate_args_copy() == [pytest.approx(cz)]
 
 
+def test_the_simulator_samples_the_program_a_decoder_builds():
+    """Compacted to its used qubits, the surface code's program is the decoder's program
+    (``isa_to_stim`` of the whole ISA circuit, full-device noise), qubits relabelled."""
+    import stim
+
+    from qcourier.experiments.surface_code import SurfaceCodeExperiment, SurfaceCodeParams
+
+    unit = SurfaceCodeExperiment().build(SurfaceCodeParams(shots=10, rounds=2))[0]
+    isa = transpile(unit.circuits[-1:], fake_backend("fake_fez"))[0]
+    snapshot = local_calibration("fake_fez")
+    decoder, decoder_records = isa_to_stim(isa, DeviceNoise.from_snapshot(snapshot))
+    small, physical = compact(isa)
+    sampled, sampled_records = isa_to_stim(small, device_noise(snapshot, physical), physical)
+    relabelled = stim.Circuit()
+    for ins in sampled:
+        relabelled.append(ins.name, [physical[t.value] for t in ins.targets_copy()], ins.gate_args_copy())
+    assert relabelled == decoder and sampled_records == decoder_records
+    assert sampled.num_qubits == len(physical) < decoder.num_qubits
+    assert {"PAULI_CHANNEL_1", "X_ERROR", "DEPOLARIZE2"} <= {ins.name for ins in sampled}
+
+
 def test_a_wide_circuit_is_simulated_on_its_used_qubits(monkeypatch):
     import qcourier.services.simulation as simulation
 
