@@ -164,6 +164,8 @@ def test_noise_comes_from_the_calibration_of_the_used_qubits():
     assert noise.readout_flip(physical[0]) == full.readout_flip(physical[0])
     program, _ = isa_to_stim(small, noise, physical)
     assert program.num_qubits == 2
+    with pytest.raises(TypeError, match="calibration snapshot"):  # a Target would mean no noise
+        simulate_counts(isa, 10, 1, fake_backend("fake_fez").target)
     cz = full.gate_depolarizing("cz", tuple(physical))
     assert cz == pytest.approx(1.25 * full.gate_error[("cz", tuple(physical))])
     (depolarize,) = [ins for ins in program if ins.name == "DEPOLARIZE2"]

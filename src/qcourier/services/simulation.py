@@ -62,6 +62,10 @@ def device_noise(calibration: Mapping[str, Any] | DeviceNoise | None, physical: 
         from dataclasses import replace
 
         return replace(calibration, scale=float(scale), dt=dt if dt is not None else calibration.dt)
+    # A qiskit Target is a Mapping too, without these keys: it would give no noise, silently.
+    if not isinstance(calibration, Mapping) or "qubits" not in calibration or "gates" not in calibration:
+        raise TypeError("calibration must be a calibration snapshot (BackendProperties.to_dict() "
+                        f"form, with 'qubits' and 'gates') or a DeviceNoise, not {type(calibration).__name__}")
     return DeviceNoise.from_snapshot(calibration, physical, scale, dt)
 
 
