@@ -40,8 +40,8 @@ refused with 400) and rejects non-ISA circuits with 400. A job is ``Queued`` for
 ``queue_seconds``, ``Running`` for ``run_seconds``, then ``Completed`` (or ``Cancelled`` with
 reason code 1305, "RAN TOO LONG", when its modelled usage exceeds its ``cost`` =
 ``max_execution_time``). The first ``GET .../results`` after that simulates the circuits once with
-``qcourier.services.simulation.simulate_counts`` (stim for Clifford circuits; noise from the fake
-backend's target unless ``noisy=False``) and returns a ``PrimitiveResult`` of
+``qcourier.services.simulation.simulate_counts`` (stim for Clifford circuits; noise: the shared
+device model from the fake backend's calibration unless ``noisy=False``) and returns a ``PrimitiveResult`` of
 ``SamplerPubResult``\\s (one ``BitArray`` per classical register, same shot order in every
 register so ``join_data()`` keeps correlations), encoded with ``RuntimeEncoder``. Usage model:
 ``job_overhead_seconds`` (2 s) + ``seconds_per_shot`` (1e-4) x shots x circuits, charged when
@@ -147,6 +147,7 @@ _DEFAULT_MESSAGES = {
     429: ("1202", "Too many requests received."),
 }
 _TARGETS: dict[str, Any] = {}  # fake backend name -> Target (2-3 s to build: shared across emulators)
+_NOISE: dict[str, Any] = {}  # fake backend name -> qcourier.noise_model.DeviceNoise
 _TARGETS_LOCK = threading.Lock()
 # One simulation at a time: stim's first sampler, made from two threads at once, deadlocks
 # (stim 1.16), and the client may now fetch several results at once.
@@ -208,6 +209,20 @@ def _target(fake_name: str) -> Any:
         if fake_name not in _TARGETS:
             _TARGETS[fake_name] = _fake_backend(fake_name).target
         return _TARGETS[fake_name]
+
+
+def _device_noise(fake_name: str) -> Any:
+    """The shared device noise model of the fake backend (all qubits), loaded once."""
+    import json
+
+    from qcourier.noise_model import DeviceNoise
+
+    with _TARGETS_LOCK:
+        if fake_name not in _NOISE:
+            fake = _fake_backend(fake_name)
+            snapshot = json.loads(json.dumps(fake.properties().to_dict(), default=str))
+            _NOISE[fake_name] = DeviceNoise.from_snapshot(snapshot, dt=fake.dt)
+        return _NOISE[fake_name]
 
 
 class _Backend:
@@ -541,7 +556,7 @@ class IBMEmulator:
 
         from qcourier.services.simulation import simulate_counts
 
-        target = _target(self.backends[job["backend"]].fake_name) if self.noisy else None
+        noise = _device_noise(self.backends[job["backend"]].fake_name) if self.noisy else None
         pub_results = []
         for p, (circuit, values, shots) in enumerate(job["pubs"]):
             values = np.asarray(values, dtype=float)
@@ -551,7 +566,7 @@ class IBMEmulator:
                 bound = (circuit.assign_parameters(dict(zip(circuit.parameters, values[index])))
                          if circuit.num_parameters else circuit)
                 seed = int.from_bytes(hashlib.sha256(f"{job['id']}/{p}/{b}".encode()).digest()[:4], "big")
-                counts, _ = simulate_counts(bound, shots, seed, target, engine="stim")
+                counts, _ = simulate_counts(bound, shots, seed, noise, engine="stim")
                 outcomes = list(counts)
                 order = np.repeat(np.arange(len(outcomes)), [counts[o] for o in outcomes])
                 np.random.default_rng(seed).shuffle(order)

@@ -54,7 +54,7 @@ def d3_z():
 @pytest.mark.parametrize("distance,state", [(3, "0"), (3, "1"), (3, "+"), (3, "-"), (5, "0"), (5, "+")])
 def test_noiseless_isa_circuits_give_no_detection_and_no_logical_error(distance, state):
     unit, isa = _placed(distance, 2, state)
-    counts = [simulate_counts(c, 200, seed=3, target=None)[0] for c in isa]
+    counts = [simulate_counts(c, 200, seed=3, calibration=None)[0] for c in isa]
     out = EXP.analyse(dict(unit.metadata), counts, None, run=RunContext(isa, _snapshot()))
     for point in out["per_round"]:
         assert point["detection_event_fraction"] == 0.0

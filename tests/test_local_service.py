@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -87,6 +88,23 @@ def test_noise_can_be_switched_off(tmp_path: Path):
     assert set(counts) - {"00", "11"}  # readout and gate errors show up
 
 
+def test_noise_scale_zero_is_noiseless_and_noise_is_the_calibrations(tmp_path: Path):
+    from qcourier.services.simulation import simulate_counts
+
+    off = LocalService(LocalServiceConfig(root=tmp_path / "off", queue_seconds=0, run_seconds=0,
+                                          noise_scale=0.0))
+    counts = off.job_result(off.submit("fake_fez", bell_isa(off), 2000)).counts[0]
+    assert set(counts) <= {"00", "11"}
+    # The service samples the shared noise model of the snapshot that calibration() returns.
+    svc = LocalService(LocalServiceConfig(root=tmp_path / "on", queue_seconds=0, run_seconds=0, seed=3))
+    isa = bell_isa(svc)
+    job_id = svc.submit("fake_fez", isa, 1000)
+    seed = json.loads((tmp_path / "on" / f"{job_id}.json").read_text())["seed"]
+    expected, _ = simulate_counts(isa[0], 1000, seed, svc.calibration("fake_fez"),
+                                  dt=svc.backend("fake_fez").dt)
+    assert svc.job_result(job_id).counts[0] == expected
+
+
 def test_backends_and_unknown_backend(service: LocalService):
     names = {b.name: b for b in service.backends()}
     assert names["fake_fez"].num_qubits == 156 and "fake_manila" in names
@@ -96,12 +114,12 @@ def test_backends_and_unknown_backend(service: LocalService):
 
 
 def test_calibration_is_json_in_ibm_properties_shape(service: LocalService):
-    import json
-
     cal = service.calibration("fake_fez")
     json.dumps(cal)
     assert cal["backend_name"] == "ibm_fez" and len(cal["qubits"]) == 156  # the device it copies
     assert any(g["gate"] == "cz" for g in cal["gates"])
+    cal["qubits"].clear()  # a caller's copy: the service's own snapshot is untouched
+    assert len(service.calibration("fake_fez")["qubits"]) == 156
 
 
 def test_latency_is_per_call_and_threads_wait_in_parallel(tmp_path: Path):

@@ -107,3 +107,16 @@ def test_non_clifford_refused():
     qc.rz(0.3, 0)
     with pytest.raises(NotClifford):
         isa_to_stim(qc)
+    for gate, qubits in (("rx", [0]), ("rzz", [0, 1])):  # stim alone would take them for Cliffords
+        qc = QuantumCircuit(2)
+        getattr(qc, gate)(0.3, *qubits)
+        with pytest.raises(NotClifford):
+            isa_to_stim(qc)
+    qc = QuantumCircuit(2)
+    qc.rzz(math.pi / 2, 0, 1)  # a Clifford angle is translated
+    qc.rx(math.pi, 0)
+    program, _ = isa_to_stim(qc)
+    import stim
+    from qiskit.quantum_info import Operator
+
+    assert program.to_tableau() == stim.Tableau.from_unitary_matrix(Operator(qc).data, endian="little")

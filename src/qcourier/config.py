@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     )
     local_seed: int | None = Field(None, validation_alias="QCOURIER_LOCAL_SEED")
     local_noise: bool = Field(True, validation_alias="QCOURIER_LOCAL_NOISE")
-    # Multiplies every simulated error rate (0 = noiseless; 10 = ten times the device's).
+    # Multiplies every simulated error probability, gate, readout, reset and idle alike
+    # (0 = noiseless; 10 = ten times the device's).
     local_noise_scale: float = Field(1.0, ge=0, le=10, validation_alias="QCOURIER_LOCAL_NOISE_SCALE")
     local_clifford_engine: Literal["stim", "aer"] = Field(
         "stim", validation_alias="QCOURIER_LOCAL_CLIFFORD_ENGINE"

@@ -1,11 +1,15 @@
 """One Pauli noise model of a device, from its calibration snapshot, for decoder and simulator.
 
 The same :class:`DeviceNoise` feeds the local simulator (``services/simulation.py``, which
-samples with it) and the QEC decoders (``experiments/heavy_hex_code.py``, whose detector
-error model is built with it from the ISA circuit that ran). Both translate an ISA circuit
-with :func:`isa_to_stim`, so the circuit sampled and the circuit decoded are the same program
-with the same channels. This module imports nothing of qcourier: it is a leaf that
-``services`` and ``experiments`` may both use.
+samples with it) and the QEC decoders (``experiments/heavy_hex_memory.py``, whose detector
+error model is built with it from the ISA circuit that ran).
+:func:`schedule` walks an ISA circuit once and yields its operations with the channels below;
+every translation is an emitter of that walk: :func:`isa_to_stim` (Clifford circuits; the
+decoder's program and what the simulator samples with stim) and :func:`isa_to_aer` (any
+gates; the channels as inline Aer ``PauliError`` instructions, readout flips returned for an
+Aer ``ReadoutError``). So the circuit sampled and the circuit decoded are the same program
+with the same channels, whichever engine samples it. This module imports nothing of
+qcourier: it is a leaf that ``services`` and ``experiments`` may both use.
 
 Input: a calibration snapshot in the ``BackendProperties.to_dict()`` form that
 ``QuantumService.calibration`` returns and the ledger stores (``qubits``: T1, T2 in us,
@@ -42,6 +46,10 @@ Idle
     ``p_x = p_y = (1 - exp(-t/T1)) / 4``, ``p_z = (1 - exp(-t/T2)) / 2 - (1 - exp(-t/T1)) / 4``
     (``p_z`` clipped at 0 where a snapshot reports ``T2 > 2 T1``). A qubit also decays
     during its own gate; that is inside the gate's reported error, so no idle is added there.
+    An ``id`` gate is idle time of its reported length (no gate error of its own). A delay
+    is idle time; one in ``dt`` units needs :attr:`DeviceNoise.dt` (the backend's, which a
+    snapshot does not carry), else it adds none. Before its first operation a qubit has no
+    clock (it is in ``|0>``), so nothing there counts.
 
 Scale
     ``scale`` multiplies every probability above (gate, readout, reset, idle), each clipped to
@@ -52,7 +60,7 @@ Scale
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -72,7 +80,11 @@ _STIM_NAMES = {
 _IGNORED = frozenset({"barrier", "delay", "id"})
 
 
-class NotClifford(ValueError):
+class UnsupportedInstruction(ValueError):
+    """The circuit has an instruction the translators cannot schedule (classical control)."""
+
+
+class NotClifford(UnsupportedInstruction):
     """The circuit has an instruction stim cannot represent exactly."""
 
 
@@ -114,6 +126,8 @@ class DeviceNoise:
         readout_length: ``qubit -> seconds``.
         t1, t2: ``qubit -> seconds``.
         scale: multiplier on every error probability.
+        dt: seconds per ``dt``, for delays given in that unit (a snapshot does not carry it:
+            the backend's ``dt``); ``None``: such delays add no idle error.
     """
 
     gate_error: dict[tuple[str, tuple[int, ...]], float] = field(default_factory=dict)
@@ -123,13 +137,22 @@ class DeviceNoise:
     t1: dict[int, float] = field(default_factory=dict)
     t2: dict[int, float] = field(default_factory=dict)
     scale: float = 1.0
+    dt: float | None = None
 
     @classmethod
     def from_snapshot(cls, snapshot: Mapping[str, Any], qubits: Iterable[int] | None = None,
-                      scale: float = 1.0) -> DeviceNoise:
-        """The noise of ``qubits`` (all when ``None``) from a calibration snapshot."""
+                      scale: float = 1.0, dt: float | None = None) -> DeviceNoise:
+        """The noise of ``qubits`` (all when ``None``) from a calibration snapshot.
+
+        A snapshot of the local simulated service run with ``QCOURIER_LOCAL_NOISE_SCALE``
+        declares that multiplier as ``qcourier_noise_scale``; it multiplies ``scale``, so
+        the recorded snapshot describes the device that was simulated.
+        """
         wanted = None if qubits is None else set(qubits)
-        noise = cls(scale=float(scale))
+        declared = snapshot.get("qcourier_noise_scale", 1.0)
+        if not isinstance(declared, (int, float)) or not 0 <= declared <= 10:
+            raise ValueError(f"qcourier_noise_scale {declared!r} in the snapshot is not in [0, 10]")
+        noise = cls(scale=float(scale) * float(declared), dt=dt)
         for index, entries in enumerate(snapshot.get("qubits", []) or []):
             if wanted is not None and index not in wanted:
                 continue
@@ -164,7 +187,7 @@ class DeviceNoise:
     def scaled(self, scale: float) -> DeviceNoise:
         """The same calibration with another scale."""
         return DeviceNoise(self.gate_error, self.gate_length, self.readout_error,
-                           self.readout_length, self.t1, self.t2, float(scale))
+                           self.readout_length, self.t1, self.t2, float(scale), self.dt)
 
     # -- channel probabilities (scaled, clipped) -----------------------------------------------
 
@@ -241,6 +264,7 @@ class DeviceNoise:
 @lru_cache(maxsize=64)
 def _clifford_program(name: str, params: tuple[float, ...], num_qubits: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """A gate stim has no name for (e.g. ``ecr``), as stim gates on local qubits 0..n-1."""
+    import numpy as np
     import stim
     from qiskit.circuit import QuantumCircuit as QC
     from qiskit.circuit.library import get_standard_gate_name_mapping
@@ -253,10 +277,16 @@ def _clifford_program(name: str, params: tuple[float, ...], num_qubits: int) -> 
         gate = type(gate)(*params)
     qc = QC(num_qubits)
     qc.append(gate, range(num_qubits))
+    unitary = Operator(qc).data
     try:
-        tableau = stim.Tableau.from_unitary_matrix(Operator(qc).data, endian="little")
+        tableau = stim.Tableau.from_unitary_matrix(unitary, endian="little")
     except ValueError:
-        raise NotClifford(f"instruction {name}{list(params)} is not a Clifford gate") from None
+        tableau = None
+    # stim does not always refuse a non-Clifford matrix (rx(0.3) comes back as the identity):
+    # the tableau must give the same unitary back, up to a global phase.
+    if tableau is None or abs(abs(np.vdot(tableau.to_unitary_matrix(endian="little"), unitary))
+                              - 2**num_qubits) > 1e-6:
+        raise NotClifford(f"instruction {name}{list(params)} is not a Clifford gate")
     program = []
     for ins in tableau.to_circuit("elimination"):
         targets = tuple(t.value for t in ins.targets_copy())
@@ -274,6 +304,92 @@ def _quarter_turns(angle: Any) -> int:
     return round(k) % 4
 
 
+# -- the schedule: one walk of an ISA circuit, shared by every emitter -----------------------
+
+#: Events of :func:`schedule`, the first element of each tuple it yields.
+GATE = "gate"              #: ``(GATE, instruction, qubits)``: apply the instruction's operation
+MEASURE = "measure"        #: ``(MEASURE, qubit, clbit, flip)``: measure, record flipped with ``flip``
+RESET = "reset"            #: ``(RESET, qubit, flip)``: reset, then an X with probability ``flip``
+DEPOLARIZE = "depolarize"  #: ``(DEPOLARIZE, qubits, p)``: stim's ``DEPOLARIZE{n}(p)``
+PAULI = "pauli"            #: ``(PAULI, qubit, (p_x, p_y, p_z))``: stim's ``PAULI_CHANNEL_1``
+
+_CONTROL_FLOW = frozenset({"if_else", "switch_case", "for_loop", "while_loop", "box"})
+
+
+def schedule(circuit: QuantumCircuit, noise: DeviceNoise | None = None,
+             physical: Sequence[int] | None = None) -> Iterator[tuple[Any, ...]]:
+    """The ISA circuit's operations with the device's channels, in program order (module doc).
+
+    Every emitter (:func:`isa_to_stim`, :func:`isa_to_aer`) translates these events, so all
+    of them model the same channels at the same places. Qubits are circuit indices (``physical``
+    as in :func:`isa_to_stim`); clbits are circuit indices. The circuit is scheduled as soon as
+    possible: each qubit's clock starts at its first operation; a barrier synchronises the
+    clocks of its qubits that have started; a delay advances its started qubits' clocks; an
+    ``id`` takes its reported length and adds only idle error; ``rz`` is virtual.
+
+    Raises:
+        UnsupportedInstruction: a classically controlled instruction (no schedule for it).
+    """
+    where = list(physical) if physical is not None else None
+    find = circuit.find_bit
+    clock: dict[int, float] = {}  # circuit qubit -> when it is next free (from its first use)
+
+    def dev(q: int) -> int:
+        return where[q] if where is not None else q
+
+    def idle_until(qubits: Iterable[int], start: float) -> Iterator[tuple[Any, ...]]:
+        for q in qubits:
+            if noise is not None and q in clock and start > clock[q]:
+                probs = noise.idle(dev(q), start - clock[q])
+                if probs[0] + probs[1] + probs[2] > 0:
+                    yield (PAULI, q, probs)
+            clock[q] = start
+
+    for inst in circuit.data:
+        op = inst.operation
+        name = op.name
+        qubits = [find(q).index for q in inst.qubits]
+        if getattr(op, "condition", None) is not None or name in _CONTROL_FLOW:
+            raise UnsupportedInstruction(f"classically controlled {name} is not supported")
+        if name == "barrier":
+            known = [q for q in qubits if q in clock]
+            if known:
+                yield from idle_until(known, max(clock[q] for q in known))
+            continue
+        if name == "delay":
+            per_unit = _delay_unit_seconds(op, noise)
+            duration = float(op.duration or 0) * per_unit if per_unit is not None else 0.0
+            for q in qubits:
+                if q in clock:
+                    yield from idle_until([q], clock[q] + duration)
+            continue
+        dev_qubits = tuple(dev(q) for q in qubits)
+        duration = noise.duration(name, dev_qubits) if noise is not None else 0.0
+        start = max((clock[q] for q in qubits if q in clock), default=0.0)
+        if name != "reset":  # a reset forgets the state: idling before it does not matter
+            yield from idle_until(qubits, start)
+        for q in qubits:
+            clock[q] = start + duration
+        if name == "measure":
+            flip = noise.readout_flip(dev_qubits[0]) if noise is not None else 0.0
+            yield (MEASURE, qubits[0], find(inst.clbits[0]).index, flip)
+            continue
+        if name == "reset":
+            yield (RESET, qubits[0], noise.reset_flip(dev_qubits[0]) if noise is not None else 0.0)
+            if noise is not None:
+                probs = noise.idle(dev_qubits[0], duration)
+                if probs[0] + probs[1] + probs[2] > 0:
+                    yield (PAULI, qubits[0], probs)
+            continue
+        if name == "id":
+            continue
+        yield (GATE, inst, qubits)
+        if noise is not None:
+            p = noise.gate_depolarizing(name, dev_qubits)
+            if p > 0:
+                yield (DEPOLARIZE, qubits, p)
+
+
 def isa_to_stim(circuit: QuantumCircuit, noise: DeviceNoise | None = None,
                 physical: Sequence[int] | None = None) -> tuple[stim.Circuit, list[int]]:
     """A stim program equivalent to an ISA circuit, with the device's noise (module doc).
@@ -283,7 +399,9 @@ def isa_to_stim(circuit: QuantumCircuit, noise: DeviceNoise | None = None,
             ``cx``, ``measure``, ``reset``, ``barrier``, ``delay``; no classical control).
         noise: the device noise; ``None`` for the noiseless program.
         physical: ``physical[i]`` is the device qubit of circuit qubit ``i`` (the noise is
-            looked up there); the identity when ``None``. stim qubit ``i`` is circuit qubit ``i``.
+            looked up there); the identity when ``None``. stim qubit ``i`` is circuit qubit ``i``,
+            so compact a wide circuit to its used qubits first (stim's cost grows with the
+            highest qubit index, used or not).
 
     Returns:
         ``(program, record_clbit)``: ``record_clbit[k]`` is the clbit measurement ``k`` of the
@@ -291,90 +409,133 @@ def isa_to_stim(circuit: QuantumCircuit, noise: DeviceNoise | None = None,
 
     Raises:
         NotClifford: an instruction stim cannot represent.
+        UnsupportedInstruction: a classically controlled instruction.
     """
     import stim
 
-    where = list(physical) if physical is not None else None
-    program = stim.Circuit()
+    # Built as text and parsed once: ``stim.Circuit.append`` costs tens of microseconds a call.
+    lines: list[str] = []
+    add = lines.append
     record_clbit: list[int] = []
-    clock: dict[int, float] = {}  # circuit qubit -> when it is next free (from its first use)
-
-    def dev(q: int) -> int:
-        return where[q] if where is not None else q
-
-    def idle_until(qubits: Iterable[int], start: float) -> None:
-        if noise is None:
-            for q in qubits:
-                clock[q] = start
-            return
-        for q in qubits:
-            if q in clock and start > clock[q]:
-                px, py, pz = noise.idle(dev(q), start - clock[q])
-                if px + py + pz > 0:
-                    program.append("PAULI_CHANNEL_1", [q], [px, py, pz])
-            clock[q] = start
-
-    for inst in circuit.data:
-        op = inst.operation
-        name = op.name
-        qubits = [circuit.find_bit(q).index for q in inst.qubits]
-        if getattr(op, "condition", None) is not None or name in ("if_else", "switch_case", "for_loop", "while_loop"):
-            raise NotClifford(f"classically controlled {name} is not supported")
-        if name == "barrier":
-            known = [q for q in qubits if q in clock]
-            if known:
-                idle_until(known, max(clock[q] for q in known))
-            continue
-        if name == "delay":
-            per_unit = _delay_unit_seconds(op)
-            duration = float(op.duration or 0) * per_unit if per_unit is not None else 0.0
-            for q in qubits:
-                if q in clock:
-                    idle_until([q], clock[q] + duration)
-            continue
-        dev_qubits = tuple(dev(q) for q in qubits)
-        duration = noise.duration(name, dev_qubits) if noise is not None else 0.0
-        start = max((clock[q] for q in qubits if q in clock), default=0.0)
-        if name != "reset":  # a reset forgets the state: idling before it does not matter
-            idle_until(qubits, start)
-        for q in qubits:
-            clock[q] = start + duration
-        if name == "measure":
-            flip = noise.readout_flip(dev_qubits[0]) if noise is not None else 0.0
-            program.append("M", qubits, flip) if flip > 0 else program.append("M", qubits)
-            record_clbit.append(circuit.find_bit(inst.clbits[0]).index)
-            continue
-        if name == "reset":
-            program.append("R", qubits)
-            if noise is not None:
-                flip = noise.reset_flip(dev_qubits[0])
-                if flip > 0:
-                    program.append("X_ERROR", qubits, flip)
-                px, py, pz = noise.idle(dev_qubits[0], duration)
-                if px + py + pz > 0:
-                    program.append("PAULI_CHANNEL_1", qubits, [px, py, pz])
-            continue
-        if name == "id":
-            continue
-        if name == "rz":
-            turns = _quarter_turns(op.params[0])
-            if turns:
-                program.append(_QUARTER[turns], qubits)
-            continue
-        if name in _STIM_NAMES:
-            program.append(_STIM_NAMES[name], qubits)
-        else:
-            params = tuple(float(p) for p in op.params)
-            for gate, local in _clifford_program(name, params, len(qubits)):
-                program.append(gate, [qubits[i] for i in local])
-        if noise is not None:
-            p = noise.gate_depolarizing(name, dev_qubits)
-            if p > 0:
-                program.append("DEPOLARIZE1" if len(qubits) == 1 else "DEPOLARIZE2", qubits, p)
+    for event in schedule(circuit, noise, physical):
+        kind = event[0]
+        if kind == GATE:
+            _, inst, qubits = event
+            op = inst.operation
+            name = op.name
+            if name == "rz":
+                turns = _quarter_turns(op.params[0])
+                if turns:
+                    add(f"{_QUARTER[turns]} {qubits[0]}")
+            elif name in _STIM_NAMES:
+                add(f"{_STIM_NAMES[name]} {' '.join(map(str, qubits))}")
+            else:
+                try:
+                    params = tuple(float(p) for p in op.params)
+                except TypeError:  # an unbound parameter
+                    raise NotClifford(f"{name} with an unbound parameter") from None
+                for gate, local in _clifford_program(name, params, len(qubits)):
+                    add(f"{gate} {' '.join(str(qubits[i]) for i in local)}")
+        elif kind == MEASURE:
+            _, qubit, clbit, flip = event
+            add(f"M({float(flip)!r}) {qubit}" if flip > 0 else f"M {qubit}")
+            record_clbit.append(clbit)
+        elif kind == RESET:
+            _, qubit, flip = event
+            add(f"R {qubit}")
+            if flip > 0:
+                add(f"X_ERROR({float(flip)!r}) {qubit}")
+        elif kind == DEPOLARIZE:
+            _, qubits, p = event
+            add(f"DEPOLARIZE{len(qubits)}({float(p)!r}) {' '.join(map(str, qubits))}")
+        else:  # PAULI
+            _, qubit, (px, py, pz) = event
+            add(f"PAULI_CHANNEL_1({float(px)!r},{float(py)!r},{float(pz)!r}) {qubit}")
+    program = stim.Circuit("\n".join(lines))
     return program, record_clbit
 
 
-def _delay_unit_seconds(op: Any) -> float | None:
-    """Seconds per unit of a delay's duration; ``None`` for ``dt`` (unknown here: no idle)."""
+def isa_to_aer(circuit: QuantumCircuit, noise: DeviceNoise | None = None,
+               physical: Sequence[int] | None = None) -> tuple[QuantumCircuit, dict[int, float]]:
+    """The ISA circuit with the device's channels inline, for Qiskit Aer (any gates).
+
+    The same channels as :func:`isa_to_stim`, at the same places: each depolarizing, idle and
+    reset channel is an Aer ``PauliError`` instruction in the circuit. A readout flip is
+    classical (it changes the record, not the qubit), which an instruction cannot express;
+    it is returned instead, for an Aer ``ReadoutError`` on the qubit's measurements.
+    Non-Clifford gates are kept as they are.
+
+    Args:
+        circuit, noise, physical: as for :func:`isa_to_stim`.
+
+    Returns:
+        ``(circuit, readout_flip)``: the circuit to run (same qubits and clbits, by index;
+        plain registers), and ``qubit -> probability its recorded bit flips`` (nonzero only).
+
+    Raises:
+        UnsupportedInstruction: a classically controlled instruction.
+    """
+    from qiskit.circuit import CircuitInstruction, Measure, Reset
+    from qiskit.circuit import QuantumCircuit as QC
+
+    out = QC(circuit.num_qubits, circuit.num_clbits, name=circuit.name)
+    qbits, cbits = out.qubits, out.clbits
+    find = circuit.find_bit
+    readout: dict[int, float] = {}
+    measure, reset = Measure(), Reset()
+
+    def add(op: Any, qubits: Sequence[int], clbits: Sequence[int] = ()) -> None:
+        out._append(CircuitInstruction(op, tuple(qbits[q] for q in qubits),
+                                       tuple(cbits[c] for c in clbits)))
+
+    for event in schedule(circuit, noise, physical):
+        kind = event[0]
+        if kind == GATE:
+            _, inst, qubits = event
+            add(inst.operation, qubits, [find(c).index for c in inst.clbits])
+        elif kind == MEASURE:
+            _, qubit, clbit, flip = event
+            add(measure, [qubit], [clbit])
+            if flip > 0:
+                readout[qubit] = flip
+        elif kind == RESET:
+            _, qubit, flip = event
+            add(reset, [qubit])
+            if flip > 0:
+                add(_aer_pauli_error(1, (flip, 0.0, 0.0)), [qubit])
+        elif kind == DEPOLARIZE:
+            _, qubits, p = event
+            n = len(qubits)
+            add(_aer_pauli_error(n, (p / (4**n - 1),) * (4**n - 1)), qubits)
+        else:  # PAULI
+            _, qubit, probs = event
+            add(_aer_pauli_error(1, probs), [qubit])
+    return out, readout
+
+
+@lru_cache(maxsize=4)
+def _pauli_labels(num_qubits: int) -> Any:
+    """Every ``num_qubits``-qubit Pauli, identity first, as a qiskit ``PauliList``."""
+    from itertools import product
+
+    from qiskit.quantum_info import PauliList
+
+    return PauliList(["".join(p) for p in product("IXYZ", repeat=num_qubits)])
+
+
+@lru_cache(maxsize=4096)
+def _aer_pauli_error(num_qubits: int, probabilities: tuple[float, ...]) -> Any:
+    """Aer's Pauli channel (an instruction) applying the non-identity Paulis with ``probabilities``
+    (in ``_pauli_labels`` order, identity omitted)."""
+    from qiskit_aer.noise import PauliError
+
+    rest = [float(p) for p in probabilities]
+    return PauliError(_pauli_labels(num_qubits), [max(1.0 - sum(rest), 0.0), *rest]).to_instruction()
+
+
+def _delay_unit_seconds(op: Any, noise: DeviceNoise | None = None) -> float | None:
+    """Seconds per unit of a delay's duration; for ``dt``, the noise's ``dt`` (``None``: no idle)."""
     unit = getattr(op, "unit", "dt")
-    return None if unit == "dt" else _UNITS.get(unit, 1.0)
+    if unit == "dt":
+        return noise.dt if noise is not None else None
+    return _UNITS.get(unit, 1.0)

@@ -26,8 +26,9 @@ limit with HTTP 429 and a ``retry_after``, as IBM's API gateway does.
 
 Simulation (``services/simulation.py``): each circuit is compacted to the physical qubits it
 uses; Clifford circuits are sampled with stim's stabilizer simulator (or Aer's, on request),
-others with Aer (statevector, or matrix product states when wide). Noise comes from the
-backend's calibration for the used qubits only.
+others with Aer (statevector, or matrix product states when wide). Noise is the shared
+device model (``qcourier.noise_model``: gate depolarizing, readout and reset flips, T1/T2 idle)
+from the backend's calibration snapshot for the used qubits only, times ``noise_scale``.
 
 QPU usage is reported from :func:`qcourier.budget.estimate_qpu_seconds`: a per-job overhead
 plus, per circuit, a per-circuit overhead plus shots x (circuit duration + repetition delay).
@@ -193,6 +194,25 @@ def fake_backend(name: str) -> BackendV2:
         return classes[name]()
 
 
+@cache
+def _calibration_text(name: str) -> str:
+    """The fake backend's calibration snapshot as JSON text (built once per process)."""
+    return json.dumps(fake_backend(name).properties().to_dict(), default=str)
+
+
+#: The snapshot key that declares a simulated device's noise multiplier (see ``noise_model``).
+NOISE_SCALE_KEY = "qcourier_noise_scale"
+
+
+def local_calibration(name: str) -> dict[str, Any]:
+    """The fake backend's calibration snapshot (``BackendProperties.to_dict()`` form, JSON-able).
+
+    Raises:
+        ServiceError: no fake backend has that name.
+    """
+    return json.loads(_calibration_text(name))
+
+
 def _backend_size(cls: type) -> int:
     conf = Path(cls.dirname) / cls.conf_filename
     return int(json.loads(conf.read_text())["n_qubits"])
@@ -249,9 +269,14 @@ class LocalService(QuantumService):
         return super().least_busy(min_qubits)
 
     def calibration(self, backend: str) -> dict[str, Any]:
+        """The fake backend's snapshot; with ``noise_scale != 1`` it declares the scale
+        (``qcourier_noise_scale``), which :meth:`DeviceNoise.from_snapshot` applies, so a
+        decoder reading the recorded snapshot models the device the simulator samples."""
         self._network_call()
-        props = fake_backend(backend).properties()
-        return json.loads(json.dumps(props.to_dict(), default=str))
+        snapshot = local_calibration(backend)
+        if self.config.noise_scale != 1.0:
+            snapshot[NOISE_SCALE_KEY] = self.config.noise_scale
+        return snapshot
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -516,12 +541,15 @@ class LocalService(QuantumService):
         job_id = spec["job_id"]
         with open(self._path(job_id, ".qpy"), "rb") as fh:
             circuits = qpy.load(fh)
-        target = fake_backend(spec["backend"]).target if spec["noise"] else None
+        # The noise is the shared device model from the backend's calibration snapshot: the
+        # one ``calibration()`` returns (and the ledger records), so a decoder can model it.
+        calibration = local_calibration(spec["backend"]) if spec["noise"] else None
+        dt = fake_backend(spec["backend"]).dt if spec["noise"] else None
         counts, methods = [], []
         for index, circuit in enumerate(circuits):
-            c, method = simulate_counts(circuit, spec["shots"], spec["seed"] + index, target,
+            c, method = simulate_counts(circuit, spec["shots"], spec["seed"] + index, calibration,
                                         engine=self.config.clifford_engine,
-                                        noise_scale=spec.get("noise_scale", 1.0))
+                                        noise_scale=spec.get("noise_scale", 1.0), dt=dt)
             counts.append(c)
             methods.append(method)
         payload = {

@@ -1,7 +1,7 @@
-"""Simulating ISA circuits for the local service: counts from a circuit, a target and a seed.
+"""Simulating ISA circuits for the local service: counts from a circuit, a calibration and a seed.
 
-Each circuit is first compacted to the physical qubits it uses, so a 17-qubit job on a
-156-qubit backend simulates 17 qubits. Then:
+Each circuit is first compacted to the physical qubits it uses (barriers and delays kept on
+those qubits), so a 17-qubit job on a 156-qubit backend simulates 17 qubits. Then:
 
 - **Clifford circuits** (the surface code, the canaries): sampled with stim's stabilizer
   frame simulator (``engine="stim"``, the default), which handles Pauli noise for a batch of
@@ -11,22 +11,27 @@ Each circuit is first compacted to the physical qubits it uses, so a 17-qubit jo
 - **Other circuits**: Aer, on the statevector method up to ``STATEVECTOR_MAX_QUBITS`` qubits
   and on matrix product states beyond (the 27-qubit heartbeat is a chain: low entanglement).
 
-Noise (:class:`NoiseSpec`), from the target's calibration for the used qubits only: after
-each gate, a depolarizing channel whose average gate infidelity equals the gate's reported
-``error`` (Aer parameter ``lam = r d / (d - 1)``; stim's equivalent probability of a
-non-identity Pauli is ``lam (d^2 - 1) / d^2``), and a symmetric readout error equal to the
-measurement's reported ``error`` (a classical flip of the recorded bit). RZ is virtual and
-error-free; resets are taken as perfect, and there is no idle (T1/T2) noise yet (the
-shared model with both is ``qcourier.noise_model``, not yet used here). Every rate is
-multiplied by ``QCOURIER_LOCAL_NOISE_SCALE`` (default 1). All channels are Pauli channels,
-so Clifford circuits stay Clifford.
+Noise: the shared device model, :class:`qcourier.noise_model.DeviceNoise`, built from the
+backend's calibration snapshot (``BackendProperties.to_dict()`` form, what
+``LocalService.calibration`` returns) for the used qubits only, with every probability
+multiplied by ``noise_scale`` (``QCOURIER_LOCAL_NOISE_SCALE``, default 1). The circuit is
+walked once on the as-soon-as-possible schedule (:func:`qcourier.noise_model.schedule`), which
+places the channels: depolarizing after each gate with a reported error (``p = r (d+1)/d``),
+a classical readout flip, an X flip after each reset plus the reset's idle, and T1/T2
+(Pauli-twirled amplitude and phase damping) idle error wherever a qubit waits. The stim engine
+samples :func:`~qcourier.noise_model.isa_to_stim` of it, the very program a decoder models;
+Aer runs :func:`~qcourier.noise_model.isa_to_aer` (the same channels as inline ``PauliError``
+instructions, readout flips as ``ReadoutError``). RZ is virtual and error-free; a gate without a
+reported error is noiseless. All channels are Pauli channels, so Clifford circuits stay Clifford.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from qcourier.noise_model import DeviceNoise, NotClifford, isa_to_aer, isa_to_stim
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -35,82 +40,67 @@ if TYPE_CHECKING:
 STATEVECTOR_MAX_QUBITS = 20
 
 _CLIFFORD_GATES = frozenset(
-    {"x", "y", "z", "h", "s", "sdg", "sx", "sxdg", "cx", "cy", "cz", "swap", "id", "reset", "measure"}
+    {"x", "y", "z", "h", "s", "sdg", "sx", "sxdg", "cx", "cy", "cz", "ecr", "swap", "id",
+     "reset", "measure", "barrier", "delay"}
 )
-_STIM_NAMES = {
-    "x": "X", "y": "Y", "z": "Z", "h": "H", "s": "S", "sdg": "S_DAG", "sx": "SQRT_X",
-    "sxdg": "SQRT_X_DAG", "cx": "CX", "cy": "CY", "cz": "CZ", "swap": "SWAP", "id": "I",
-}
-_IGNORED = ("barrier", "delay")
+_SCHEDULING = ("barrier", "delay")  # kept by compaction (they place idle noise), not "using" a qubit
 
 
-@dataclass(frozen=True)
-class NoiseSpec:
-    """Error rates per gate application site, in compacted qubit indices.
-
-    Attributes:
-        gate_errors: ``(gate name, qubits) -> average gate infidelity``.
-        readout_errors: ``qubit -> probability that the recorded bit flips``.
-    """
-
-    gate_errors: dict[tuple[str, tuple[int, ...]], float] = field(default_factory=dict)
-    readout_errors: dict[int, float] = field(default_factory=dict)
-
-    @staticmethod
-    def depolarizing_lambda(error: float, num_qubits: int) -> float:
-        """Aer's depolarizing parameter for an average gate infidelity ``error``."""
-        dim = 2**num_qubits
-        return min(error * dim / (dim - 1), 1.0)
-
-
-def noise_spec(target: Any, physical: list[int], operations: set[str], scale: float = 1.0) -> NoiseSpec:
-    """The noise of the compacted circuit's qubits, from the target's reported errors.
+def device_noise(calibration: Mapping[str, Any] | DeviceNoise | None, physical: list[int],
+                 scale: float = 1.0, dt: float | None = None) -> DeviceNoise | None:
+    """The noise of the device qubits ``physical``, or ``None`` for noiseless.
 
     Args:
-        scale: multiplier on every error rate (``QCOURIER_LOCAL_NOISE_SCALE``); a rate
-            is clipped at 0.5.
+        calibration: a calibration snapshot (``BackendProperties.to_dict()`` form), or an
+            already loaded :class:`DeviceNoise` (its ``scale`` is replaced by ``scale``).
+        scale: multiplier on every error probability (``QCOURIER_LOCAL_NOISE_SCALE``).
+        dt: seconds per ``dt`` for delays in that unit (the backend's ``dt``).
     """
-    where = {q: i for i, q in enumerate(physical)}
-    spec = NoiseSpec()
-    for name in operations - {"rz", "reset", *_IGNORED}:
-        if name not in target.operation_names:
-            continue
-        for qargs, props in (target[name] or {}).items():
-            if qargs is None or props is None or props.error is None:
-                continue
-            if not all(q in where for q in qargs):
-                continue
-            local = tuple(where[q] for q in qargs)
-            error = min(max(float(props.error), 0.0) * scale, 0.5)
-            if name == "measure":
-                spec.readout_errors[local[0]] = error
-            elif error > 0:
-                spec.gate_errors[(name, local)] = error
-    return spec
+    if calibration is None:
+        return None
+    if isinstance(calibration, DeviceNoise):
+        from dataclasses import replace
+
+        return replace(calibration, scale=float(scale), dt=dt if dt is not None else calibration.dt)
+    # A qiskit Target is a Mapping too, without these keys: it would give no noise, silently.
+    if not isinstance(calibration, Mapping) or "qubits" not in calibration or "gates" not in calibration:
+        raise TypeError("calibration must be a calibration snapshot (BackendProperties.to_dict() "
+                        f"form, with 'qubits' and 'gates') or a DeviceNoise, not {type(calibration).__name__}")
+    return DeviceNoise.from_snapshot(calibration, physical, scale, dt)
 
 
 def compact(circuit: QuantumCircuit) -> tuple[QuantumCircuit, list[int]]:
-    """The circuit restricted to the qubits it uses, and those qubits' original indices."""
-    from qiskit import QuantumCircuit as QC
+    """The circuit restricted to the qubits it uses, and those qubits' original indices.
 
+    A qubit is used when an instruction other than a barrier or delay acts on it; barriers and
+    delays are kept on the used qubits (they shape the schedule, hence the idle noise).
+    """
+    from qiskit import QuantumCircuit as QC
+    from qiskit.circuit import Barrier, CircuitInstruction
+
+    find = circuit.find_bit
     used = sorted(
         {
-            circuit.find_bit(q).index
+            find(q).index
             for inst in circuit.data
-            if inst.operation.name not in _IGNORED
+            if inst.operation.name not in _SCHEDULING
             for q in inst.qubits
         }
     )
     where = {q: i for i, q in enumerate(used)}
     out = QC(len(used), circuit.num_clbits, name=circuit.name)
+    qbits, cbits = out.qubits, out.clbits
     for inst in circuit.data:
-        if inst.operation.name in _IGNORED:
-            continue
-        out.append(
-            inst.operation,
-            [where[circuit.find_bit(q).index] for q in inst.qubits],
-            [circuit.find_bit(c).index for c in inst.clbits],
-        )
+        op = inst.operation
+        qubits = [where[i] for i in (find(q).index for q in inst.qubits) if i in where]
+        if op.name in _SCHEDULING:
+            if not qubits:
+                continue
+            if op.name == "barrier" and len(qubits) != op.num_qubits:
+                op = Barrier(len(qubits))
+        # The circuit is already valid: _append skips append's broadcasting and checks.
+        out._append(CircuitInstruction(op, tuple(qbits[q] for q in qubits),
+                                       tuple(cbits[find(c).index] for c in inst.clbits)))
     return out, used
 
 
@@ -133,7 +123,7 @@ def as_clifford(circuit: QuantumCircuit) -> QuantumCircuit | None:
             if turns:
                 getattr(out, quarter[turns])(inst.qubits[0])
         elif op.name in _CLIFFORD_GATES and not getattr(op, "condition", None):
-            out.append(op, inst.qubits, inst.clbits)
+            out.append(op, inst.qubits, inst.clbits, copy=False)
         else:
             return None
     return out
@@ -143,9 +133,10 @@ def simulate_counts(
     circuit: QuantumCircuit,
     shots: int,
     seed: int,
-    target: Any | None,
+    calibration: Mapping[str, Any] | DeviceNoise | None,
     engine: str = "stim",
     noise_scale: float = 1.0,
+    dt: float | None = None,
 ) -> tuple[dict[str, int], str]:
     """Counts of an ISA circuit, and the method used (see the module docstring).
 
@@ -153,36 +144,45 @@ def simulate_counts(
         circuit: the ISA circuit (any width; idle qubits are dropped first).
         shots: shots to take.
         seed: simulator seed.
-        target: the backend target whose errors make the noise; ``None`` for noiseless.
+        calibration: the backend's calibration snapshot (or a :class:`DeviceNoise`) whose
+            values make the noise; ``None`` for noiseless.
         engine: ``"stim"`` or ``"aer"`` for Clifford circuits.
-        noise_scale: multiplier on every error rate (see :func:`noise_spec`).
+        noise_scale: multiplier on every error probability (0: noiseless).
+        dt: the backend's ``dt`` in seconds, for delays given in ``dt``.
+
+    Raises:
+        UnsupportedInstruction: the circuit has classically controlled instructions.
     """
     small, physical = compact(circuit)
-    ops = {inst.operation.name for inst in small.data}
-    noise = noise_spec(target, physical, ops, noise_scale) if target is not None else NoiseSpec()
+    noise = device_noise(calibration, physical, noise_scale, dt)
+    if engine == "stim":
+        try:
+            program, record_clbit = isa_to_stim(small, noise, physical)
+        except NotClifford:
+            pass
+        else:
+            return _stim_counts(program, record_clbit, small.num_clbits, shots, seed), "stim_stabilizer"
     clifford = as_clifford(small)
-    if clifford is not None and engine == "stim":
-        return _stim_counts(clifford, shots, seed, noise), "stim_stabilizer"
     if clifford is not None:
         method, to_run = "stabilizer", clifford
     elif small.num_qubits <= STATEVECTOR_MAX_QUBITS:
         method, to_run = "statevector", small
     else:
         method, to_run = "matrix_product_state", small
-    return _aer_counts(to_run, shots, seed, noise, method), method
+    noisy, readout = isa_to_aer(to_run, noise, physical)
+    return _aer_counts(noisy, readout, shots, seed, method), method
 
 
-def _aer_counts(circuit: QuantumCircuit, shots: int, seed: int, noise: NoiseSpec, method: str) -> dict[str, int]:
+def _aer_counts(circuit: QuantumCircuit, readout: Mapping[int, float], shots: int, seed: int,
+                method: str) -> dict[str, int]:
+    """Counts of a circuit whose quantum noise is inline, with readout flips per qubit."""
     from qiskit_aer import AerSimulator
-    from qiskit_aer.noise import NoiseModel, ReadoutError, depolarizing_error
+    from qiskit_aer.noise import NoiseModel, ReadoutError
 
     options: dict[str, Any] = {"method": method, "seed_simulator": seed}
-    if noise.gate_errors or noise.readout_errors:
+    if readout:
         model = NoiseModel()
-        for (name, qubits), error in noise.gate_errors.items():
-            lam = NoiseSpec.depolarizing_lambda(error, len(qubits))
-            model.add_quantum_error(depolarizing_error(lam, len(qubits)), name, list(qubits))
-        for qubit, p in noise.readout_errors.items():
+        for qubit, p in readout.items():
             model.add_readout_error(ReadoutError([[1 - p, p], [p, 1 - p]]), [qubit])
         options["noise_model"] = model
     raw = AerSimulator(**options).run(circuit, shots=shots).result().get_counts(0)
@@ -190,30 +190,12 @@ def _aer_counts(circuit: QuantumCircuit, shots: int, seed: int, noise: NoiseSpec
     return {key.replace(" ", "").zfill(width): int(n) for key, n in raw.items()}
 
 
-def _stim_counts(circuit: QuantumCircuit, shots: int, seed: int, noise: NoiseSpec) -> dict[str, int]:
+def _stim_counts(program: Any, record_clbit: list[int], num_clbits: int, shots: int,
+                 seed: int) -> dict[str, int]:
+    """Counts of a stim program whose measurement ``k`` writes clbit ``record_clbit[k]``."""
     import numpy as np
-    import stim
 
-    program = stim.Circuit()
-    record_clbit: list[int] = []  # measurement record index -> clbit it writes
-    for inst in circuit.data:
-        name = inst.operation.name
-        qubits = [circuit.find_bit(q).index for q in inst.qubits]
-        if name == "measure":
-            qubit = qubits[0]
-            program.append("M", [qubit], noise.readout_errors.get(qubit, 0.0))
-            record_clbit.append(circuit.find_bit(inst.clbits[0]).index)
-        elif name == "reset":
-            program.append("R", qubits)
-        else:
-            program.append(_STIM_NAMES[name], qubits)
-            error = noise.gate_errors.get((name, tuple(qubits)))
-            if error:
-                lam = NoiseSpec.depolarizing_lambda(error, len(qubits))
-                channel = "DEPOLARIZE1" if len(qubits) == 1 else "DEPOLARIZE2"
-                program.append(channel, qubits, lam * (4 ** len(qubits) - 1) / 4 ** len(qubits))
-    width = circuit.num_clbits
-    clbits = np.zeros((shots, width), dtype=np.uint8)
+    clbits = np.zeros((shots, num_clbits), dtype=np.uint8)
     if record_clbit:
         samples = program.compile_sampler(seed=seed).sample(shots)
         for record, clbit in enumerate(record_clbit):  # later measurements overwrite earlier
