@@ -296,6 +296,9 @@ def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
         shown = o.record.status.value
         name = o.record.job_id or f"({o.record.experiment_type}, not submitted)"
         out.append(f"Job {name}: {shown}" + (f" — {o.message}" if o.message else ""))
+    for u in report.usage:  # final jobs whose usage was pending: quiet shows the new figures
+        if u.recorded or not quiet:
+            out.append(f"Job {u.record.job_id}: {u.record.status.value} — {u.message}")
     if report.collected_path is not None:
         out.append(f"Collected results: {report.collected_path}")
     return out, err
@@ -409,4 +412,10 @@ def _report_json(report) -> dict:
         "collected_results": None if report.collected_path is None else str(report.collected_path),
         "skipped": report.skipped,
         "problems": [str(p) for p in report.problems],
+        "usage": [
+            {"job_id": u.record.job_id, "record_id": u.record.record_id,
+             "recorded": u.recorded, "usage_seconds": u.record.usage_seconds,
+             "message": u.message}
+            for u in report.usage
+        ],
     }
