@@ -131,6 +131,9 @@ def test_ibm_usage_pending_after_the_job_is_final_is_fetched_by_a_later_run(
     assert key["jobs_usage_pending"] == 1
     assert key["usage_pending_seconds"] == record["estimated_qpu_seconds"]
     assert key["service_usage"]["usage_seconds"] == 0
+    table = invoke(qcourier_main, ["budget"]).stdout
+    assert ("ibm key 0: usage pending at the service for 1 finished job(s), not in used; the "
+            "budget guard counts their estimates") in table
 
     emu.fail("GET", rf"/jobs/{job_id}/metrics", 500, count=100)
     failing = invoke(collect.main, ["--json"])
