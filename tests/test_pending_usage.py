@@ -57,6 +57,9 @@ def test_usage_pending_counts_the_estimate_until_a_later_qcollect_records_the_fi
     assert f"(used {estimate:.1f} s, reserved 0.0 s)" in refused.stderr
     show = run([script("qcourier"), "show", job_id], env, tmp_path)
     assert f"usage pending (estimated {estimate:.1f}" in show.stdout
+    status = run([script("qcourier"), "status"], dict(env, COLUMNS="200"), tmp_path)
+    [row] = [line for line in status.stdout.splitlines() if line.startswith(job_id)]
+    assert row.split()[-1] == "pending"
 
     # Still pending: nothing changes, and it is said.
     before = ledger_bytes(tmp_path)
