@@ -28,7 +28,9 @@ run collected. Safe to run again and again (by hand, from cron, or with --watch)
 run with nothing new changes nothing, and a second collector started while one runs exits
 at once. Each job is polled with the service and API key that submitted it; a job that
 cannot be polled this time (service unreachable, key rejected) is reported, left as it is,
-and polled again next time.
+and polled again next time. A finished job whose usage the service still reported as
+pending is asked about again (up to 20 a run, in the 28-day window) until its figure is
+recorded; until then the budget guard counts its estimate.
 
 \b
 Examples:
