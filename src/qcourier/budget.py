@@ -199,15 +199,14 @@ class BudgetState:
         return self.service if self.key_index is None else f"{self.service} key {self.key_index}"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict: every field, plus ``remaining_seconds``; times in ISO 8601."""
+        """A JSON-able dict: the figures (not where `used` came from), plus ``remaining_seconds``;
+        times in ISO 8601."""
         return {
             "service": self.service, "key_index": self.key_index,
             "limit_seconds": self.limit_seconds, "used_seconds": self.used_seconds,
             "reserved_seconds": self.reserved_seconds,
             "remaining_seconds": self.remaining_seconds,
             "jobs_used": self.jobs_used, "jobs_reserved": self.jobs_reserved,
-            "jobs_usage_pending": self.jobs_usage_pending,
-            "usage_pending_seconds": self.usage_pending_seconds,
             "window_start": self.window_start.isoformat(), "now": self.now.isoformat(),
         }
 

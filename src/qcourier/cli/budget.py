@@ -100,6 +100,8 @@ def budget_report(state: AppState, records: list[Any], now: Any, ask_services: b
     for service, key_index in _keys(state, records):
         budget = budget_state(records, service, key_index, settings.budget_limit(key_index), now)
         entry = budget.to_dict()
+        entry.update(jobs_usage_pending=budget.jobs_usage_pending,
+                     usage_pending_seconds=budget.usage_pending_seconds)
         entry["service_usage"] = _service_usage(state, budget) if ask_services else None
         keys.append(entry)
     accuracy = {}
