@@ -199,8 +199,8 @@ class BudgetState:
         return self.service if self.key_index is None else f"{self.service} key {self.key_index}"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict: the figures (not where `used` came from), plus ``remaining_seconds``;
-        times in ISO 8601."""
+        """A JSON-able dict of the figures, plus ``remaining_seconds`` (not the sources of
+        ``used`` nor the pending-usage counts); times in ISO 8601."""
         return {
             "service": self.service, "key_index": self.key_index,
             "limit_seconds": self.limit_seconds, "used_seconds": self.used_seconds,
