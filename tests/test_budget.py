@@ -17,6 +17,7 @@ from qcourier.budget import (
     budget_keys,
     budget_state,
     model_accuracy,
+    usage_pending,
     pace_allowance,
 )
 from qcourier.cli import budget as budget_cli
@@ -367,9 +368,14 @@ def test_budget_help_has_examples(invoke):
 def test_a_final_job_without_usage_counts_its_estimate_until_the_real_figure_is_known():
     records = [done(DAY, None, estimate=7.0), done(DAY, 3.0, estimate=9.0),
                done(DAY, None, estimate=5.0, status=JobStatus.SUBMIT_FAILED)]  # never a job
+    records.append(done(30 * DAY, None, estimate=4.0))  # left the window: counts nothing
     state = budget_state(records, "ibm", 0, 600.0, NOW, estimate_unknown=True)
     assert state.used_seconds == pytest.approx(10.0) and state.jobs_used == 2
-    assert budget_state(records, "ibm", 0, 600.0, NOW).used_seconds == 3.0  # what was reported
+    reported = budget_state(records, "ibm", 0, 600.0, NOW)
+    assert reported.used_seconds == 3.0  # what was reported
+    for figures in (state, reported):  # either way, how much of it is only an estimate
+        assert (figures.jobs_usage_pending, figures.usage_pending_seconds) == (1, 7.0)
+    assert [usage_pending(r) for r in records] == [True, False, False, True]
 
 
 def test_the_service_figure_counts_when_it_is_larger():

@@ -3,8 +3,13 @@ when nothing was made, and the budget guard holding against concurrent processes
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import queue
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +196,152 @@ def test_concurrent_qsubmits_spend_at_most_the_budget(tmp_path: Path):
     assert all("remain in the 28-day window" in err for err in refused)
     records = ledger_records(tmp_path / "ledger")
     assert [r["status"] for r in records] == ["submitted"]
+
+
+PENDING = ("submitting", "submitted", "queued", "running")
+
+
+def service_jobs(*directories: Path) -> int:
+    """Jobs the local service holds in these directories (one spec file each)."""
+    return sum(1 for d in directories for p in d.glob("*.json") if "." not in p.stem)
+
+
+def queue_with_one_deferred(tmp_path: Path) -> tuple[dict[str, str], float]:
+    """A ledger with one job queued at the service (for 600 s) and one deferred behind it by
+    the pending cap; returns the environment and a job's estimated QPU seconds."""
+    env = cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="600")
+    setup = subprocess.run([script("qsubmit"), *BELL, "--repeat", "2", "--max-pending", "1"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert setup.returncode == 0, setup.stderr
+    records = ledger_records(tmp_path / "ledger")
+    assert sorted(r["status"] for r in records) == ["deferred", "submitted"]
+    [estimate] = {r["estimated_qpu_seconds"] for r in records}
+    return env, estimate
+
+
+def test_the_drain_takes_the_keys_submission_lock(tmp_path: Path):
+    """While another process submits for the key (holds its lock), qcollect leaves the
+    deferred job alone; once the lock is free, the next qcollect submits it."""
+    from filelock import FileLock
+
+    env, _ = queue_with_one_deferred(tmp_path)
+    collect_ = [script("qcollect"), "--max-pending", "2"]
+    with FileLock(str(tmp_path / "ledger" / ".submit-local-local.lock")):
+        held = subprocess.run(collect_, env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+    assert held.returncode == 0, held.stderr
+    assert "deferred: another process is submitting for this key" in held.stdout
+    assert service_jobs(tmp_path / "service") == 1
+    free = subprocess.run(collect_, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert free.returncode == 0, free.stderr
+    assert "submitted (was deferred)" in free.stdout
+    assert service_jobs(tmp_path / "service") == 2
+
+
+class Watched:
+    """A real process whose output is read as it comes, so a test can wait for a line."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path):
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._readers = [threading.Thread(target=self._read, args=(pipe, into), daemon=True)
+                         for pipe, into in ((self.proc.stdout, self.out),
+                                            (self.proc.stderr, self.err))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, pipe, into: list[str]) -> None:
+        for line in pipe:
+            into.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float = 300) -> bool:
+        """Whether a line with ``text`` came (True) before the process ended (False)."""
+        deadline, ended = time.monotonic() + timeout, 0
+        while ended < 2:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            if line is None:
+                ended += 1
+            elif text in line:
+                return True
+        return False
+
+    def finish(self) -> tuple[int, str, str]:
+        code = self.proc.wait(timeout=300)
+        for reader in self._readers:
+            reader.join(timeout=60)
+        return code, "".join(self.out), "".join(self.err)
+
+
+def wait_for_a_reader(fifo: Path, process: Watched, timeout: float = 300) -> int:
+    """Block until ``process`` (or any) opens ``fifo`` to read; return a write end of it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            if exc.errno != errno.ENXIO:
+                raise
+        assert process.proc.poll() is None, process.finish()
+        time.sleep(0.05)
+    raise AssertionError(f"nothing opened {fifo} in {timeout} s")
+
+
+@pytest.mark.parametrize("room", ["deferred_only", "one_more"])
+def test_qsubmit_against_a_draining_qcollect_spends_at_most_the_budget(tmp_path: Path, room):
+    """A qsubmit on the key whose deferred queue a qcollect is draining, arriving while the
+    drain is between its budget check and its intent line, waits for it: together they
+    spend at most the budget and keep the pending cap (two jobs).
+
+    The budget has room for the deferred job alone (``deferred_only``: a deferred job's
+    estimate is reserved from the moment it is recorded, so the queue goes first) or for it
+    and exactly one more job (``one_more``). The drain is held where it asks the service for
+    its usage (for the guard, under the key's lock): a FIFO among the local service's job
+    files blocks that call until the test writes to it. The qsubmit uses a service directory
+    of its own (else its own usage call would block too; the ledger, the key and its lock
+    are the same). Once the qsubmit says it is waiting for the key (or, if the drain did not
+    hold the lock, has finished), the drain is let go. Without the drain's lock, ``one_more``
+    ends with three jobs at the service.
+    """
+    env, estimate = queue_with_one_deferred(tmp_path)
+    extra = 0.5 if room == "deferred_only" else 1.5  # the 0.5 keeps float sums off the edge
+    limit = (2 + extra) * estimate
+    race = dict(env, QCOURIER_BUDGET_SECONDS=str(limit))
+    fifo = tmp_path / "service" / "zzzzzzzzzzzzzzzzzzzz.json"
+    os.mkfifo(fifo)
+    drain = Watched([script("qcollect"), "--max-pending", "2"], race, tmp_path)
+    writer = wait_for_a_reader(fifo, drain)
+    qsubmit = Watched([script("qsubmit"), *BELL, "--force", "--max-pending", "2"],
+                      dict(race, QCOURIER_LOCAL_SERVICE_DIR=str(tmp_path / "service2")), tmp_path)
+    waited = qsubmit.wait_for("waiting up to 300 s for another qsubmit or qcollect submitting "
+                              "for this key")
+    fifo.unlink()
+    os.write(writer, b"not a job")  # the drain's usage call skips it, and goes on
+    os.close(writer)
+    drained, submitted = drain.finish(), qsubmit.finish()
+    assert drained[0] == 0 and "submitted (was deferred)" in drained[1], drained
+
+    records = ledger_records(tmp_path / "ledger")
+    at_service = [r for r in records if r["status"] in PENDING]
+    made = service_jobs(tmp_path / "service", tmp_path / "service2")
+    assert len(at_service) == made == 2, (drained, submitted)  # the cap holds
+    assert waited, submitted
+    reserved = sum(r["estimated_qpu_seconds"] for r in records
+                   if r["status"] in (*PENDING, "deferred"))
+    assert reserved <= limit + 1e-9  # never negative: not even one job over
+    budget = subprocess.run([script("qcourier"), "budget", "--no-service", "--json"], env=race,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    [key] = json.loads(budget.stdout)["keys"]
+    assert key["remaining_seconds"] == pytest.approx(limit - reserved)
+    assert key["remaining_seconds"] >= -1e-9
+    if room == "deferred_only":  # the room was the queue's
+        assert submitted[0] == 1 and "remain in the 28-day window" in submitted[2], submitted
+        assert len(records) == 2
+    else:  # it fitted the budget, and waits behind the pending cap
+        assert submitted[0] == 0, submitted
+        assert sorted(r["status"] for r in records if r["status"] not in PENDING) == ["deferred"]

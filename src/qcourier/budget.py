@@ -132,6 +132,25 @@ def _finished_at(record: RecordView) -> datetime:
     return _utc(record.completion_time or record.updated_at)
 
 
+def usage_pending(record: RecordView) -> bool:
+    """Whether a record is a final job whose usage is not known yet (the service still
+    reported it pending): the guard counts its estimate until a ``qcollect`` records the
+    figure. A submission that never became a job (``submit_failed``, or cancelled while
+    deferred) was never charged, so it has no usage to wait for."""
+    if not record.status.is_final or record.usage_seconds is not None:
+        return False
+    never_a_job = record.status is JobStatus.SUBMIT_FAILED or (
+        record.status is JobStatus.CANCELLED and record.job_id is None)
+    return not never_a_job
+
+
+def finished_in_window(record: RecordView, now: datetime) -> bool:
+    """Whether a final record counts in the window ending at ``now`` (by its completion time,
+    else the time of its last ledger line)."""
+    now = _utc(now)
+    return now - WINDOW < _finished_at(record) <= now
+
+
 @dataclass(frozen=True)
 class BudgetState:
     """One key's QPU budget over the rolling window ``(window_start, now]``.
@@ -149,6 +168,9 @@ class BudgetState:
         jobs_reserved: jobs pending or being submitted.
         ledger_used_seconds: what the ledger alone says was used.
         service_used_seconds: what the service says the key used, if it was asked.
+        jobs_usage_pending: final jobs in the window whose usage is not known yet
+            (:func:`usage_pending`); with ``estimate_unknown`` they are in ``jobs_used``.
+        usage_pending_seconds: their estimates (in ``used_seconds`` with ``estimate_unknown``).
     """
 
     service: str
@@ -163,6 +185,8 @@ class BudgetState:
     # Where ``used_seconds`` came from: not part of a state's value.
     ledger_used_seconds: float | None = field(default=None, compare=False)
     service_used_seconds: float | None = field(default=None, compare=False)
+    jobs_usage_pending: int = 0
+    usage_pending_seconds: float = 0.0
 
     @property
     def remaining_seconds(self) -> float:
@@ -175,7 +199,8 @@ class BudgetState:
         return self.service if self.key_index is None else f"{self.service} key {self.key_index}"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict: every field, plus ``remaining_seconds``; times in ISO 8601."""
+        """A JSON-able dict of the figures, plus ``remaining_seconds`` (not the sources of
+        ``used`` nor the pending-usage counts); times in ISO 8601."""
         return {
             "service": self.service, "key_index": self.key_index,
             "limit_seconds": self.limit_seconds, "used_seconds": self.used_seconds,
@@ -217,18 +242,19 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
     now = _utc(now)
     start = now - WINDOW
     service, key_index = budget_key(service, key_index)
-    used = reserved = 0.0
-    jobs_used = jobs_reserved = 0
+    used = reserved = pending_seconds = 0.0
+    jobs_used = jobs_reserved = jobs_pending = 0
     for record in _of_key(records, service, key_index):
         if record.status.is_final:
+            if not start < _finished_at(record) <= now:
+                continue
             seconds = record.usage_seconds
-            # A record that never became a job (submit_failed, or cancelled while deferred)
-            # was never charged.
-            never_a_job = record.status is JobStatus.SUBMIT_FAILED or (
-                record.status is JobStatus.CANCELLED and record.job_id is None)
-            if seconds is None and estimate_unknown and not never_a_job:
-                seconds = record.estimated_qpu_seconds
-            if start < _finished_at(record) <= now and seconds:
+            if usage_pending(record):
+                jobs_pending += 1
+                pending_seconds += record.estimated_qpu_seconds or 0.0
+                if estimate_unknown:
+                    seconds = record.estimated_qpu_seconds
+            if seconds:
                 used += seconds
                 jobs_used += 1
         elif is_reserving(record.status):
@@ -241,7 +267,8 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
                        used_seconds=used, reserved_seconds=reserved, window_start=start, now=now,
                        jobs_used=jobs_used, jobs_reserved=jobs_reserved,
                        ledger_used_seconds=ledger_used,
-                       service_used_seconds=service_used_seconds)
+                       service_used_seconds=service_used_seconds,
+                       jobs_usage_pending=jobs_pending, usage_pending_seconds=pending_seconds)
 
 
 # -- the pace rule ----------------------------------------------------------------------------

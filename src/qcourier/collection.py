@@ -11,7 +11,11 @@ One ``collect_pending`` run:
    asked is ``partial``; a failed job keeps the service's message and a failure class;
 4. with ``resubmit_failed``, records retries of failed jobs whose failure was the system's
    (and of partial ones), linked by ``retry_of``/``retry_count``, as ``deferred``;
-5. submits ``deferred`` jobs while their key has free pending slots, submissions left this
+5. asks again for the usage of final jobs recorded while the service still reported it
+   pending (finished in the budget window, the newest :data:`USAGE_BATCH` first); a figure
+   that has arrived is a new ledger line, and until then the budget guard counts the job's
+   estimate. A failed call changes nothing and is tried again on the next run;
+6. submits ``deferred`` jobs while their key has free pending slots, submissions left this
    minute, and (through ``admit``) budget.
 
 It appends nothing for a job whose state did not change, so running it again changes
@@ -33,6 +37,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from qcourier import ledger as ledger_mod
+from qcourier.budget import finished_in_window, usage_pending
 from qcourier.concurrency import (
     CPU_LOCK,
     DEFAULT_WORKERS,
@@ -88,6 +93,8 @@ Progress = Callable[[str], None]
 LISTING_MARGIN = timedelta(hours=1)
 #: Completed results re-hashed per run, in turns (see :class:`ResultCheck`).
 RESULT_CHECK_BATCH = 100
+#: Final jobs whose usage is still unknown asked about per run (newest finished first).
+USAGE_BATCH = 20
 #: Given a deferred record and the current records, a reason not to submit it now, or None.
 Admit = Callable[[LedgerRecord, list[RecordView]], str | None]
 
@@ -113,6 +120,16 @@ class JobOutcome:
 
 
 @dataclass
+class UsageOutcome:
+    """What this run learnt of the usage of a final job recorded without it."""
+
+    record: LedgerRecord
+    #: Whether the figure arrived (and a ledger line records it).
+    recorded: bool
+    message: str
+
+
+@dataclass
 class CollectReport:
     """Everything one collection run saw and did."""
 
@@ -124,6 +141,8 @@ class CollectReport:
     already_final_completed: int = 0
     #: For ``--job-id`` of a job no ledger file knows: what the service says of it.
     unrecorded: JobStatusReport | None = None
+    #: Final jobs whose usage was asked for again (their figure was pending).
+    usage: list[UsageOutcome] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -242,16 +261,18 @@ class _Run:
             if not selected:
                 self.report.unrecorded = poll_unrecorded(self.pool.get(default_service), job_id)
                 return self.report
-        deferred, open_ = [], []
+        deferred, open_, no_usage = [], [], []
         for entry in selected:
             status = entry.summary.status
             if status is JobStatus.DEFERRED:
                 deferred.append(entry)
             elif status.is_final:
-                self._check_final(entry)
+                if self._check_final(entry) and usage_pending(entry.summary):
+                    no_usage.append(entry)
             else:
                 open_.append(entry)
         self._poll(open_)
+        self._ask_usage(no_usage)
         if job_id is None:
             if resubmit_failed:
                 deferred += self._plan_retries(max_retries)
@@ -278,18 +299,21 @@ class _Run:
         reason = self.unreachable[queue_key(entry.record)]
         self._outcome(JobOutcome(entry.record, None, False, reason, failed=True), entry.path)
 
-    def _check_final(self, entry: Entry) -> None:
-        """Count a final record; download a completed one's result again if its file is bad."""
+    def _check_final(self, entry: Entry) -> bool:
+        """Count a final record; download a completed one's result again if its file is bad.
+
+        Returns whether the record was only counted (nothing was downloaded).
+        """
         problem = self.results.problem(entry.summary)
         if problem is None:
             self.report.already_final += 1
             self.report.already_final_completed += entry.summary.status is JobStatus.COMPLETED
-            return
+            return True
         record = entry.record
         service = self._service(record)
         if service is None:
             self._not_reachable(entry)
-            return
+            return False
         self.progress(f"downloading the result of {record.job_id} again ({problem})")
         try:
             outcome = _finish(service, self.ledger, entry, JobStatusReport(record.job_id, JobState.DONE))
@@ -297,6 +321,65 @@ class _Run:
         except ServiceError as exc:
             outcome = JobOutcome(record, None, False, f"not collected: {exc}", failed=True)
         self._outcome(outcome, entry.path)
+        return False
+
+    def _ask_usage(self, entries: list[Entry]) -> None:
+        """Ask again for the usage of final jobs recorded without it (see the module, step 5).
+
+        Only jobs that finished in the budget window count against a budget, so only those
+        are asked about, the most recently finished first (their figure is the likeliest to
+        have arrived), at most :data:`USAGE_BATCH` per run, on the run's workers and rate
+        gates. Nothing here fails the run: a job whose service cannot answer now keeps its
+        estimate in the guard and is asked again next time.
+        """
+        now = utc_now()
+        due = sorted((e for e in entries
+                      if e.summary.job_id and finished_in_window(e.summary, now)),
+                     key=lambda e: e.summary.completion_time or e.summary.updated_at,
+                     reverse=True)[:USAGE_BATCH]
+        jobs = []
+        for entry in due:
+            where = queue_key(entry.summary)
+            service = self._service(entry.record)
+            if service is None:
+                self.report.usage.append(UsageOutcome(
+                    entry.record, False, f"usage not asked: {self.unreachable[where]}"))
+            else:
+                jobs.append((entry, service))
+        if jobs:
+            self.progress(f"asking for the usage of {len(jobs)} finished job(s) whose figure "
+                          "was pending")
+        for (entry, _), outcome in map_unordered(self._usage_of, jobs, self.workers):
+            if isinstance(outcome, BaseException):
+                raise outcome  # not a service failure (those are outcomes): a bug, or Ctrl-C
+            self.report.usage.append(outcome)
+            if outcome.recorded:
+                self.entries[outcome.record.record_id] = Entry.of(outcome.record, entry.path)
+
+    def _usage_of(self, item: tuple[Entry, QuantumService]) -> UsageOutcome:
+        """One job's usage, on a worker: a ledger line if the figure has arrived."""
+        entry, service = item
+        record = entry.record
+        assert record.job_id is not None
+        try:
+            with call_time_scope():
+                job_id = check_job_id(record.job_id, f"ledger file {entry.path.name}")
+                metrics = _Gated(service, self._gate(service)).job_metrics(job_id)
+        except ServiceError as exc:
+            return UsageOutcome(record, False, f"usage not fetched ({exc}); the budget counts "
+                                "its estimate until a later run gets the figure")
+        if metrics.usage_seconds is None:
+            return UsageOutcome(record, False, "usage still pending at the service; the budget "
+                                "counts its estimate meanwhile")
+        updated = record.evolve(
+            usage_seconds=metrics.usage_seconds,
+            queue_seconds=(record.queue_seconds if record.queue_seconds is not None
+                           else metrics.queue_seconds))
+        ledger_mod.append(entry.path, updated)
+        estimate = ("" if record.estimated_qpu_seconds is None
+                    else f" (estimated {record.estimated_qpu_seconds:.1f} s)")
+        return UsageOutcome(updated, True, f"usage recorded: {metrics.usage_seconds:.1f} s of "
+                            f"QPU time{estimate}")
 
     def _poll(self, entries: list[Entry]) -> None:
         """Settle intents, then poll every job.

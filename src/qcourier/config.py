@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     local_latency_seconds: float = Field(0.0, ge=0,
                                          validation_alias="QCOURIER_LOCAL_LATENCY_SECONDS")
     local_rate_limit: float | None = Field(None, gt=0, validation_alias="QCOURIER_LOCAL_RATE_LIMIT")
+    # Emulated QPU usage: the estimate times a factor, and known only this long after a job
+    # finished (IBM's usage status stays "pending" for a while after the job is final).
+    local_usage_factor: float = Field(1.0, gt=0, le=100, validation_alias="QCOURIER_LOCAL_USAGE_FACTOR")
+    local_usage_delay_seconds: float = Field(
+        0.0, ge=0, validation_alias="QCOURIER_LOCAL_USAGE_DELAY_SECONDS")
 
     @field_validator("service", "local_seed", "ibm_url", "local_rate_limit", mode="before")
     @classmethod

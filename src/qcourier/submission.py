@@ -545,10 +545,18 @@ def submit_plan(
     target.ledger.ensure_writable()
     lock = key_lock(target.ledger, plan.service.name, plan.service.api_key_index)
     try:
-        with lock:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # say why this run seems to hang, then wait
+            progress(f"{budget_label(plan.service)}: waiting up to {lock.timeout:.0f} s for "
+                     "another qsubmit or qcollect submitting for this key")
+            lock.acquire()
+        try:
             existing[:] = target.ledger.fold().summaries
             _submit_locked(target, plan, existing, policy, force, guard, progress, outcome,
                            service_used)
+        finally:
+            lock.release()
     except Timeout:
         outcome.error = (f"{budget_label(plan.service)}: another qsubmit or qcollect has been "
                          f"submitting for this key for {lock.timeout:.0f} s; nothing submitted, "

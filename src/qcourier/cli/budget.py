@@ -37,6 +37,9 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
       used       QPU seconds recorded for jobs that finished in the window
       reserved   estimated seconds of jobs pending or being submitted
       remaining  limit - used - reserved
+    A finished job whose usage the service still reports as pending is not in
+    used; a line below the table says how many there are, and that the budget
+    guard counts their estimates until qcollect records the figures.
     Unless --no-service, each service's own usage figure is shown beside the
     ledger's used, with the difference (service - ledger); a service that cannot
     answer shows "unavailable: <reason>". Then the QPU-time estimate model's
@@ -47,7 +50,8 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
       {"now": ISO time, "window_days": 28,
        "keys": [{"service", "key_index", "limit_seconds", "used_seconds",
                  "reserved_seconds", "remaining_seconds", "jobs_used",
-                 "jobs_reserved", "window_start", "now",
+                 "jobs_reserved", "jobs_usage_pending", "usage_pending_seconds",
+                 "window_start", "now",
                  "service_usage": null (--no-service)
                    | {"usage_seconds", "limit_seconds", "difference_seconds"}
                    | {"error": "<reason>"}}, ...],
@@ -96,6 +100,8 @@ def budget_report(state: AppState, records: list[Any], now: Any, ask_services: b
     for service, key_index in _keys(state, records):
         budget = budget_state(records, service, key_index, settings.budget_limit(key_index), now)
         entry = budget.to_dict()
+        entry.update(jobs_usage_pending=budget.jobs_usage_pending,
+                     usage_pending_seconds=budget.usage_pending_seconds)
         entry["service_usage"] = _service_usage(state, budget) if ask_services else None
         keys.append(entry)
     accuracy = {}
@@ -149,6 +155,12 @@ def _print_keys(state: AppState, keys: list[dict[str, Any]], with_service: bool)
                 row += [f"{usage['usage_seconds']:.1f}", f"{usage['difference_seconds']:+.1f}"]
         rows.append(row)
     print_table(state, columns, rows, optional=["key", "jobs open", "jobs done", "difference s"])
+    for k in keys:
+        if k["jobs_usage_pending"]:
+            label = k["service"] if k["key_index"] is None else f"{k['service']} key {k['key_index']}"
+            click.echo(f"{label}: usage pending at the service for {k['jobs_usage_pending']} "
+                       f"finished job(s), not in used; the budget guard counts their estimates "
+                       f"({k['usage_pending_seconds']:.1f} s) until qcollect gets the figures")
     if keys:
         start, end = (keys[0][k][:16].replace("T", " ") for k in ("window_start", "now"))
         click.echo(f"Window: {start} to {end} UTC (28 days, rolling)")

@@ -28,7 +28,9 @@ run collected. Safe to run again and again (by hand, from cron, or with --watch)
 run with nothing new changes nothing, and a second collector started while one runs exits
 at once. Each job is polled with the service and API key that submitted it; a job that
 cannot be polled this time (service unreachable, key rejected) is reported, left as it is,
-and polled again next time.
+and polled again next time. A finished job whose usage the service still reported as
+pending is asked about again (up to 20 a run, in the 28-day window) until its figure is
+recorded; until then the budget guard counts its estimate.
 
 \b
 Examples:
@@ -296,6 +298,9 @@ def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
         shown = o.record.status.value
         name = o.record.job_id or f"({o.record.experiment_type}, not submitted)"
         out.append(f"Job {name}: {shown}" + (f" — {o.message}" if o.message else ""))
+    for u in report.usage:  # final jobs whose usage was pending: quiet shows the new figures
+        if u.recorded or not quiet:
+            out.append(f"Job {u.record.job_id}: {u.record.status.value} — {u.message}")
     if report.collected_path is not None:
         out.append(f"Collected results: {report.collected_path}")
     return out, err
@@ -409,4 +414,10 @@ def _report_json(report) -> dict:
         "collected_results": None if report.collected_path is None else str(report.collected_path),
         "skipped": report.skipped,
         "problems": [str(p) for p in report.problems],
+        "usage": [
+            {"job_id": u.record.job_id, "record_id": u.record.record_id,
+             "recorded": u.recorded, "usage_seconds": u.record.usage_seconds,
+             "message": u.message}
+            for u in report.usage
+        ],
     }

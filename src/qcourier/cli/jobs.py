@@ -58,7 +58,7 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
              ("backend", record.backend), ("shots", f"{record.shots} x {record.num_circuits} "
                                                     "circuit(s)"),
              ("circuit hash", record.circuit_hash), ("git commit", _commit(record)),
-             ("QPU seconds", _seconds(record.usage_seconds, record.estimated_qpu_seconds)),
+             ("QPU seconds", _seconds(record)),
              ("queue seconds", "-" if record.queue_seconds is None
               else f"{record.queue_seconds:.0f}"),
              ("ledger file", str(entry.path))]
@@ -69,8 +69,8 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
         click.echo(f"{name.ljust(width)}  {value}")
     click.echo("\nHistory:")
     print_table(state, ["time (UTC)", "status", "note"],
-                [[r.updated_at.strftime("%Y-%m-%d %H:%M:%S"), r.status.value, r.error or ""]
-                 for r in lines])
+                [[r.updated_at.strftime("%Y-%m-%d %H:%M:%S"), r.status.value, _note(r, before)]
+                 for before, r in zip([None, *lines], lines, strict=False)])
     if result is not None:
         click.echo(f"\nResult: {result.path}" + (f" — {result.problem}" if result.problem else ""))
         if summary:
@@ -92,11 +92,25 @@ def _commit(record) -> str:
     return record.git_commit[:12] + (" (with uncommitted changes)" if record.git_dirty else "")
 
 
-def _seconds(used: float | None, estimate: float | None) -> str:
+def _seconds(record) -> str:
+    from qcourier.budget import usage_pending
+
+    used, estimate = record.usage_seconds, record.estimated_qpu_seconds
     est = "" if estimate is None else f"estimated {estimate:.1f}"
+    if usage_pending(record):
+        return (f"usage pending ({est}, counted by the budget guard until qcollect gets the "
+                "figure)" if est else "usage pending")
     if used is None:
         return est or "-"
     return f"{used:.1f}" + (f" ({est})" if est else "")
+
+
+def _note(line, before) -> str:
+    """What a history line says: its error, or that it recorded a pending usage figure."""
+    if (before is not None and before.status is line.status and before.usage_seconds is None
+            and line.usage_seconds is not None):
+        return f"usage recorded: {line.usage_seconds:.1f} s"
+    return line.error or ""
 
 
 @click.command("cancel")

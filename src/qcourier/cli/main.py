@@ -91,7 +91,7 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
              "-" if r.api_key_index is None else str(r.api_key_index), r.status.value,
              r.submission_time.strftime("%Y-%m-%d %H:%M:%S") if r.submission_time else "-",
              "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
-             "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}"] for r in shown]
+             _qpu_seconds(r)] for r in shown]
     if rows:
         print_table(state, columns, rows,
                     optional=["key", "service", "state", "queue s", "QPU s", "submitted"])
@@ -102,6 +102,15 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
     total = (f"{len(records)} of {len(fold.entries)} job(s)" if len(records) != len(fold.entries)
              else f"{len(records)} job(s)")
     click.echo(f"{total}: {by_status}" if by_status else total)
+
+
+def _qpu_seconds(record) -> str:
+    """A job's recorded QPU seconds; ``pending`` for a final job whose figure is not known yet."""
+    from qcourier.budget import usage_pending
+
+    if record.usage_seconds is not None:
+        return f"{record.usage_seconds:.1f}"
+    return "pending" if usage_pending(record) else "-"
 
 
 @main.command("experiments")

@@ -93,6 +93,8 @@ def pool_from_settings(settings: Settings) -> ServicePool:
             clifford_engine=settings.local_clifford_engine,
             latency_seconds=settings.local_latency_seconds,
             rate_limit_per_second=settings.local_rate_limit,
+            usage_factor=settings.local_usage_factor,
+            usage_delay_seconds=settings.local_usage_delay_seconds,
         ))
 
     def ibm(index: int | None) -> QuantumService:

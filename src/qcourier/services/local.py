@@ -31,8 +31,14 @@ device model (``qcourier.noise_model``: gate depolarizing, readout and reset fli
 from the backend's calibration snapshot for the used qubits only, times ``noise_scale``.
 
 QPU usage is reported from :func:`qcourier.budget.estimate_qpu_seconds`: a per-job overhead
-plus, per circuit, a per-circuit overhead plus shots x (circuit duration + repetition delay).
-A job that fails by injected system error reports zero usage, as IBM does not charge those.
+plus, per circuit, a per-circuit overhead plus shots x (circuit duration + repetition delay),
+times ``usage_factor`` (fixed in the job's spec when it is submitted: real usage is never
+exactly the estimate). A job that fails by injected system error reports zero usage, as IBM
+does not charge those. As on IBM, where a job's usage status stays ``pending`` for a while
+after the job is final, ``usage_delay_seconds`` keeps a finished job's usage unknown
+(``None``, and out of the instance's ``usage``) until that long after it finished. The delay
+is the asking process's setting, not the job's: one process can see a job's usage pending
+and the next its figure, without waiting.
 
 The fake backends come from ``qiskit_ibm_runtime.fake_provider`` (device snapshots only;
 the runtime client itself is used by ``services/ibm.py`` alone).
@@ -104,6 +110,9 @@ class LocalServiceConfig:
         latency_seconds: how long every emulated network call sleeps before it is served.
         rate_limit_per_second: calls allowed per second (sliding window) before HTTP 429;
             ``None``: no limit. See :class:`SlidingWindowLimiter`.
+        usage_factor: a job's usage is its estimate times this (fixed at submission).
+        usage_delay_seconds: how long after a job finished its usage is still reported
+            pending (``None``), as IBM's usage status can be (see the module docstring).
     """
 
     root: Path
@@ -116,6 +125,8 @@ class LocalServiceConfig:
     clifford_engine: str = "stim"
     latency_seconds: float = 0.0
     rate_limit_per_second: float | None = None
+    usage_factor: float = 1.0
+    usage_delay_seconds: float = 0.0
 
 
 class SlidingWindowLimiter:
@@ -312,7 +323,8 @@ class LocalService(QuantumService):
             "noise_scale": self.config.noise_scale,
             "fail": failed,
             "num_circuits": len(circuits),
-            "usage_seconds": estimate_qpu_seconds(circuits, shots, target),
+            "usage_seconds": round(estimate_qpu_seconds(circuits, shots, target)
+                                   * self.config.usage_factor, 6),
         }
         from io import BytesIO
 
@@ -353,7 +365,10 @@ class LocalService(QuantumService):
 
     def job_metrics(self, job_id: str) -> JobMetrics:
         self._network_call()
-        spec = self._spec(job_id)
+        return self._metrics(self._spec(job_id))
+
+    def _metrics(self, spec: dict[str, Any]) -> JobMetrics:
+        job_id = spec["job_id"]
         created = datetime.fromisoformat(spec["created"])
         running = created + timedelta(seconds=spec["queue_seconds"])
         finished = running + timedelta(seconds=spec["run_seconds"])
@@ -364,14 +379,23 @@ class LocalService(QuantumService):
             ran = max(0.0, (cancelled - running).total_seconds())
             share = min(1.0, ran / spec["run_seconds"]) if spec["run_seconds"] else 0.0
             return JobMetrics(created=created, running=running if cancelled > running else None,
-                              finished=cancelled, usage_seconds=spec["usage_seconds"] * share)
+                              finished=cancelled,
+                              usage_seconds=self._usage_if_known(
+                                  spec["usage_seconds"] * share, cancelled, now))
         done = now >= finished
         return JobMetrics(
             created=created,
             running=running if now >= running else None,
             finished=finished if done else None,
-            usage_seconds=(0.0 if spec["fail"] else spec["usage_seconds"]) if done else None,
+            usage_seconds=self._usage_if_known(0.0 if spec["fail"] else spec["usage_seconds"],
+                                               finished, now) if done else None,
         )
+
+    def _usage_if_known(self, seconds: float, finished: datetime, now: datetime) -> float | None:
+        """``seconds``, or ``None`` while the usage is still pending (``usage_delay_seconds``)."""
+        if (now - finished).total_seconds() < self.config.usage_delay_seconds:
+            return None
+        return seconds
 
     def _cancelled_at(self, job_id: str) -> datetime | None:
         try:
@@ -416,10 +440,11 @@ class LocalService(QuantumService):
         self._network_call()
         total = 0.0
         for spec in self._all_specs():
-            if self._cancelled_at(spec["job_id"]) is not None:
-                total += self.job_metrics(spec["job_id"]).usage_seconds or 0.0
-            elif self._nominal_state(spec) is JobState.DONE and not spec["fail"]:
-                total += spec["usage_seconds"]
+            # What a job's metrics say it was charged; nothing while still pending.
+            ended = (self._cancelled_at(spec["job_id"]) is not None
+                     or self._nominal_state(spec) is JobState.DONE)
+            if ended:
+                total += self._metrics(spec).usage_seconds or 0.0
         return InstanceUsage(usage_seconds=total)
 
     # -- internals --------------------------------------------------------------------------
