@@ -75,7 +75,7 @@ def test_two_keys_from_dotenv_submit_all_then_collect_in_another_process(emu, tm
         assert (tmp_path / "ledger" / "snapshots" / f"{r['backend_snapshot_sha256']}.json.gz").is_file()
     analyses = {r["experiment_type"]: json.loads((tmp_path / "ledger" / r["result_path"]).read_text())
                 for r in records}
-    assert analyses["surface_code"]["analysis"]["per_round"][0]["shots"] == 100
+    assert analyses["heavy_hex_code"]["analysis"]["per_round"][0]["shots"] == 100
     assert analyses["deployment"]["analysis"]["marginal_fidelity"] > 0.9
     everything = all_text_under(tmp_path) + sub.stdout + sub.stderr + col.stdout + col.stderr
     assert "good-token" not in everything

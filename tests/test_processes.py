@@ -147,12 +147,12 @@ def test_qsubmit_waits_for_a_held_ledger_lock_and_loses_nothing(tmp_path: Path):
     assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
-def test_a_fresh_collector_analyses_many_surface_code_jobs_on_its_workers(tmp_path: Path):
-    """Eight workers finish surface-code jobs at once in a fresh process: the simulations and
+def test_a_fresh_collector_analyses_many_heavy_hex_code_jobs_on_its_workers(tmp_path: Path):
+    """Eight workers finish heavy-hex code jobs at once in a fresh process: the simulations and
     the decoding (stim, PyMatching) must not deadlock on first use from several threads."""
     env = cli_env(tmp_path, QCOURIER_SUBMISSIONS_PER_MINUTE="100")
     for state in ("0", "1", "+", "-"):
-        sub = run([script("qsubmit"), "-e", "surface_code", "-p", "rounds=2", "-p",
+        sub = run([script("qsubmit"), "-e", "heavy_hex_code", "-p", "rounds=2", "-p",
                    f"logical_state={state}", "--shots", "200", "--repeat", "2", "--max-pending",
                    "20"], env, tmp_path)
         assert sub.returncode == 0, sub.stderr

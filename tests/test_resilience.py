@@ -304,7 +304,7 @@ def test_a_ledger_file_deleted_mid_study_is_rebuilt_by_recover(invoke, tmp_path:
     invoke(collect.main, [])
     records = ledger_records(tmp_path / "ledger")
     assert Counter(r["status"] for r in records) == {"completed": 3}
-    surface = next(r for r in records if r["experiment_type"] == "surface_code")
+    surface = next(r for r in records if r["experiment_type"] == "heavy_hex_code")
     payload = json.loads((tmp_path / "ledger" / surface["result_path"]).read_text())
     assert payload["analysis_error"] is None and len(payload["analysis"]["per_round"]) == 2
 

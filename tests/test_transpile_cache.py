@@ -45,7 +45,7 @@ def entries(cache: Path) -> list[Path]:
     return sorted(cache.glob("*.entry"))
 
 
-@pytest.mark.parametrize("name", ["bell", "ghz", "deployment", "surface_code"])
+@pytest.mark.parametrize("name", ["bell", "ghz", "deployment", "surface_code", "heavy_hex_code"])
 def test_a_second_plan_reuses_the_transpilation_and_matches_a_fresh_one(service, tmp_path: Path,
                                                                          name):
     cache = tmp_path / "cache"
