@@ -18,6 +18,7 @@ from typing import Any
 
 from qcourier import ledger as ledger_mod
 from qcourier.ledger import JobStatus, Ledger, LedgerRecord
+from qcourier.dispatch import store_circuits
 from qcourier.provenance import circuit_hash
 from qcourier.services.base import QuantumService, ServiceError
 
@@ -55,13 +56,17 @@ def recover(services: list[QuantumService], ledger: Ledger, since: datetime | No
                 report.known += 1
                 continue
             try:
-                record = rebuild_record(service, job_id)
+                info = service.job_info(job_id)
+                record = record_from_info(service, job_id, info)
             except ServiceError as exc:
                 report.failures.append(str(exc))
                 continue
             if record.request_id in open_intents:
                 continue  # qcollect settles its intent
             report.recovered.append(record)
+            if info.circuits and not dry_run:
+                # analyses that model the circuit that ran (heavy_hex_code) read it from here
+                store_circuits(ledger, record.isa_circuit_hash, list(info.circuits))
     if report.recovered and not dry_run:
         report.ledger_path = ledger.new_file()
         ledger_mod.append(report.ledger_path, report.recovered)
@@ -70,7 +75,11 @@ def recover(services: list[QuantumService], ledger: Ledger, since: datetime | No
 
 def rebuild_record(service: QuantumService, job_id: str) -> LedgerRecord:
     """A ledger record for a job, from what the service knows of it."""
-    info = service.job_info(job_id)
+    return record_from_info(service, job_id, service.job_info(job_id))
+
+
+def record_from_info(service: QuantumService, job_id: str, info: Any) -> LedgerRecord:
+    """A ledger record for a job from the service's ``job_info`` of it."""
     tags = {t.partition(":")[0]: t.partition(":")[2] for t in info.tags if ":" in t}
     meta: dict[str, Any] = {}
     if info.circuits:
@@ -105,5 +114,6 @@ def rebuild_record(service: QuantumService, job_id: str) -> LedgerRecord:
         request_id=tags.get("request"),
         params=dict(meta.get("params") or {}),
         metadata=unit,
+        backend_snapshot_sha256=meta.get("backend_snapshot_sha256"),
         recovered=True,
     )

@@ -204,7 +204,8 @@ def plan_submission(
         isa[0].metadata = {"qcourier": {"experiment": experiment.name,
                                         "params": template.params,
                                         "unit": unit.metadata,
-                                        "circuit_hash": template.circuit_hash}}
+                                        "circuit_hash": template.circuit_hash,
+                                        "backend_snapshot_sha256": snapshot}}
         _check_planned_input_size(transpiled, stored_metadata, experiment.name)
         estimate = estimate_qpu_seconds(isa, unit.shots, target)
         template = template.model_copy(update={

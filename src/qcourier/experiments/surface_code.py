@@ -395,7 +395,8 @@ class SurfaceCodeExperiment(Experiment):
 
     name: ClassVar[str] = "surface_code"
     description: ClassVar[str] = (
-        "Rotated surface-code memory (stim circuits) for rounds 1..R, decoded with PyMatching."
+        "Rotated surface code routed by the transpiler (legacy: on heavy-hex its circuit "
+        "distance is 2; use heavy_hex_code), rounds 1..R, decoded with PyMatching."
     )
     Params: ClassVar[type[ExperimentParams]] = SurfaceCodeParams
 
