@@ -252,3 +252,31 @@ def test_headline_names_withheld_fits_and_short_distance():
 def test_both_means_heavy_hex_code_and_heartbeat():
     assert expand("both") == ["heavy_hex_code", "deployment"]
     assert get_experiment("heavy_hex_code").needs_run
+
+
+def test_every_fake_backend_big_enough_gets_a_valid_patch_or_a_clear_error():
+    """d=3 and d=5 on every fake backend qcourier offers with the qubits for them."""
+    from qcourier.services.local import _fake_backend_classes
+
+    units = {d: EXP.build(HeavyHexCodeParams(distance=d, rounds=1))[0] for d in (3, 5)}
+    placed = {3: [], 5: []}
+    for name in sorted(_fake_backend_classes()):
+        backend = fake_backend(name)
+        coupling = {tuple(sorted(e)) for e in backend.coupling_map.get_edges()}
+        for d, unit in units.items():
+            if backend.num_qubits < unit.circuits[0].num_qubits:
+                continue
+            try:
+                done = EXP.place(unit, Device(name, backend.target, backend.num_qubits))
+            except UsageError as exc:
+                assert f"no room for the distance-{d} heavy-hex code" in str(exc)
+                continue
+            layout = done.initial_layout
+            assert len(set(layout)) == len(layout)
+            assert all(tuple(sorted((layout[a], layout[b]))) in coupling
+                       for a, b in interaction_edges(unit.circuits[0]))
+            placed[d].append(name)
+    # every current heavy-hex device holds both distances
+    for name in ("fake_fez", "fake_torino", "fake_sherbrooke", "fake_kyiv", "fake_marrakesh"):
+        assert name in placed[3] and name in placed[5]
+    assert "fake_peekskill" in placed[3] and "fake_cairo" not in placed[3]
