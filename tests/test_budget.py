@@ -9,23 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from qcourier import ledger as L
-from qcourier.budget import (
+from qcourier.ledger import store as L
+from qcourier.accounting.budget import (
     DEFAULT_LIMIT_SECONDS,
     WINDOW,
     BudgetState,
     budget_keys,
     budget_state,
     model_accuracy,
-    usage_pending,
     pace_allowance,
+    usage_pending,
 )
 from qcourier.cli import budget as budget_cli
 from qcourier.cli import main as main_cli
 from qcourier.cli._common import AppState
 from qcourier.config import Settings
 from qcourier.errors import QcourierError
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord
+from qcourier.ledger.store import JobStatus, Ledger, LedgerRecord
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

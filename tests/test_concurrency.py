@@ -1,4 +1,4 @@
-"""The worker pool, map_unordered, the rate gate and call_with_backoff (qcourier.concurrency)."""
+"""The worker pool, map_unordered, the rate gate and call_with_backoff (qcourier.services.workers)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from qcourier.concurrency import (
+from qcourier.services.base import ServiceError, TransientServiceError
+from qcourier.services.local import LocalService, LocalServiceConfig, SlidingWindowLimiter
+from qcourier.services.workers import (
     RateGate,
     WorkerPool,
     call_with_backoff,
     is_rate_limited,
     map_unordered,
 )
-from qcourier.services.base import ServiceError, TransientServiceError
-from qcourier.services.local import LocalService, LocalServiceConfig, SlidingWindowLimiter
 
 
 class Peak:

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ledger_records
 
+from qcourier.circuits.noise import DeviceNoise, isa_to_stim
+from qcourier.circuits.transpile import transpile
 from qcourier.cli import collect, submit
 from qcourier.errors import UsageError
 from qcourier.experiments import expand, get_experiment
@@ -23,12 +26,8 @@ from qcourier.experiments.heavy_hex_memory import (
     fit_memory_decay,
     interaction_edges,
 )
-from qcourier.noise_model import DeviceNoise, isa_to_stim
 from qcourier.services.local import fake_backend
 from qcourier.services.simulation import simulate_counts
-from qcourier.submission import transpile
-
-from conftest import ledger_records
 
 EXP = HeavyHexCodeExperiment()
 BACKEND = "fake_fez"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from qcourier import ledger as L
+from qcourier.ledger import store as L
 from qcourier.errors import LedgerError, UsageError
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord
+from qcourier.ledger.store import JobStatus, Ledger, LedgerRecord
 
 
 def make_record(**overrides) -> LedgerRecord:
@@ -149,8 +149,8 @@ def test_concurrent_appends_from_processes_stay_whole(ledger: Ledger):
 APPENDER = """
 import sys
 from pathlib import Path
-from qcourier import ledger as L
-from qcourier.ledger import LedgerRecord
+from qcourier.ledger import store as L
+from qcourier.ledger.store import LedgerRecord
 path = Path(sys.argv[1])
 big = {"pad": "x" * 200_000}  # large lines make a kill mid-write likely
 i = 0

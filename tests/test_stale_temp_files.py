@@ -10,9 +10,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from qcourier.collection import collect_pending
+from qcourier.collect.run import collect_pending
 from qcourier.files import STALE_TEMP_SECONDS, remove_stale_temp_files
-from qcourier.ledger import Ledger
+from qcourier.ledger.store import Ledger
 
 
 def age(path: Path, seconds: float) -> None:

@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from qcourier.dispatch import QueuePolicy
+    from qcourier.submit.dispatch import QueuePolicy
 
 ENV_FILE = ".env"
 _TOKEN_VAR = re.compile(r"^IBM_QUANTUM_TOKEN(?:_(\d+))?$")
@@ -175,7 +175,7 @@ def queue_policy(settings: Settings, max_pending: int | None = None) -> QueuePol
     """The queue limits the settings (or an explicit ``--max-pending``) give."""
     from datetime import timedelta
 
-    from qcourier.dispatch import QueuePolicy
+    from qcourier.submit.dispatch import QueuePolicy
 
     return QueuePolicy(max_pending=max_pending or settings.max_pending,
                        per_minute=settings.submissions_per_minute,

@@ -10,12 +10,12 @@ from qcourier import __version__
 from qcourier.cli._common import (
     LazyChoice,
     api_key_option,
+    exit_codes_help,
     get_state,
     handle_errors,
     json_option,
     ledger_dir_option,
     print_table,
-    exit_codes_help,
     service_option,
 )
 
@@ -91,12 +91,13 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
          max_pending: int | None, allow_over_budget: bool, pace: bool, submit_all: bool,
          no_transpile_cache: bool, api_key_index: int | None, ledger_dir: Path | None,
          service: str | None, as_json: bool) -> None:
-    from qcourier.budget import BudgetGuard
+    from qcourier.accounting.budget import BudgetGuard
+    from qcourier.circuits.cache import cache_directory
     from qcourier.config import queue_policy
     from qcourier.experiments import resolve
-    from qcourier.ledger import Ledger, check_ledger_file
-    from qcourier.submission import ExecutionLimits, submit_everywhere
-    from qcourier.transpile_cache import cache_directory
+    from qcourier.ledger.store import Ledger, check_ledger_file
+    from qcourier.submit.plan import ExecutionLimits
+    from qcourier.submit.run import submit_everywhere
 
     state = get_state()
     resolved = resolve(experiment, list(params), shots)
@@ -115,7 +116,7 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
             guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace),
             transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory))
     if not (dry_run or no_transpile_cache):
-        from qcourier.transpile_cache import prune
+        from qcourier.circuits.cache import prune
 
         prune(cache_directory(ledger.directory), settings.transpile_cache_max_age_days,
               int(settings.transpile_cache_max_mb * 1_000_000))

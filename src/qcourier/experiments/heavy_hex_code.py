@@ -13,7 +13,7 @@ memory). See docs/SURFACE_CODE.md for why this code and for the heavy-hex embedd
 Status: circuits on abstract qubits with uniform noise, whose circuit-level fault distance
 (stim ``search_for_undetectable_logical_errors``) is checked to be ``d`` at d=3 and 5 in both
 bases (tests/test_heavy_hex_code.py). Not yet: placement on a backend's coupling map, the
-Qiskit circuits submitted, decoding from the ISA circuit with ``qcourier.noise_model``.
+Qiskit circuits submitted, decoding from the ISA circuit with ``qcourier.circuits.noise``.
 """
 
 from __future__ import annotations

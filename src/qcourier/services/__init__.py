@@ -14,7 +14,7 @@ from qcourier.services.base import QuantumService, ServiceError
 
 if TYPE_CHECKING:
     from qcourier.config import Settings
-    from qcourier.ledger import LedgerRecord
+    from qcourier.ledger.store import LedgerRecord
 
 SERVICE_NAMES = ("local", "ibm")
 

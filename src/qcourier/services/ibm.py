@@ -13,7 +13,7 @@ Every call to the service is bounded: it runs on a pool of long-lived daemon thr
 (a concurrent collector) can call one :class:`IBMService` at once. Transient failures
 (connection errors, HTTP 5xx after the client's own retries, 429, timeouts) are retried a
 few times with exponential backoff. A 429 holds every call of that service, from any thread,
-until its ``Retry-After`` has passed (a :class:`~qcourier.concurrency.RateGate`), so eight
+until its ``Retry-After`` has passed (a :class:`~qcourier.services.workers.RateGate`), so eight
 threads do not keep hammering a rate-limited server; the error carries ``retry_after``. A
 rejected token is an :class:`AuthenticationError` at once, without retries. Error messages
 name the key by its index and variable, and any text from the client is scrubbed of the token.
@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qcourier.concurrency import RateGate, WorkerPool
 from qcourier.config import ApiKey
 from qcourier.services.base import (
     AuthenticationError,
@@ -58,6 +57,7 @@ from qcourier.services.base import (
     check_job_id,
     scoped_call_time,
 )
+from qcourier.services.workers import RateGate, WorkerPool
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit

@@ -27,10 +27,10 @@ limit with HTTP 429 and a ``retry_after``, as IBM's API gateway does.
 Simulation (``services/simulation.py``): each circuit is compacted to the physical qubits it
 uses; Clifford circuits are sampled with stim's stabilizer simulator (or Aer's, on request),
 others with Aer (statevector, or matrix product states when wide). Noise is the shared
-device model (``qcourier.noise_model``: gate depolarizing, readout and reset flips, T1/T2 idle)
+device model (``qcourier.circuits.noise``: gate depolarizing, readout and reset flips, T1/T2 idle)
 from the backend's calibration snapshot for the used qubits only, times ``noise_scale``.
 
-QPU usage is reported from :func:`qcourier.budget.estimate_qpu_seconds`: a per-job overhead
+QPU usage is reported from :func:`qcourier.circuits.estimate.estimate_qpu_seconds`: a per-job overhead
 plus, per circuit, a per-circuit overhead plus shots x (circuit duration + repetition delay),
 times ``usage_factor`` (fixed in the job's spec when it is submitted: real usage is never
 exactly the estimate). A job that fails by injected system error reports zero usage, as IBM
@@ -65,7 +65,6 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from qcourier.concurrency import CPU_LOCK
 from qcourier.files import atomic_write_bytes, make_output_directory
 from qcourier.services.base import (
     BackendInfo,
@@ -80,6 +79,7 @@ from qcourier.services.base import (
     ServiceError,
     TransientServiceError,
 )
+from qcourier.services.workers import CPU_LOCK
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -301,7 +301,7 @@ class LocalService(QuantumService):
     ) -> str:
         from qiskit import qpy
 
-        from qcourier.budget import estimate_qpu_seconds
+        from qcourier.circuits.estimate import estimate_qpu_seconds
 
         target = fake_backend(backend)
         self._network_call()

@@ -428,14 +428,14 @@ class Ledger:
     def fold(self, paths: Iterable[Path] | None = None) -> Fold:
         """The latest state of every record in the given files (default: all of them).
 
-        Each file's fold is kept in an index (:mod:`qcourier.ledger_index`), so only lines
+        Each file's fold is kept in an index (:mod:`qcourier.ledger.index`), so only lines
         appended since the last fold are read and validated; whole records are read from
         their lines on demand (:attr:`Entry.record`).
 
         Raises:
             LedgerError: a ledger file cannot be read.
         """
-        from qcourier.ledger_index import fold_file
+        from qcourier.ledger.index import fold_file
 
         result = Fold()
         home = self.directory.resolve()

@@ -23,7 +23,7 @@ Definitions (all over every record in the ledger, whatever its age, unless said 
   largest values (with one sample it is that sample), so with few jobs read it as "about the
   worst", not as a tail estimate.
 - **budget**: per key ``(service, api_key_index)`` seen in the ledger,
-  :func:`qcourier.budget.budget_state` over the rolling 28-day window ending at ``now``,
+  :func:`qcourier.accounting.budget.budget_state` over the rolling 28-day window ending at ``now``,
   plus the burn-down: the cumulative usage of the jobs it counts, in order of finishing.
 - **failures**: ``by_class`` counts the records in status ``failed``, ``partial`` or
   ``cancelled`` by ``failure_class`` (``system``, ``user``, ``None`` -> ``unknown``);
@@ -48,8 +48,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from qcourier.budget import WINDOW, BudgetState, budget_keys, budget_state
-from qcourier.ledger import FINAL_STATUSES, JobStatus, LedgerRecord
+from qcourier.accounting.budget import WINDOW, BudgetState, budget_keys, budget_state
+from qcourier.ledger.store import FINAL_STATUSES, JobStatus, LedgerRecord
 
 #: Experiments whose results the report follows over time.
 SERIES_EXPERIMENTS = ("heavy_hex_code", "surface_code", "deployment", "bell", "ghz")

@@ -28,10 +28,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qcourier import ledger as ledger_mod
 from qcourier.errors import QcourierError
 from qcourier.files import atomic_write_bytes, path_under
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
+from qcourier.ledger import store as ledger_mod
+from qcourier.ledger.store import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
 from qcourier.services.base import (
     InvalidJobIdError,
     QuantumService,

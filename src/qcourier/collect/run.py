@@ -36,27 +36,11 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from qcourier import ledger as ledger_mod
-from qcourier.budget import finished_in_window, usage_pending
-from qcourier.concurrency import (
-    CPU_LOCK,
-    DEFAULT_WORKERS,
-    RateGate,
-    call_with_backoff,
-    map_unordered,
-)
-from qcourier.dispatch import (
-    QueuePolicy,
-    key_lock,
-    load_circuits,
-    open_slots,
-    queue_key,
-    resolve_intent,
-    submit_record,
-)
+from qcourier.accounting.budget import finished_in_window, usage_pending
 from qcourier.errors import QcourierError, UsageError
 from qcourier.files import atomic_write_bytes, path_under, remove_stale_temp_files, sha256_file
-from qcourier.ledger import (
+from qcourier.ledger import store as ledger_mod
+from qcourier.ledger.store import (
     Entry,
     JobStatus,
     Ledger,
@@ -69,14 +53,30 @@ from qcourier.provenance import calibration_for_qubits, load_snapshot
 from qcourier.services import ServicePool
 from qcourier.services.base import (
     AuthenticationError,
+    InvalidJobIdError,
     JobNotFoundError,
     JobState,
-    InvalidJobIdError,
     JobStatusReport,
     QuantumService,
     ServiceError,
     call_time_scope,
     check_job_id,
+)
+from qcourier.services.workers import (
+    CPU_LOCK,
+    DEFAULT_WORKERS,
+    RateGate,
+    call_with_backoff,
+    map_unordered,
+)
+from qcourier.submit.dispatch import (
+    QueuePolicy,
+    key_lock,
+    load_circuits,
+    open_slots,
+    queue_key,
+    resolve_intent,
+    submit_record,
 )
 
 STATUS_FOR_STATE = {

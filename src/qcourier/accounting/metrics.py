@@ -21,7 +21,7 @@ the API key's index, ``-`` for the local service):
     Estimated QPU seconds of jobs not yet final (pending, being submitted, deferred).
 ``qcourier_qpu_seconds_remaining{service, key}`` (gauge)
     ``limit - used - reserved``; negative when overspent. The same figures as
-    ``qcourier budget`` (:func:`qcourier.budget.budget_state`).
+    ``qcourier budget`` (:func:`qcourier.accounting.budget.budget_state`).
 ``qcourier_last_successful_poll_timestamp_seconds`` (gauge)
     Unix time of the last poll that had no failure. When a run passes ``last_poll=None``
     (its poll failed, or it did not poll), the value already in the file is kept, so a
@@ -47,9 +47,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from qcourier.budget import BudgetKey, budget_key, budget_keys, budget_state
+from qcourier.accounting.budget import BudgetKey, budget_key, budget_keys, budget_state
 from qcourier.files import atomic_write_bytes
-from qcourier.ledger import JobStatus, RecordView
+from qcourier.ledger.store import JobStatus, RecordView
 
 PREFIX = "qcourier_"
 LAST_POLL_METRIC = "qcourier_last_successful_poll_timestamp_seconds"

@@ -16,11 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qcourier import ledger as ledger_mod
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord
-from qcourier.dispatch import store_circuits
+from qcourier.ledger import store as ledger_mod
+from qcourier.ledger.store import JobStatus, Ledger, LedgerRecord
 from qcourier.provenance import circuit_hash
 from qcourier.services.base import QuantumService, ServiceError
+from qcourier.submit.dispatch import store_circuits
 
 
 @dataclass
@@ -90,7 +90,7 @@ def record_from_info(service: QuantumService, job_id: str, info: Any) -> LedgerR
     for circuit in info.circuits:
         gates.update({name: int(n) for name, n in circuit.count_ops().items()})
     depths = [c.depth() for c in info.circuits]
-    from qcourier.submission import physical_qubits
+    from qcourier.circuits.transpile import physical_qubits
 
     unit["physical_qubits"] = physical_qubits(info.circuits)
     unit["circuit_depths"] = depths

@@ -64,7 +64,7 @@ STUCK_HOURS = 24.0
 
 def budget_events(records, limit_of, now) -> list[Event]:
     """A key's used + reserved QPU time passing 50/80/100 % of its limit (rolling window)."""
-    from qcourier.budget import budget_keys, budget_state
+    from qcourier.accounting.budget import budget_keys, budget_state
 
     events = []
     for service, key_index in budget_keys(records):
@@ -86,7 +86,7 @@ def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
     """One event per key whose oldest deferred job has waited ``hours`` or more."""
     from datetime import UTC, timedelta
 
-    from qcourier.ledger import JobStatus
+    from qcourier.ledger.store import JobStatus
 
     oldest: dict[tuple, object] = {}
     for r in records:
@@ -137,7 +137,7 @@ def _read(directory: Path) -> tuple[set[str], dict[str, str]]:
 
 
 def _append(directory: Path, events: list[Event], phase: str) -> None:
-    from qcourier.ledger import utc_now
+    from qcourier.ledger.store import utc_now
 
     stamp = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
     data = "".join(json.dumps({"event": e.key, "phase": phase, "at": stamp}
