@@ -195,7 +195,7 @@ class SimRun:
 def build_cases(quick: bool, agreement_width: int) -> list[Case]:
     from qcourier.circuits.transpile import transpile
     from qcourier.experiments import resolve
-    from qcourier.services.local import fake_backend
+    from qcourier.services.fake_backends import fake_backend
 
     backend = fake_backend(BACKEND)
     cases = []

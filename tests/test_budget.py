@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from qcourier.ledger import store as L
 from qcourier.accounting.budget import (
     DEFAULT_LIMIT_SECONDS,
     WINDOW,
@@ -25,7 +24,9 @@ from qcourier.cli import main as main_cli
 from qcourier.cli._common import AppState
 from qcourier.config import Settings
 from qcourier.errors import QcourierError
-from qcourier.ledger.store import JobStatus, Ledger, LedgerRecord
+from qcourier.ledger import store as L
+from qcourier.ledger.record import JobStatus, LedgerRecord, utc_now
+from qcourier.ledger.store import Ledger
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -264,7 +265,7 @@ def write_ledger(tmp_path: Path, records: list[LedgerRecord]) -> None:
 
 def recent(minutes: float, **kw) -> LedgerRecord:
     """A record dated relative to the real clock (the command reads the real now)."""
-    when = L.utc_now() - timedelta(minutes=minutes)
+    when = utc_now() - timedelta(minutes=minutes)
     return make_record(submission_time=when, updated_at=when, completion_time=when, **kw)
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from qcourier.collect.run import collect_pending
 from qcourier.experiments import get_experiment
-from qcourier.ledger.store import JobStatus, Ledger
+from qcourier.ledger.record import JobStatus
+from qcourier.ledger.store import Ledger
 from qcourier.services.base import ServiceError
 from qcourier.services.local import LocalService, LocalServiceConfig
 from qcourier.submit.dispatch import QueuePolicy

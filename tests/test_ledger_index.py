@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from test_ledger import make_record
 
-from qcourier.ledger import store as L
 from qcourier.errors import LedgerError
 from qcourier.ledger import index as ledger_index
-from qcourier.ledger.store import JobStatus, Ledger, LedgerRecord, RecordSummary
+from qcourier.ledger import store as L
+from qcourier.ledger.record import JobStatus, LedgerRecord, RecordSummary
+from qcourier.ledger.store import Ledger
 
 
 def plain_fold(ledger: Ledger) -> L.Fold:

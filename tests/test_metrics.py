@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qcourier.accounting.budget import WINDOW
 from qcourier.accounting.metrics import quantile, read_last_poll, write_prometheus
-from qcourier.ledger.store import JobStatus, LedgerRecord
+from qcourier.ledger.record import JobStatus, LedgerRecord
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LIMITS = {None: 100.0, 0: 600.0, 1: 50.0}

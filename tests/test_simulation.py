@@ -9,7 +9,7 @@ from qiskit import QuantumCircuit
 
 from qcourier.circuits.noise import DeviceNoise, isa_to_aer, isa_to_stim
 from qcourier.circuits.transpile import transpile
-from qcourier.services.local import fake_backend, local_calibration
+from qcourier.services.fake_backends import fake_backend, local_calibration
 from qcourier.services.simulation import as_clifford, compact, device_noise, simulate_counts
 
 FEZ_QUBITS = 156

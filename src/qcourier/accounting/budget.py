@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from qcourier.ledger.store import JobStatus, RecordView
+from qcourier.ledger.record import JobStatus, RecordView
 
 if TYPE_CHECKING:
     pass

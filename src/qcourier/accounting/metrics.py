@@ -49,7 +49,7 @@ from prometheus_client.samples import Sample
 
 from qcourier.accounting.budget import BudgetKey, budget_key, budget_keys, budget_state
 from qcourier.files import atomic_write_bytes
-from qcourier.ledger.store import JobStatus, RecordView
+from qcourier.ledger.record import JobStatus, RecordView
 
 PREFIX = "qcourier_"
 LAST_POLL_METRIC = "qcourier_last_successful_poll_timestamp_seconds"

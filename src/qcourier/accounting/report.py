@@ -38,7 +38,6 @@ This module imports neither click nor (outside :func:`write_plots`) matplotlib.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -49,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from qcourier.accounting.budget import WINDOW, BudgetState, budget_keys, budget_state
-from qcourier.ledger.store import FINAL_STATUSES, JobStatus, LedgerRecord
+from qcourier.ledger.record import FINAL_STATUSES, JobStatus, LedgerRecord
+from qcourier.ledger.results import read_result
 
 #: Experiments whose results the report follows over time.
 SERIES_EXPERIMENTS = ("heavy_hex_code", "surface_code", "deployment", "bell", "ghz")
@@ -396,24 +396,6 @@ def _point(experiment: str, a: dict[str, Any]) -> dict[str, Any]:
                 "p1_measured": a.get("p1_measured"), "p1_ideal": a.get("p1_ideal")}
     return {"shots": a.get("shots"), "hellinger_fidelity": a.get("hellinger_fidelity"),
             "width": a.get("width")}
-
-
-def read_result(ledger_dir: Path, record: LedgerRecord) -> tuple[dict[str, Any] | None, str | None]:
-    """A record's result file as a dict, or ``(None, why it cannot be read)``."""
-    if not record.result_path:
-        return None, "no result_path recorded"
-    path = Path(ledger_dir) / record.result_path
-    try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None, f"{path} does not exist"
-    except OSError as exc:
-        return None, f"cannot read {path}: {exc.strerror or exc}"
-    except ValueError as exc:
-        return None, f"{path} is not JSON ({exc})"
-    if not isinstance(payload, dict):
-        return None, f"{path} is not a JSON object"
-    return payload, None
 
 
 def _completed(records: Iterable[LedgerRecord]) -> list[LedgerRecord]:

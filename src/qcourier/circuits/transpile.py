@@ -11,9 +11,7 @@ from qcourier.circuits.cache import (
     TranspiledUnit,
 )
 from qcourier.errors import UsageError
-from qcourier.provenance import (
-    circuit_hash,
-)
+from qcourier.provenance import circuit_hash
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit

@@ -17,7 +17,7 @@ from qcourier.cli._common import (
     print_table,
     service_option,
 )
-from qcourier.ledger.store import JobStatus
+from qcourier.ledger.record import JobStatus
 
 
 @click.group(help="qcourier: submit quantum jobs now, collect and analyse their results later.\n\n"

@@ -93,9 +93,9 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
          service: str | None, as_json: bool) -> None:
     from qcourier.accounting.budget import BudgetGuard
     from qcourier.circuits.cache import cache_directory
-    from qcourier.config import queue_policy
     from qcourier.experiments import resolve
     from qcourier.ledger.store import Ledger, check_ledger_file
+    from qcourier.submit.dispatch import queue_policy
     from qcourier.submit.plan import ExecutionLimits
     from qcourier.submit.run import submit_everywhere
 

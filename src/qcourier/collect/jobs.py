@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qcourier.errors import UsageError
-from qcourier.ledger.store import Entry, JobStatus, Ledger, LedgerRecord, read_lines
+from qcourier.ledger.record import Entry, JobStatus, LedgerRecord
+from qcourier.ledger.store import Ledger, read_lines
 from qcourier.ledger.store import append as append_line
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class ResultFile:
 def read_result(ledger: Ledger, record: LedgerRecord) -> ResultFile | None:
     """The record's result file, its analysis, and whether it is as the ledger says; None
     for a record with no result."""
-    from qcourier.collect.run import ResultCheck
+    from qcourier.ledger.results import ResultCheck
 
     if not record.result_path:
         return None

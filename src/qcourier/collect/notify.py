@@ -86,7 +86,7 @@ def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
     """One event per key whose oldest deferred job has waited ``hours`` or more."""
     from datetime import UTC, timedelta
 
-    from qcourier.ledger.store import JobStatus
+    from qcourier.ledger.record import JobStatus
 
     oldest: dict[tuple, object] = {}
     for r in records:
@@ -137,7 +137,7 @@ def _read(directory: Path) -> tuple[set[str], dict[str, str]]:
 
 
 def _append(directory: Path, events: list[Event], phase: str) -> None:
-    from qcourier.ledger.store import utc_now
+    from qcourier.ledger.record import utc_now
 
     stamp = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
     data = "".join(json.dumps({"event": e.key, "phase": phase, "at": stamp}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,18 +37,21 @@ from filelock import FileLock, Timeout
 
 from qcourier.accounting.budget import finished_in_window, usage_pending
 from qcourier.errors import QcourierError, UsageError
-from qcourier.files import atomic_write_bytes, path_under, remove_stale_temp_files, sha256_file
+from qcourier.experiments.base import calibration_for_qubits
+from qcourier.files import atomic_write_bytes, path_under, remove_stale_temp_files
 from qcourier.ledger import store as ledger_mod
-from qcourier.ledger.store import (
+from qcourier.ledger.record import (
     Entry,
     JobStatus,
-    Ledger,
     LedgerProblem,
     LedgerRecord,
     RecordView,
+    new_record_id,
     utc_now,
 )
-from qcourier.provenance import calibration_for_qubits, load_snapshot
+from qcourier.ledger.results import ResultCheck
+from qcourier.ledger.store import Ledger
+from qcourier.provenance import load_snapshot
 from qcourier.services import ServicePool
 from qcourier.services.base import (
     AuthenticationError,
@@ -491,7 +493,7 @@ class _Run:
             record = entry.record
             retry = LedgerRecord.model_validate({
                 **record.model_dump(),
-                "record_id": ledger_mod.new_record_id(), "status": JobStatus.DEFERRED,
+                "record_id": new_record_id(), "status": JobStatus.DEFERRED,
                 "job_id": None, "request_id": None, "tags": [], "submission_time": None,
                 "completion_time": None, "error": None, "failure_class": None,
                 "result_path": None, "result_sha256": None, "usage_seconds": None,
@@ -560,74 +562,6 @@ class _Gated:
             return attribute
         return lambda *args, **kwargs: call_with_backoff(
             self._gate, lambda: attribute(*args, **kwargs))
-
-
-class ResultCheck:
-    """Whether completed records' result files can still be trusted, cheaply on every run.
-
-    Every run checks that every result file exists (one listing of ``jobs/``), and
-    re-hashes ``batch`` of them against the sha256 in the ledger, taking turns over the
-    completed records (a cursor in ``cache/result-check.json``), so a study of 100,000 jobs
-    costs a run a listing and ``batch`` hashes, and every file is re-hashed once every
-    ``n / batch`` runs. ``batch=None`` re-hashes them all. A result file is hashed when it
-    is written, so a new one is always right.
-    """
-
-    def __init__(self, ledger: Ledger, batch: int | None):
-        self.ledger = ledger
-        self.batch = batch
-        self.state_path = ledger.directory / "cache" / "result-check.json"
-        self._listing: set[str] | None = None
-        self._position = 0  # index of the next completed record among this run's
-        try:
-            self.cursor = int(json.loads(self.state_path.read_bytes())["cursor"])
-        except (OSError, ValueError, KeyError, TypeError):
-            self.cursor = 0
-
-    def problem(self, record: RecordView) -> str | None:
-        """Why a completed record's result file cannot be trusted, or None if it can."""
-        if record.status is not JobStatus.COMPLETED or not record.result_path:
-            return None
-        position, self._position = self._position, self._position + 1
-        due = self._due(position)
-        if not due and self._listed(record.result_path):  # the common case: no Path built
-            return None
-        path = self.ledger.directory / record.result_path
-        if not path.is_file():
-            return "its result file is missing"
-        if due and sha256_file(path) != record.result_sha256:
-            return "its result file does not match the sha256 in the ledger"
-        return None
-
-    def _listed(self, relative: str) -> bool:
-        """Whether ``jobs/<name>`` is in this run's one listing of ``jobs/``."""
-        name = relative[5:] if relative.startswith("jobs/") else ""
-        if not name or "/" in name:
-            return False  # not where qcourier writes results: looked at on its own
-        if self._listing is None:
-            try:
-                self._listing = set(os.listdir(self.ledger.results_dir))
-            except OSError:
-                self._listing = set()
-        return name in self._listing
-
-    def _due(self, position: int) -> bool:
-        if self.batch is None:
-            return True
-        return self.cursor <= position < self.cursor + self.batch
-
-    def save(self) -> None:
-        """Move the cursor past this run's batch (to the start after the last record)."""
-        if self.batch is None:
-            return
-        nxt = self.cursor + self.batch
-        nxt = 0 if nxt >= self._position else nxt
-        if nxt != self.cursor:
-            try:
-                atomic_write_bytes(self.state_path, json.dumps({"cursor": nxt}).encode(),
-                                   durable=False)
-            except OSError:
-                pass  # a cache: the next run starts from the same place
 
 
 def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry,

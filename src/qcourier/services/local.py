@@ -54,12 +54,10 @@ import secrets
 import string
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +76,13 @@ from qcourier.services.base import (
     QuantumService,
     ServiceError,
     TransientServiceError,
+)
+from qcourier.services.fake_backends import (
+    NOISE_SCALE_KEY,
+    _backend_size,
+    _fake_backend_classes,
+    fake_backend,
+    local_calibration,
 )
 from qcourier.services.workers import CPU_LOCK
 
@@ -168,65 +173,6 @@ class SlidingWindowLimiter:
 def new_job_id() -> str:
     """A job id shaped like IBM's: 20 lowercase alphanumerics."""
     return "".join(secrets.choice(JOB_ID_ALPHABET) for _ in range(20))
-
-
-@cache
-def _fake_backend_classes() -> dict[str, type]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from qiskit_ibm_runtime import fake_provider
-        from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
-
-    found = {}
-    for attr in dir(fake_provider):
-        cls = getattr(fake_provider, attr)
-        if isinstance(cls, type) and issubclass(cls, FakeBackendV2) and cls is not FakeBackendV2:
-            name = getattr(cls, "backend_name", None)
-            if name and name not in found:
-                found[name] = cls
-    return found
-
-
-@cache
-def fake_backend(name: str) -> BackendV2:
-    """The fake backend called ``name`` (loaded once per process).
-
-    Raises:
-        ServiceError: no fake backend has that name (the message lists them).
-    """
-    classes = _fake_backend_classes()
-    if name not in classes:
-        raise ServiceError(
-            f"unknown backend {name!r} on the local service; choose one of: "
-            + ", ".join(sorted(classes))
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return classes[name]()
-
-
-@cache
-def _calibration_text(name: str) -> str:
-    """The fake backend's calibration snapshot as JSON text (built once per process)."""
-    return json.dumps(fake_backend(name).properties().to_dict(), default=str)
-
-
-#: The snapshot key that declares a simulated device's noise multiplier (see ``noise_model``).
-NOISE_SCALE_KEY = "qcourier_noise_scale"
-
-
-def local_calibration(name: str) -> dict[str, Any]:
-    """The fake backend's calibration snapshot (``BackendProperties.to_dict()`` form, JSON-able).
-
-    Raises:
-        ServiceError: no fake backend has that name.
-    """
-    return json.loads(_calibration_text(name))
-
-
-def _backend_size(cls: type) -> int:
-    conf = Path(cls.dirname) / cls.conf_filename
-    return int(json.loads(conf.read_text())["n_qubits"])
 
 
 class LocalService(QuantumService):

@@ -34,8 +34,7 @@ from qcourier.circuits.transpile import (
 from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
 from qcourier.experiments.base import Device
-from qcourier.ledger import store as ledger_mod
-from qcourier.ledger.store import LedgerRecord
+from qcourier.ledger.record import LedgerRecord, new_record_id
 from qcourier.provenance import (
     GitState,
     calibration_age_hours,
@@ -209,7 +208,7 @@ def plan_submission(
         for _ in range(repeat):
             plan.jobs.append(
                 PlannedJob(experiment.name, isa, unit.shots,
-                           template.model_copy(update={"record_id": ledger_mod.new_record_id()}))
+                           template.model_copy(update={"record_id": new_record_id()}))
             )
     if cache is not None:
         plan.warnings.extend(cache.warnings)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from qcourier.ledger import store as ledger_mod
-from qcourier.ledger.store import JobStatus, Ledger, LedgerRecord
+from qcourier.ledger.record import JobStatus, LedgerRecord
+from qcourier.ledger.store import Ledger
 from qcourier.provenance import circuit_hash
 from qcourier.services.base import QuantumService, ServiceError
 from qcourier.submit.dispatch import store_circuits

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 from qcourier.accounting.budget import BudgetGuard
 from qcourier.experiments import Experiment, ExperimentParams
 from qcourier.ledger import store as ledger_mod
-from qcourier.ledger.store import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
-from qcourier.provenance import (
-    save_snapshot,
-)
+from qcourier.ledger.record import JobStatus, LedgerRecord, RecordView, utc_now
+from qcourier.ledger.store import Ledger
+from qcourier.provenance import save_snapshot
 from qcourier.services.base import (
     QuantumService,
     ServiceError,
