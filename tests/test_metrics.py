@@ -10,7 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qcourier.accounting.budget import WINDOW
-from qcourier.accounting.metrics import quantile, read_last_poll, write_prometheus
+from qcourier.accounting.metrics import read_last_poll, write_prometheus
+from qcourier.accounting.report import quantile
 from qcourier.ledger.record import JobStatus, LedgerRecord
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

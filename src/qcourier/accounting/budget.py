@@ -36,10 +36,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from qcourier.ledger.record import JobStatus, RecordView
+from qcourier.ledger.record import JobStatus, RecordView, as_utc
 
 if TYPE_CHECKING:
     pass
@@ -76,9 +76,6 @@ def _of_key(records: Iterable[RecordView], service: str, key_index: int | None
     return [r for r in records if budget_key(r.service, r.api_key_index) == key]
 
 
-def _utc(moment: datetime) -> datetime:
-    # A naive time (hand-written ledger line) is taken as UTC, as the ledger writes UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def is_reserving(status: JobStatus) -> bool:
@@ -90,7 +87,7 @@ def is_reserving(status: JobStatus) -> bool:
 
 
 def _finished_at(record: RecordView) -> datetime:
-    return _utc(record.completion_time or record.updated_at)
+    return as_utc(record.completion_time or record.updated_at)
 
 
 def usage_pending(record: RecordView) -> bool:
@@ -108,7 +105,7 @@ def usage_pending(record: RecordView) -> bool:
 def finished_in_window(record: RecordView, now: datetime) -> bool:
     """Whether a final record counts in the window ending at ``now`` (by its completion time,
     else the time of its last ledger line)."""
-    now = _utc(now)
+    now = as_utc(now)
     return now - WINDOW < _finished_at(record) <= now
 
 
@@ -200,7 +197,7 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
         ``reserved``: the ``estimated_qpu_seconds`` (``None`` = 0) of every job pending or
         being submitted, whenever submitted.
     """
-    now = _utc(now)
+    now = as_utc(now)
     start = now - WINDOW
     service, key_index = budget_key(service, key_index)
     used = reserved = pending_seconds = 0.0
@@ -269,7 +266,7 @@ def pace_allowance(records: Iterable[RecordView], service: str, key_index: int |
         interval and, when refused, when a submission would next be allowed if nothing else
         is submitted and pending jobs keep their reservation.
     """
-    now = _utc(now)
+    now = as_utc(now)
     charges = _pace_charges(_of_key(records, service, key_index))
     allowed, used, horizon, allowance = _pace_check(charges, limit_seconds, now, estimate, burst)
     if horizon > timedelta(0):
@@ -302,7 +299,7 @@ def _pace_charges(records: list[RecordView]) -> list[tuple[datetime, float, bool
         else:
             continue
         if seconds > 0:
-            charges.append((_utc(record.submission_time or record.updated_at), seconds, is_open))
+            charges.append((as_utc(record.submission_time or record.updated_at), seconds, is_open))
     return charges
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qcourier.errors import QcourierError
+from qcourier.ledger.record import as_utc
 
 SENT_FILE = "notifications.jsonl"
 LOCK_FILE = ".notifications.lock"
@@ -84,7 +85,7 @@ def budget_events(records, limit_of, now) -> list[Event]:
 
 def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
     """One event per key whose oldest deferred job has waited ``hours`` or more."""
-    from datetime import UTC, timedelta
+    from datetime import timedelta
 
     from qcourier.ledger.record import JobStatus
 
@@ -96,7 +97,7 @@ def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
                 oldest[key] = r
     events = []
     for (service, key_index), r in sorted(oldest.items(), key=lambda kv: str(kv[0])):
-        at = r.updated_at if r.updated_at.tzinfo else r.updated_at.replace(tzinfo=UTC)
+        at = as_utc(r.updated_at)
         waited = now - at
         if waited >= timedelta(hours=hours):
             name = service if key_index is None else f"{service} key {key_index}"

@@ -60,6 +60,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC time (a naive one is taken to be UTC already)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
 def new_record_id() -> str:
     """A stable, unique id for a ledger record (independent of the service's job id)."""
     return secrets.token_hex(8)
