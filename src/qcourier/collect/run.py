@@ -38,7 +38,12 @@ from filelock import FileLock, Timeout
 from qcourier.accounting.budget import finished_in_window, usage_pending
 from qcourier.errors import QcourierError, UsageError
 from qcourier.experiments.base import calibration_for_qubits
-from qcourier.files import atomic_write_bytes, path_under, remove_stale_temp_files
+from qcourier.files import (
+    atomic_write_bytes,
+    create_timestamped,
+    path_under,
+    remove_stale_temp_files,
+)
 from qcourier.ledger import store as ledger_mod
 from qcourier.ledger.record import (
     Entry,
@@ -779,12 +784,11 @@ def _write_collected(ledger: Ledger, outcomes: list[JobOutcome]) -> Path:
         for o in outcomes
     ]
     body = json.dumps({"collected_at": utc_now().isoformat(), "jobs": items}, indent=1).encode()
-    for suffix in range(1000):
-        path = ledger.directory / f"collected_results_{stamp}{'' if not suffix else f'_{suffix}'}.json"
-        if not path.exists():
-            atomic_write_bytes(path, body)
-            return path
-    raise QcourierError(f"too many collected_results files for {stamp} in {ledger.directory}")
+    try:
+        return create_timestamped(ledger.directory, "collected_results", ".json", stamp, body)
+    except OSError as exc:
+        raise QcourierError(f"cannot write the collected results in {ledger.directory}: "
+                            f"{exc.strerror or exc}") from None
 
 
 def poll_unrecorded(service: QuantumService, job_id: str) -> JobStatusReport:

@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from qcourier.errors import LedgerError, UsageError
+from qcourier.files import create_timestamped
 from qcourier.ledger.record import (
     INDEX_DIR,
     Entry,
@@ -181,17 +182,11 @@ class Ledger:
         """Create a new, empty ledger file named after the UTC time; never overwrite one."""
         self.ensure_writable()
         stamp = (now or utc_now()).strftime("%Y%m%d_%H%M%S")
-        for suffix in range(1000):
-            name = f"submitted_jobs_{stamp}{'' if suffix == 0 else f'_{suffix}'}.jsonl"
-            path = self.directory / name
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                return path
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise LedgerError(f"cannot create {path}: {exc.strerror or exc}") from None
-        raise LedgerError(f"too many ledger files named for {stamp} in {self.directory}")
+        try:
+            return create_timestamped(self.directory, "submitted_jobs", ".jsonl", stamp)
+        except OSError as exc:
+            raise LedgerError(f"cannot create a ledger file in {self.directory}: "
+                              f"{exc.strerror or exc}") from None
 
     @property
     def index_dir(self) -> Path:
