@@ -335,7 +335,8 @@ def _pace_check(charges: list[tuple[datetime, float, bool]], limit: float, now: 
         slack = allowance - total - estimate
         if tightest is None or slack < tightest[0]:
             tightest = (slack, total, age, allowance)
-    assert tightest is not None
+    if tightest is None:  # horizons starts with the empty interval: never the case
+        raise RuntimeError("pace check without any interval")
     slack, total, age, allowance = tightest
     return slack >= -_TOLERANCE_SECONDS, total, age, allowance
 

@@ -367,7 +367,8 @@ class _Run:
         """One job's usage, on a worker: a ledger line if the figure has arrived."""
         entry, service = item
         record = entry.record
-        assert record.job_id is not None
+        if record.job_id is None:
+            raise QcourierError(f"record {record.record_id} has no job id to poll")
         try:
             with call_time_scope():
                 job_id = check_job_id(record.job_id, f"ledger file {entry.path.name}")
@@ -573,7 +574,8 @@ def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry,
               status: JobStatusReport | None = None) -> JobOutcome:
     """Poll one job (unless its ``status`` is known) and record what changed."""
     record = entry.record
-    assert record.job_id is not None
+    if record.job_id is None:
+        raise QcourierError(f"record {record.record_id} has no job id to poll")
     try:
         check_job_id(record.job_id, f"ledger file {entry.path.name}")
     except InvalidJobIdError as exc:  # never put in a URL or a file name
@@ -596,7 +598,8 @@ def _apply_status(
     service: QuantumService, ledger: Ledger, entry: Entry, status: JobStatusReport
 ) -> JobOutcome:
     record = entry.record
-    assert record.job_id is not None
+    if record.job_id is None:
+        raise QcourierError(f"record {record.record_id} has no job id to poll")
     new_status = STATUS_FOR_STATE[status.state]
     if new_status is JobStatus.COMPLETED:
         return _finish(service, ledger, entry, status)
@@ -660,7 +663,8 @@ def _finish(
     service: QuantumService, ledger: Ledger, entry: Entry, status: JobStatusReport
 ) -> JobOutcome:
     record = entry.record
-    assert record.job_id is not None
+    if record.job_id is None:
+        raise QcourierError(f"record {record.record_id} has no job id to poll")
     result = service.job_result(record.job_id)
     metrics = service.job_metrics(record.job_id)
     analysis, analysis_error = analyse(ledger, record, result.counts)

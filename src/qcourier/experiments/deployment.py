@@ -270,7 +270,8 @@ class DeploymentExperiment(Experiment):
     Params = DeploymentParams
 
     def build(self, params: ExperimentParams) -> list[JobUnit]:
-        assert isinstance(params, DeploymentParams)
+        if not isinstance(params, DeploymentParams):
+            raise TypeError(f"expected DeploymentParams, got {type(params).__name__}")
         circuit = heartbeat_circuit(params.width, params.step)
         return [JobUnit([circuit], params.shots, {"width": params.width, "step": params.step})]
 

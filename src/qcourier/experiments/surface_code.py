@@ -401,7 +401,8 @@ class SurfaceCodeExperiment(Experiment):
     Params: ClassVar[type[ExperimentParams]] = SurfaceCodeParams
 
     def build(self, params: ExperimentParams) -> list[JobUnit]:
-        assert isinstance(params, SurfaceCodeParams)
+        if not isinstance(params, SurfaceCodeParams):
+            raise TypeError(f"expected SurfaceCodeParams, got {type(params).__name__}")
         circuits = []
         num_detectors = []
         num_measurements = []

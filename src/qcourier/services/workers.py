@@ -147,8 +147,8 @@ class WorkerPool:
                 return True
             if task.state is _TaskState.RUNNING:
                 task.state = _TaskState.ABANDONED
-                assert task.worker is not None
-                task.worker.retired = True
+                if task.worker is not None:  # a running task always has its worker
+                    task.worker.retired = True
                 self._usable -= 1
                 if self._queued > self._idle and self._usable < self._size:
                     self._start_thread()
