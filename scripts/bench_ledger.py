@@ -62,7 +62,8 @@ print(len(fold.entries))
 def build_ledger(directory: Path, records: int, files: int, pending: int = 0,
                  service_dir: Path | None = None) -> None:
     """Write ``records`` completed records over ``files`` files, plus ``pending`` queued jobs."""
-    from qcourier.ledger.record import JobStatus, LedgerRecord, new_record_id
+    from qcourier.ledger.record import LedgerRecord
+    from qcourier.ledger.status import JobStatus, new_record_id
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "jobs").mkdir(exist_ok=True)

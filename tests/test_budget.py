@@ -25,7 +25,8 @@ from qcourier.cli._common import AppState
 from qcourier.config import Settings
 from qcourier.errors import QcourierError
 from qcourier.ledger import store as L
-from qcourier.ledger.record import JobStatus, LedgerRecord, utc_now
+from qcourier.ledger.record import LedgerRecord
+from qcourier.ledger.status import JobStatus, utc_now
 from qcourier.ledger.store import Ledger
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ from conftest import ledger_records
 
 from qcourier.cli import collect, main, submit
 from qcourier.cli._common import AppState
-from qcourier.ledger.record import JobStatus
+from qcourier.ledger.status import JobStatus
 from qcourier.services.local import LocalService, LocalServiceConfig
 
 

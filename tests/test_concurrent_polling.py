@@ -13,7 +13,7 @@ import pytest
 
 from qcourier.collect.run import collect_pending
 from qcourier.experiments import get_experiment
-from qcourier.ledger.record import JobStatus
+from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger
 from qcourier.services.base import ServiceError
 from qcourier.services.local import LocalService, LocalServiceConfig

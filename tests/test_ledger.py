@@ -14,7 +14,8 @@ import pytest
 
 from qcourier.errors import LedgerError, UsageError
 from qcourier.ledger import store as L
-from qcourier.ledger.record import SCHEMA_VERSION, JobStatus, LedgerRecord
+from qcourier.ledger.record import SCHEMA_VERSION, LedgerRecord
+from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger
 
 

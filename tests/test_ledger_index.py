@@ -15,8 +15,10 @@ from test_ledger import make_record
 from qcourier.errors import LedgerError
 from qcourier.ledger import index as ledger_index
 from qcourier.ledger import store as L
-from qcourier.ledger.record import JobStatus, LedgerRecord, RecordSummary
+from qcourier.ledger.record import LedgerRecord
+from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger
+from qcourier.ledger.summary import RecordSummary
 
 
 def plain_fold(ledger: Ledger) -> L.Fold:

@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from qcourier.accounting.budget import WINDOW
 from qcourier.accounting.metrics import read_last_poll, write_prometheus
 from qcourier.accounting.report import quantile
-from qcourier.ledger.record import JobStatus, LedgerRecord
+from qcourier.ledger.record import LedgerRecord
+from qcourier.ledger.status import JobStatus
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LIMITS = {None: 100.0, 0: 600.0, 1: 50.0}

@@ -235,7 +235,7 @@ def test_stuck_deferred_queue_is_defined_by_the_oldest_wait():
     from types import SimpleNamespace
 
     from qcourier.collect.notify import stuck_events
-    from qcourier.ledger.record import JobStatus
+    from qcourier.ledger.status import JobStatus
 
     now = datetime(2026, 12, 3, 12, tzinfo=UTC)
     rec = lambda rid, hours: SimpleNamespace(  # noqa: E731

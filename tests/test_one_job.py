@@ -225,7 +225,7 @@ def test_inside_a_users_repository_results_stay_untracked_and_clean(tmp_path: Pa
 def test_a_deferred_job_cancelled_before_submission_costs_nothing_in_the_guard(invoke,
                                                                               tmp_path: Path):
     from qcourier.accounting.budget import budget_state
-    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.status import utc_now
     from qcourier.ledger.store import Ledger
 
     slow = LocalService(LocalServiceConfig(root=tmp_path / "service", queue_seconds=600,

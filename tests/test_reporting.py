@@ -11,7 +11,8 @@ import pytest
 
 from qcourier.accounting.report import Distribution, study_report, write_plots
 from qcourier.cli import collect, main, report, submit
-from qcourier.ledger.record import JobStatus, LedgerRecord
+from qcourier.ledger.record import LedgerRecord
+from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import append
 
 # Relative to the real clock: the CLI computes the budget window at its own "now".

@@ -13,7 +13,7 @@ from conftest import cli_env, ledger_records, script
 
 from qcourier.cli import collect, submit
 from qcourier.cli._common import AppState
-from qcourier.ledger.record import JobStatus
+from qcourier.ledger.status import JobStatus
 from qcourier.services.base import JobResult
 from qcourier.services.local import LocalService, LocalServiceConfig
 

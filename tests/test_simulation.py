@@ -328,12 +328,12 @@ def test_errors_grow_with_the_noise_scale():
 
 
 def test_noise_scale_setting_is_validated(monkeypatch):
-    from pydantic import ValidationError
-
     from qcourier.config import Settings
+    from qcourier.errors import QcourierError
 
     monkeypatch.setenv("QCOURIER_LOCAL_NOISE_SCALE", "0.3")
-    assert Settings(_env_file=None).local_noise_scale == pytest.approx(0.3)
+    assert Settings().local_noise_scale == pytest.approx(0.3)
     monkeypatch.setenv("QCOURIER_LOCAL_NOISE_SCALE", "-1")
-    with pytest.raises(ValidationError):
-        Settings(_env_file=None)
+    with pytest.raises(QcourierError, match="^bad setting QCOURIER_LOCAL_NOISE_SCALE: '-1' is not "
+                       "a number >= 0 and <= 10$"):
+        Settings()

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from qcourier.ledger.record import JobStatus, RecordView, as_utc
+from qcourier.ledger.status import JobStatus, as_utc
 
 if TYPE_CHECKING:
-    pass
+    from qcourier.ledger.summary import RecordView
 
 
 # -- the rolling-window budget ---------------------------------------------------------------

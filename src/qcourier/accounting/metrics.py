@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -50,7 +51,10 @@ from prometheus_client.samples import Sample
 from qcourier.accounting.budget import BudgetKey, budget_key, budget_keys, budget_state
 from qcourier.accounting.report import quantile
 from qcourier.files import atomic_write_bytes
-from qcourier.ledger.record import JobStatus, RecordView, as_utc
+from qcourier.ledger.status import JobStatus, as_utc
+
+if TYPE_CHECKING:
+    from qcourier.ledger.summary import RecordView
 
 PREFIX = "qcourier_"
 LAST_POLL_METRIC = "qcourier_last_successful_poll_timestamp_seconds"

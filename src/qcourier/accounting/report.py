@@ -53,8 +53,9 @@ from qcourier.accounting.budget import (
     budget_keys,
     budget_state,
 )
-from qcourier.ledger.record import FINAL_STATUSES, JobStatus, LedgerRecord, as_utc
+from qcourier.ledger.record import LedgerRecord
 from qcourier.ledger.results import read_result
+from qcourier.ledger.status import FINAL_STATUSES, JobStatus, as_utc
 
 #: Experiments whose results the report follows over time.
 SERIES_EXPERIMENTS = ("heavy_hex_code", "surface_code", "deployment", "bell", "ghz")

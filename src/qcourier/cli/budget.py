@@ -65,7 +65,7 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
       qcourier budget --plan qcourier-plan.toml
       qcourier budget --json | jq '.keys[] | {service, key_index, remaining_seconds}'
     """
-    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.status import utc_now
     from qcourier.ledger.store import Ledger
 
     state = get_state()

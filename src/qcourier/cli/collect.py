@@ -218,7 +218,7 @@ def _write_html(path: Path, ledger, settings) -> None:
     from qcourier.accounting.page import write_html
     from qcourier.accounting.plan import lines, load_plan, progress
     from qcourier.accounting.report import study_report
-    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.status import utc_now
 
     fold = ledger.fold()
     report = study_report(fold.records, ledger.directory, settings.budget_limit, utc_now())
@@ -246,7 +246,7 @@ def _notify(ledger, settings, report) -> None:
         urls_of,
     )
     from qcourier.errors import QcourierError
-    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.status import utc_now
 
     try:
         records, now = ledger.fold().summaries, utc_now()
@@ -268,7 +268,7 @@ def _budget_admission(settings, pool):
     def admit(record, records):
         from qcourier.accounting.budget import BudgetGuard
         from qcourier.errors import QcourierError
-        from qcourier.ledger.record import utc_now
+        from qcourier.ledger.status import utc_now
 
         key = (record.service, record.api_key_index)
         if key not in service_used:
@@ -323,7 +323,7 @@ def summary_line(report) -> str:
 
 
 def _append_log(path: Path, lines: list[str]) -> None:
-    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.status import utc_now
 
     if not lines:
         return
@@ -335,7 +335,7 @@ def _append_log(path: Path, lines: list[str]) -> None:
 
 def _write_metrics(path: Path, ledger, settings, report) -> None:
     from qcourier.accounting.metrics import write_prometheus
-    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.status import utc_now
 
     polled_ok = report.exit_code == 0
     write_prometheus(path, ledger.fold().summaries, settings.budget_limit, utc_now(),
@@ -375,7 +375,7 @@ class _LiveView:
         from rich import box
         from rich.table import Table
 
-        from qcourier.ledger.record import utc_now
+        from qcourier.ledger.status import utc_now
 
         table = Table(box=box.SIMPLE, caption=caption,
                       title=f"qcollect --watch · {utc_now():%H:%M:%S} UTC · Ctrl-C stops")

@@ -17,7 +17,7 @@ from qcourier.cli._common import (
     print_table,
     service_option,
 )
-from qcourier.ledger.record import JobStatus
+from qcourier.ledger.status import STATUS_NAMES
 
 
 @click.group(help="qcourier: submit quantum jobs now, collect and analyse their results later.\n\n"
@@ -40,7 +40,7 @@ main.add_command(notify.main, "notify")
 
 @main.command("status")
 @click.option("--status", "statuses", multiple=True,
-              type=click.Choice([s.value for s in JobStatus]),
+              type=click.Choice(STATUS_NAMES),
               help="Only jobs in this status (repeatable).")
 @click.option("--experiment", "experiments_", multiple=True, metavar="NAME",
               help="Only jobs of this experiment (repeatable).")
@@ -98,7 +98,7 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
     if len(shown) < len(records):
         click.echo(f"(the {len(shown)} most recent shown; --limit 0 shows all {len(records)})")
     counts = Counter(r.status.value for r in records)
-    by_status = ", ".join(f"{counts[s.value]} {s.value}" for s in JobStatus if counts[s.value])
+    by_status = ", ".join(f"{counts[name]} {name}" for name in STATUS_NAMES if counts[name])
     total = (f"{len(records)} of {len(fold.entries)} job(s)" if len(records) != len(fold.entries)
              else f"{len(records)} job(s)")
     click.echo(f"{total}: {by_status}" if by_status else total)

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qcourier.errors import UsageError
-from qcourier.ledger.record import Entry, JobStatus, LedgerRecord
+from qcourier.ledger.record import LedgerRecord
+from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger, read_lines
 from qcourier.ledger.store import append as append_line
+from qcourier.ledger.summary import Entry
 
 if TYPE_CHECKING:
     from qcourier.services import ServicePool

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qcourier.errors import QcourierError
-from qcourier.ledger.record import as_utc
+from qcourier.ledger.status import as_utc
 
 SENT_FILE = "notifications.jsonl"
 LOCK_FILE = ".notifications.lock"
@@ -87,7 +87,7 @@ def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
     """One event per key whose oldest deferred job has waited ``hours`` or more."""
     from datetime import timedelta
 
-    from qcourier.ledger.record import JobStatus
+    from qcourier.ledger.status import JobStatus
 
     oldest: dict[tuple, object] = {}
     for r in records:
@@ -138,7 +138,7 @@ def _read(directory: Path) -> tuple[set[str], dict[str, str]]:
 
 
 def _append(directory: Path, events: list[Event], phase: str) -> None:
-    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.status import utc_now
 
     stamp = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
     data = "".join(json.dumps({"event": e.key, "phase": phase, "at": stamp}

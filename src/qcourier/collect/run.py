@@ -31,13 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
 from qcourier.accounting.budget import finished_in_window, usage_pending
 from qcourier.errors import QcourierError, UsageError
-from qcourier.experiments.base import calibration_for_qubits
 from qcourier.files import (
     atomic_write_bytes,
     create_timestamped,
@@ -45,17 +44,10 @@ from qcourier.files import (
     remove_stale_temp_files,
 )
 from qcourier.ledger import store as ledger_mod
-from qcourier.ledger.record import (
-    Entry,
-    JobStatus,
-    LedgerProblem,
-    LedgerRecord,
-    RecordView,
-    new_record_id,
-    utc_now,
-)
 from qcourier.ledger.results import ResultCheck
+from qcourier.ledger.status import JobStatus, new_record_id, utc_now
 from qcourier.ledger.store import Ledger
+from qcourier.ledger.summary import Entry, LedgerProblem
 from qcourier.provenance import load_snapshot
 from qcourier.services import ServicePool
 from qcourier.services.base import (
@@ -86,6 +78,10 @@ from qcourier.submit.dispatch import (
     submit_record,
 )
 
+if TYPE_CHECKING:
+    from qcourier.ledger.record import LedgerRecord
+    from qcourier.ledger.summary import RecordView
+
 STATUS_FOR_STATE = {
     JobState.INITIALIZING: JobStatus.QUEUED,
     JobState.QUEUED: JobStatus.QUEUED,
@@ -103,7 +99,7 @@ RESULT_CHECK_BATCH = 100
 #: Final jobs whose usage is still unknown asked about per run (newest finished first).
 USAGE_BATCH = 20
 #: Given a deferred record and the current records, a reason not to submit it now, or None.
-Admit = Callable[[LedgerRecord, list[RecordView]], str | None]
+Admit = Callable[["LedgerRecord", list["RecordView"]], str | None]
 
 
 class CollectorBusy(QcourierError):
@@ -496,6 +492,8 @@ class _Run:
                         or (summary.status is JobStatus.FAILED and summary.failure_class == "system"))
             if not eligible or summary.record_id in retried or summary.retry_count >= max_retries:
                 continue
+            from qcourier.ledger.record import LedgerRecord
+
             record = entry.record
             retry = LedgerRecord.model_validate({
                 **record.model_dump(),
@@ -716,6 +714,8 @@ def _snapshot(directory: Path, sha: str) -> dict[str, Any] | None:
 @functools.lru_cache(maxsize=256)
 def _calibration(directory: Path, sha: str, qubits: tuple[int, ...]) -> Any:
     """The calibration of ``qubits`` in snapshot ``sha`` (None if the snapshot is gone)."""
+    from qcourier.experiments.base import calibration_for_qubits
+
     snapshot = _snapshot(directory, sha)
     return None if snapshot is None else calibration_for_qubits(snapshot, qubits)
 

@@ -16,11 +16,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcourier.files import atomic_write_bytes
-from qcourier.ledger.record import LedgerProblem, LedgerRecord
 from qcourier.ledger.store import Ledger, read_lines
+from qcourier.ledger.summary import LedgerProblem
+
+if TYPE_CHECKING:
+    from qcourier.ledger.record import LedgerRecord
 
 #: Where a quiet qcollect notes the problems it has warned about.
 WARNED_FILE = Path("cache") / "warned-problems.json"

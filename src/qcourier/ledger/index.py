@@ -27,16 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from qcourier.ledger.record import (
-    Entry,
-    JobStatus,
-    LedgerProblem,
-    LedgerRecord,
-    RecordSummary,
-    summarise_error,
-)
+from qcourier.ledger.status import JobStatus
+from qcourier.ledger.summary import Entry, LedgerProblem, RecordSummary
 
 #: Bumped whenever the layout of an index changes; an index of another format is rebuilt.
 INDEX_FORMAT = 1
@@ -71,6 +63,10 @@ def fold_file(path: Path, index_dir: Path | None) -> tuple[dict[str, Entry], lis
     end = data.rfind(b"\n") + 1
     entries = {record_id: _entry(row, path) for record_id, row in rows.items()}
     problem_list = [LedgerProblem(path, line, reason) for line, reason in problems]
+    if data.strip():  # lines the index does not hold yet: validated, so pydantic is needed
+        from pydantic import ValidationError
+
+        from qcourier.ledger.record import LedgerRecord, summarise_error
     position, number = 0, lines
     while position < end:
         stop = data.index(b"\n", position)

@@ -1,73 +1,20 @@
-"""A ledger record: its statuses, the pydantic model of one line, the light summary a fold keeps, and
-the lazy entry that reads a whole record from its line on demand.
+"""A ledger record: the pydantic model of one line.
+
+Only what writes or validates whole lines imports this module (and pydantic): a fold read
+from the index keeps :mod:`qcourier.ledger.summary` objects, and the statuses live in
+:mod:`qcourier.ledger.status`.
 """
 
 from __future__ import annotations
 
-import operator
-import os
-import secrets
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
-from pathlib import Path
-from typing import Any, NamedTuple
+from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qcourier.errors import LedgerError
+from qcourier.ledger.status import JobStatus, new_record_id, utc_now
 
 SCHEMA_VERSION = 1
-
-
-class JobStatus(StrEnum):
-    """A job's status in the ledger."""
-
-    DEFERRED = "deferred"  # planned, waiting for a free pending slot (qcollect submits it)
-    SUBMITTING = "submitting"  # intent: the service is being asked; the job id is not known yet
-    SUBMIT_FAILED = "submit_failed"  # the intent never became a job
-    SUBMITTED = "submitted"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    PARTIAL = "partial"  # finished with fewer shots than asked for
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    ERROR = "error"  # could not be polled, or the service does not know the job
-
-    @property
-    def is_final(self) -> bool:
-        """Whether collection is over for a job in this status."""
-        return self in FINAL_STATUSES
-
-    @property
-    def is_pending(self) -> bool:
-        """Whether the job is still on its way at the service."""
-        return self in (JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.RUNNING)
-
-    @property
-    def is_open(self) -> bool:
-        """Whether the record still needs qcollect: on its way, in an intent, or deferred."""
-        return self.is_pending or self in (JobStatus.SUBMITTING, JobStatus.DEFERRED)
-
-
-FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.PARTIAL, JobStatus.FAILED,
-                            JobStatus.CANCELLED, JobStatus.SUBMIT_FAILED})
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """``moment`` as an aware UTC time (a naive one is taken to be UTC already)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-def new_record_id() -> str:
-    """A stable, unique id for a ledger record (independent of the service's job id)."""
-    return secrets.token_hex(8)
 
 
 class LedgerRecord(BaseModel):
@@ -131,130 +78,7 @@ class LedgerRecord(BaseModel):
         return LedgerRecord.model_validate(data)
 
 
-@dataclass(frozen=True)
-class LedgerProblem:
-    """A line that could not be read: where, and why."""
-
-    path: Path
-    line: int
-    reason: str
-    torn: bool = False
-
-    def __str__(self) -> str:
-        kind = "torn last line" if self.torn else "malformed line"
-        return f"{self.path}:{self.line}: {kind} skipped ({self.reason})"
-
-
-class RecordSummary(NamedTuple):
-    """The fields of a record that listing, budgeting and queueing need.
-
-    A fold keeps one summary per record in memory; the whole record is read from its latest
-    line only when asked for (:attr:`Entry.record`), so a ledger of 100,000 jobs folds in
-    little time and memory. The names and types are those of :class:`LedgerRecord`, so code
-    that reads only these fields takes either.
-    """
-
-    record_id: str
-    job_id: str | None
-    status: JobStatus
-    service: str
-    backend: str
-    experiment_type: str
-    logical_state: str | None
-    shots: int
-    circuit_hash: str
-    api_key_index: int | None
-    submission_time: datetime | None
-    updated_at: datetime
-    completion_time: datetime | None
-    estimated_qpu_seconds: float | None
-    max_execution_time: int | None
-    request_id: str | None
-    retry_of: str | None
-    retry_count: int
-    failure_class: str | None
-    error: str | None
-    result_path: str | None
-    result_sha256: str | None
-    usage_seconds: float | None
-    queue_seconds: float | None
-
-    @classmethod
-    def of(cls, record: LedgerRecord) -> RecordSummary:
-        """The summary of a whole record."""
-        return tuple.__new__(cls, _summary_fields(record))
-
-
-_summary_fields = operator.attrgetter(*RecordSummary._fields)
-
-
-#: What code that only reads summary fields accepts.
-RecordView = LedgerRecord | RecordSummary
-
-
-class Entry:
-    """The current state of one record: its summary, and where its latest line is.
-
-    ``record`` reads and validates that line on first use (or is given, for a record just
-    written).
-    """
-
-    __slots__ = ("summary", "path", "offset", "length", "_record")
-
-    def __init__(self, summary: RecordSummary, path: Path, offset: int = -1, length: int = 0,
-                 record: LedgerRecord | None = None):
-        self.summary = summary
-        self.path = path
-        self.offset = offset
-        self.length = length
-        self._record = record
-
-    @classmethod
-    def of(cls, record: LedgerRecord, path: Path) -> Entry:
-        """The entry of a record held in memory (just written, or just read)."""
-        return cls(RecordSummary.of(record), path, record=record)
-
-    @property
-    def record(self) -> LedgerRecord:
-        """The whole record, read from its line in the ledger file on first use.
-
-        Raises:
-            LedgerError: the line can no longer be read as the record it was.
-        """
-        if self._record is None:
-            self._record = _read_record_at(self.path, self.offset, self.length,
-                                           self.summary.record_id)
-        return self._record
-
-
-def _read_record_at(path: Path, offset: int, length: int, record_id: str) -> LedgerRecord:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            raw = os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
-        record = LedgerRecord.model_validate_json(raw)
-    except (OSError, ValidationError) as exc:
-        raise LedgerError(
-            f"{path}: the line of record {record_id} at byte {offset} can no longer be read "
-            f"({exc.__class__.__name__}); the file was changed after it was indexed — remove "
-            f"{path.parent / INDEX_DIR} and try again"
-        ) from None
-    if record.record_id != record_id:
-        raise LedgerError(
-            f"{path}: byte {offset} no longer holds record {record_id}; the file was changed "
-            f"after it was indexed — remove {path.parent / INDEX_DIR} and try again"
-        )
-    return record
-
-
 def summarise_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     return f"{where}: {err['msg']}" if where else err["msg"]
-
-
-#: Where derived, deletable data lives: ``<ledger>/cache/`` (the fold index is in ``index/``).
-INDEX_DIR = "cache/index"
-

@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcourier.files import atomic_write_bytes, sha256_file
-from qcourier.ledger.record import (
-    JobStatus,
-    LedgerRecord,
-    RecordView,
-)
+from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger
+
+if TYPE_CHECKING:
+    from qcourier.ledger.record import LedgerRecord
+    from qcourier.ledger.summary import RecordView
 
 
 class ResultCheck:

@@ -20,21 +20,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
-from pydantic import ValidationError
 
 from qcourier.errors import LedgerError, UsageError
 from qcourier.files import create_timestamped
-from qcourier.ledger.record import (
-    INDEX_DIR,
-    Entry,
-    LedgerProblem,
-    LedgerRecord,
-    RecordSummary,
-    summarise_error,
-    utc_now,
-)
+from qcourier.ledger.status import utc_now
+from qcourier.ledger.summary import INDEX_DIR, Entry, LedgerProblem, RecordSummary
+
+if TYPE_CHECKING:
+    from qcourier.ledger.record import LedgerRecord
 
 LEDGER_GLOB = "submitted_jobs_*.jsonl"
 LOCK_TIMEOUT_SECONDS = 30.0
@@ -88,6 +84,8 @@ def append(path: Path, records: LedgerRecord | Iterable[LedgerRecord]) -> None:
     Raises:
         LedgerError: the file cannot be locked or written.
     """
+    from qcourier.ledger.record import LedgerRecord
+
     items = [records] if isinstance(records, LedgerRecord) else list(records)
     try:
         with _APPEND_LOCK, _lock_for(path):
@@ -118,6 +116,10 @@ def _ends_torn(fd: int) -> bool:
 
 def read_lines(path: Path) -> Iterator[tuple[int, LedgerRecord | LedgerProblem]]:
     """Each line of a ledger file as a record, or as the problem that stopped it being one."""
+    from pydantic import ValidationError
+
+    from qcourier.ledger.record import LedgerRecord, summarise_error
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -229,7 +231,7 @@ def check_ledger_file(path: Path) -> Path:
     if not path.is_file():
         raise UsageError(f"jobs file {path} does not exist; give an existing ledger file")
     items = [item for _n, item in read_lines(path)]
-    records = [i for i in items if isinstance(i, LedgerRecord)]
+    records = [i for i in items if not isinstance(i, LedgerProblem)]
     problems = [i for i in items if isinstance(i, LedgerProblem) and not i.torn]
     if items and not records:
         first = problems[0] if problems else items[0]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from qcourier.errors import QcourierError
 from qcourier.files import atomic_write_bytes, path_under
 from qcourier.ledger import store as ledger_mod
-from qcourier.ledger.record import JobStatus, LedgerRecord, RecordView, utc_now
+from qcourier.ledger.status import JobStatus, utc_now
 from qcourier.ledger.store import Ledger
 from qcourier.services.base import (
     InvalidJobIdError,
@@ -43,6 +43,8 @@ from qcourier.services.base import (
 
 if TYPE_CHECKING:
     from qcourier.config import Settings
+    from qcourier.ledger.record import LedgerRecord
+    from qcourier.ledger.summary import RecordView
 
 if TYPE_CHECKING:
     from filelock import FileLock

@@ -34,7 +34,8 @@ from qcourier.circuits.transpile import (
 from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
 from qcourier.experiments.base import Device
-from qcourier.ledger.record import LedgerRecord, new_record_id
+from qcourier.ledger.record import LedgerRecord
+from qcourier.ledger.status import new_record_id
 from qcourier.provenance import (
     GitState,
     calibration_age_hours,

@@ -17,7 +17,8 @@ from typing import Any
 
 from qcourier.circuits.transpile import describe_transpiled
 from qcourier.ledger import store as ledger_mod
-from qcourier.ledger.record import JobStatus, LedgerRecord
+from qcourier.ledger.record import LedgerRecord
+from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger
 from qcourier.services.base import QuantumService, ServiceError
 from qcourier.submit.dispatch import store_circuits

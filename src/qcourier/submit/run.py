@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from qcourier.accounting.budget import BudgetGuard
 from qcourier.experiments import Experiment, ExperimentParams
 from qcourier.ledger import store as ledger_mod
-from qcourier.ledger.record import JobStatus, LedgerRecord, RecordView, utc_now
+from qcourier.ledger.record import LedgerRecord
+from qcourier.ledger.status import JobStatus, utc_now
 from qcourier.ledger.store import Ledger
 from qcourier.provenance import save_snapshot
 from qcourier.services.base import (
@@ -37,7 +38,7 @@ from qcourier.submit.plan import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from qcourier.ledger.summary import RecordView
 
 
 class LedgerTarget:

@@ -1,0 +1,59 @@
+"""The commands that run most start without the heavy packages (issue 16).
+
+``qcourier --help``, ``qsubmit --help``, ``qcollect --help``, ``qcourier status`` and a
+``qcollect`` with nothing to do must not import pydantic, qiskit or the IBM client (nor
+rich off a terminal): their start-up is budgeted against importing qiskit-ibm-runtime
+(``scripts/bench_cold_start.py``). What a process imported is read from ``python -X
+importtime``, so these tests check the design, never the machine's speed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, script
+
+from qcourier.cli import collect, submit
+from qcourier.ledger.store import Ledger
+
+HEAVY = ("pydantic", "pydantic_core", "qiskit", "qiskit_ibm_runtime", "qiskit_aer", "numpy",
+         "stim", "rich", "asyncio")
+
+
+def imported(argv: list[str], env: dict[str, str], cwd: Path) -> set[str]:
+    """The top-level packages a console script imported, as ``-X importtime`` lists them."""
+    done = subprocess.run([sys.executable, "-X", "importtime", script(argv[0]), *argv[1:]],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {m.group(1).split(".")[0]
+            for m in re.finditer(r"^import time:.*\|\s*([\w.]+)$", done.stderr, re.M)}
+
+
+@pytest.fixture
+def study(tmp_path: Path, invoke) -> Path:
+    """A ledger whose jobs are all completed, folded since its last line was written (as the
+    run after the one that collected them leaves it: lines not yet in the fold index are
+    validated, which takes pydantic)."""
+    assert invoke(submit.main, ["-e", "bell", "--shots", "20", "--repeat", "2"]).exit_code == 0
+    assert invoke(collect.main, []).exit_code == 0
+    Ledger(tmp_path / "ledger").fold()
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv", [
+    ["qcourier", "--help"], ["qsubmit", "--help"], ["qcollect", "--help"],
+    ["qcourier", "status"], ["qcourier", "status", "--json"], ["qcollect", "--poll-all"],
+    ["qcollect", "--quiet"],
+], ids=" ".join)
+def test_the_commands_that_run_most_import_no_heavy_package(study: Path, argv: list[str]):
+    heavy = imported(argv, cli_env(study), study) & set(HEAVY)
+    assert heavy == set(), f"{' '.join(argv)} imported {sorted(heavy)}"
+
+
+def test_the_check_sees_a_heavy_import(study: Path):
+    """The test above must be able to fail: a command that validates records imports pydantic."""
+    assert "pydantic" in imported(["qcourier", "ledger", "check"], cli_env(study), study)
