@@ -21,9 +21,19 @@ CLEARED = [
 ]
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache directory for the whole run, so that the local service's fake devices are
+    described once (not by every process a test starts), and never in the user's own cache.
+    Under pytest-xdist the workers share it (its files are written atomically)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "qcourier-cache"
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """cwd = tmp_path (so no stray .env is read), settings pointed inside it."""
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> Path:
+    """cwd = tmp_path (so no stray .env is read), settings pointed inside it (the cache: at
+    the run's own)."""
     for name in CLEARED:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -34,6 +44,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("QCOURIER_SERVICE", "local")  # a saved qiskit account must not matter
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("QCOURIER_CACHE_DIR", str(cache_dir))
     return tmp_path
 
 
@@ -43,9 +54,9 @@ def ledger(tmp_path: Path) -> Ledger:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> LocalService:
+def service(tmp_path: Path, cache_dir: Path) -> LocalService:
     return LocalService(LocalServiceConfig(root=tmp_path / "service", queue_seconds=0,
-                                           run_seconds=0, seed=7))
+                                           run_seconds=0, seed=7, cache_dir=cache_dir))
 
 
 @pytest.fixture

@@ -357,50 +357,6 @@ def test_env_example_copied_to_dotenv_works(invoke, tmp_path: Path, monkeypatch)
     assert warnings == [f"Warning: {tmp_path} is not in a git repository; git_commit not recorded"]
 
 
-@pytest.mark.parametrize("argv", [["submit", "--help"], ["collect", "--help"], ["status"],
-                                  ["experiments"]])
-def test_light_commands_do_not_import_heavy_modules(tmp_path: Path, argv):
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        "from qcourier.cli.main import main\n"
-        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'qiskit', 'qiskit_aer', "
-        "'qiskit_ibm_runtime', 'stim', 'pymatching', 'numpy', 'matplotlib'})\n"
-        "print(heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "QCOURIER_LEDGER_DIR": str(tmp_path / "ledger")})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
-
-
-@pytest.mark.parametrize("argv", [["collect", "--poll-all"], ["status"], ["status", "--json"]])
-def test_commands_on_a_finished_study_import_nothing_heavy(invoke, tmp_path: Path, argv):
-    """A qcollect with nothing to do (cron's usual run) and status on a study whose jobs are
-    all final: no qiskit, simulator, decoder or numpy, and no rich when not on a terminal."""
-    import subprocess
-    import sys
-
-    invoke(submit.main, ["-e", "ghz", "-p", "width=3", "--shots", "20", "--repeat", "2"])
-    assert "Completed: 2/2" in invoke(collect.main, []).stdout
-    code = (
-        "import sys\n"
-        "from qcourier.cli.main import main\n"
-        f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'qiskit', 'qiskit_aer', "
-        "'qiskit_ibm_runtime', 'stim', 'pymatching', 'numpy', 'matplotlib', 'rich'})\n"
-        "print(heavy, file=sys.stderr)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, env=dict(os.environ))
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.strip().splitlines()[-1] == "[]"
-    assert "2 job(s)" in out.stdout or "Completed: 2/2" in out.stdout or '"completed"' in out.stdout
-
-
 def test_status_shows_the_latest_jobs_and_counts_every_one(invoke, tmp_path: Path):
     from qcourier.cli.main import main as group
 

@@ -1,9 +1,10 @@
 """The commands that run most start without the heavy packages (issue 16).
 
 ``qcourier --help``, ``qsubmit --help``, ``qcollect --help``, ``qcourier status`` and a
-``qcollect`` with nothing to do must not import pydantic, qiskit or the IBM client (nor
-rich off a terminal): their start-up is budgeted against importing qiskit-ibm-runtime
-(``scripts/bench_cold_start.py``). What a process imported is read from ``python -X
+``qcollect`` with nothing to do must not import pydantic, qiskit, the IBM client, a
+simulator or numpy (nor rich off a terminal): their start-up is budgeted against importing
+qiskit-ibm-runtime (``scripts/bench_cold_start.py``). ``qcourier experiments`` needs the
+experiments' pydantic parameters, but no qiskit. What a process imported is read from ``python -X
 importtime``, so these tests check the design, never the machine's speed.
 """
 
@@ -20,8 +21,9 @@ from conftest import cli_env, script
 from qcourier.cli import collect, submit
 from qcourier.ledger.store import Ledger
 
-HEAVY = ("pydantic", "pydantic_core", "qiskit", "qiskit_ibm_runtime", "qiskit_aer", "numpy",
-         "stim", "rich", "asyncio")
+SCIENCE = ("qiskit", "qiskit_ibm_runtime", "qiskit_aer", "numpy", "stim", "pymatching",
+           "matplotlib")
+HEAVY = (*SCIENCE, "pydantic", "pydantic_core", "rich", "asyncio")
 
 
 def imported(argv: list[str], env: dict[str, str], cwd: Path) -> set[str]:
@@ -54,6 +56,27 @@ def test_the_commands_that_run_most_import_no_heavy_package(study: Path, argv: l
     assert heavy == set(), f"{' '.join(argv)} imported {sorted(heavy)}"
 
 
+def test_listing_the_experiments_imports_neither_qiskit_nor_a_simulator(study: Path):
+    heavy = imported(["qcourier", "experiments"], cli_env(study), study) & set(SCIENCE)
+    assert heavy == set(), f"qcourier experiments imported {sorted(heavy)}"
+
+
 def test_the_check_sees_a_heavy_import(study: Path):
     """The test above must be able to fail: a command that validates records imports pydantic."""
     assert "pydantic" in imported(["qcourier", "ledger", "check"], cli_env(study), study)
+
+
+def test_the_local_service_submits_and_simulates_without_the_ibm_client(tmp_path: Path,
+                                                                       invoke):
+    """qiskit-ibm-runtime costs a process a second. Once a fake device is described in the
+    cache, a qcollect that simulates its jobs never imports it, nor does a qsubmit whose
+    transpilation is cached. (Transpiling does: qiskit loads every installed transpiler
+    plugin, qiskit-ibm-runtime's among them, when it builds a pass manager.)"""
+    assert invoke(submit.main, ["-e", "bell", "--shots", "20"]).exit_code == 0
+    env = cli_env(tmp_path)
+    for argv in (["qsubmit", "-e", "bell", "--shots", "20", "--force"], ["qcollect"]):
+        modules = imported(argv, env, tmp_path)
+        assert "qiskit" in modules, argv
+        assert "qiskit_ibm_runtime" not in modules, argv
+    assert "Completed: 2/2" in subprocess.run([script("qcollect")], env=env, cwd=tmp_path,
+                                              capture_output=True, text=True).stdout

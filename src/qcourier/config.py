@@ -22,7 +22,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,16 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _setting(variable: str, default: Any, parse: Callable[[str], Any]) -> Any:
-    return field(default=default, metadata={"variable": variable, "parse": parse})
+    """A field read from ``variable``; a callable ``default`` is called when it is unset."""
+    metadata = {"variable": variable, "parse": parse}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/qcourier``, by default ``~/.cache/qcourier``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qcourier"
 
 
 @dataclass(init=False)
@@ -187,6 +196,9 @@ class Settings:
                                          _number(float, gt=0, le=100))
     local_usage_delay_seconds: float = _setting("QCOURIER_LOCAL_USAGE_DELAY_SECONDS", 0.0,
                                                 _number(float, ge=0))
+    #: What can be rebuilt: the local service's descriptions of its fake devices.
+    cache_dir: Path = _setting("QCOURIER_CACHE_DIR", user_cache_dir,
+                               lambda raw: Path(raw) if raw.strip() else user_cache_dir())
 
     def __init__(self, **values: str) -> None:
         found = {name.lower(): value for name, value in _dotenv_values().items()}
@@ -196,7 +208,8 @@ class Settings:
             variable = spec.metadata["variable"]
             raw = found.get(variable.lower())
             if raw is None:
-                setattr(self, spec.name, spec.default)
+                setattr(self, spec.name, spec.default if spec.default is not MISSING
+                        else spec.default_factory())
                 continue
             try:
                 setattr(self, spec.name, spec.metadata["parse"](raw))

@@ -101,6 +101,7 @@ def pool_from_settings(settings: Settings) -> ServicePool:
             rate_limit_per_second=settings.local_rate_limit,
             usage_factor=settings.local_usage_factor,
             usage_delay_seconds=settings.local_usage_delay_seconds,
+            cache_dir=settings.cache_dir,
         ))
 
     def ibm(index: int | None) -> QuantumService:

@@ -41,7 +41,9 @@ is the asking process's setting, not the job's: one process can see a job's usag
 and the next its figure, without waiting.
 
 The fake backends come from ``qiskit_ibm_runtime.fake_provider`` (device snapshots only;
-the runtime client itself is used by ``services/ibm.py`` alone).
+the runtime client itself is used by ``services/ibm.py`` alone), described once per
+installation in the cache directory, so that a process transpiles for them and simulates
+them without importing qiskit-ibm-runtime (``services/fake_backends.py``).
 """
 
 from __future__ import annotations
@@ -77,13 +79,7 @@ from qcourier.services.base import (
     ServiceError,
     TransientServiceError,
 )
-from qcourier.services.fake_backends import (
-    NOISE_SCALE_KEY,
-    _backend_size,
-    _fake_backend_classes,
-    fake_backend,
-    local_calibration,
-)
+from qcourier.services.fake_backends import NOISE_SCALE_KEY, fake_devices
 from qcourier.services.workers import CPU_LOCK
 
 if TYPE_CHECKING:
@@ -118,6 +114,8 @@ class LocalServiceConfig:
         usage_factor: a job's usage is its estimate times this (fixed at submission).
         usage_delay_seconds: how long after a job finished its usage is still reported
             pending (``None``), as IBM's usage status can be (see the module docstring).
+        cache_dir: where the fake devices' descriptions are kept between processes
+            (:class:`~qcourier.services.fake_backends.FakeDevices`); ``None``: nowhere.
     """
 
     root: Path
@@ -132,6 +130,7 @@ class LocalServiceConfig:
     rate_limit_per_second: float | None = None
     usage_factor: float = 1.0
     usage_delay_seconds: float = 0.0
+    cache_dir: Path | None = None
 
 
 class SlidingWindowLimiter:
@@ -184,6 +183,7 @@ class LocalService(QuantumService):
     def __init__(self, config: LocalServiceConfig):
         self.config = config
         self.root = Path(config.root)
+        self.devices = fake_devices(config.cache_dir)
         self._limiter = (SlidingWindowLimiter(config.rate_limit_per_second)
                          if config.rate_limit_per_second is not None else None)
 
@@ -211,17 +211,15 @@ class LocalService(QuantumService):
     def backends(self) -> list[BackendInfo]:
         self._network_call()
         pending = self._pending_by_backend()
-        return [
-            BackendInfo(name, _backend_size(cls), True, pending.get(name, 0))
-            for name, cls in sorted(_fake_backend_classes().items())
-        ]
+        return [BackendInfo(name, size, True, pending.get(name, 0))
+                for name, size in sorted(self.devices.sizes().items())]
 
     def backend(self, name: str) -> BackendV2:
-        return fake_backend(name)
+        return self.devices.backend(name)
 
     def least_busy(self, min_qubits: int) -> str:
         # Every local backend is equally idle; prefer the documented default.
-        if DEFAULT_BACKEND in _fake_backend_classes() and fake_backend(DEFAULT_BACKEND).num_qubits >= min_qubits:
+        if self.devices.sizes().get(DEFAULT_BACKEND, 0) >= min_qubits:
             return DEFAULT_BACKEND
         return super().least_busy(min_qubits)
 
@@ -230,7 +228,7 @@ class LocalService(QuantumService):
         (``qcourier_noise_scale``), which :meth:`DeviceNoise.from_snapshot` applies, so a
         decoder reading the recorded snapshot models the device the simulator samples."""
         self._network_call()
-        snapshot = local_calibration(backend)
+        snapshot = self.devices.calibration(backend)
         if self.config.noise_scale != 1.0:
             snapshot[NOISE_SCALE_KEY] = self.config.noise_scale
         return snapshot
@@ -249,7 +247,7 @@ class LocalService(QuantumService):
 
         from qcourier.circuits.estimate import estimate_qpu_seconds
 
-        target = fake_backend(backend)
+        target = self.devices.backend(backend)
         self._network_call()
         make_output_directory(self.root)
         job_id = new_job_id()
@@ -514,8 +512,8 @@ class LocalService(QuantumService):
             circuits = qpy.load(fh)
         # The noise is the shared device model from the backend's calibration snapshot: the
         # one ``calibration()`` returns (and the ledger records), so a decoder can model it.
-        calibration = local_calibration(spec["backend"]) if spec["noise"] else None
-        dt = fake_backend(spec["backend"]).dt if spec["noise"] else None
+        calibration = self.devices.calibration(spec["backend"]) if spec["noise"] else None
+        dt = self.devices.dt(spec["backend"]) if spec["noise"] else None
         counts, methods = [], []
         for index, circuit in enumerate(circuits):
             c, method = simulate_counts(circuit, spec["shots"], spec["seed"] + index, calibration,
