@@ -96,14 +96,49 @@ def script(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def submit_process(tmp_path: Path, *args: str, **env: str) -> list[dict]:
-    """Run ``qsubmit ARGS`` as a real process (it must succeed); the ledger's records."""
-    import subprocess
+def submit_jobs(tmp_path: Path, *args: str, **env: str) -> list[dict]:
+    """``qsubmit ARGS`` (it must succeed) with these settings over the test's; the ledger's
+    records.
 
-    done = subprocess.run([script("qsubmit"), *args], env=cli_env(tmp_path, **env), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    It runs qsubmit's command in this process: this is the setup of tests whose subject is
+    another command's process, which a qsubmit process would cost a second or two of
+    start-up and transpiler plugins each. The tests of qsubmit as a process (killed,
+    racing, in a repository) start it themselves.
+    """
+    run_command("submit", args, env)
     return ledger_records(tmp_path / "ledger")
+
+
+def collect_jobs(**env: str) -> None:
+    """``qcollect`` (it must succeed) in this process, with these settings over the test's:
+    setup, as :func:`submit_jobs` is."""
+    run_command("collect", (), env)
+
+
+def run_command(name: str, args, env: dict[str, str]) -> None:
+    from qcourier.cli import collect, submit
+
+    command = {"submit": submit.main, "collect": collect.main}[name]
+    result = CliRunner().invoke(command, [str(a) for a in args], env=env, obj=AppState(),
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def finish_local_jobs(tmp_path: Path) -> None:
+    """Let every job of the test's local service finish now, whatever its queue and run
+    times: a test that watches a job wait releases it at an observed point, not after a
+    wall-clock guess. (The spec file is the job's whole state; it is rewritten atomically,
+    as the service writes it.)"""
+    import json
+
+    from qcourier.files import atomic_write_bytes
+
+    for path in (tmp_path / "service").glob("*.json"):
+        if "." in path.stem:  # <id>.result.json, <id>.error.json: not specs
+            continue
+        spec = json.loads(path.read_text())
+        spec.update(queue_seconds=0, run_seconds=0)
+        atomic_write_bytes(path, json.dumps(spec, indent=1).encode())
 
 
 def ledger_records(ledger_dir: Path) -> list[dict]:

@@ -135,9 +135,9 @@ def _job_ids(tmp_path: Path) -> set[str]:
 def test_two_collectors_at_once_send_each_event_once(sink, tmp_path: Path):
     import subprocess
 
-    from conftest import cli_env, script, submit_process
+    from conftest import cli_env, script, submit_jobs
 
-    submit_process(tmp_path, "--experiment", "bell", "--shots", "100", "--repeat", "3")
+    submit_jobs(tmp_path, "--experiment", "bell", "--shots", "100", "--repeat", "3")
     env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url)
     procs = [subprocess.Popen([script("qcollect"), "--quiet"], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -160,9 +160,9 @@ def test_kill_9_while_sending_resends_once_then_never(sink, tmp_path: Path):
     import signal
     import subprocess
 
-    from conftest import cli_env, script, submit_process
+    from conftest import cli_env, script, submit_jobs
 
-    submit_process(tmp_path, "--experiment", "bell", "--shots", "100")
+    submit_jobs(tmp_path, "--experiment", "bell", "--shots", "100")
     env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url)
     sink.hold = True
     proc = subprocess.Popen([script("qcollect"), "--quiet"], env=env, cwd=tmp_path,
@@ -194,9 +194,9 @@ def test_kill_9_after_sent_line_sends_no_duplicate(sink, tmp_path: Path):
     import subprocess
     import time
 
-    from conftest import cli_env, script, submit_process
+    from conftest import cli_env, script, submit_jobs
 
-    submit_process(tmp_path, "--experiment", "bell", "--shots", "100")
+    submit_jobs(tmp_path, "--experiment", "bell", "--shots", "100")
     env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url)
     sent_file = tmp_path / "ledger" / SENT_FILE
     proc = subprocess.Popen([script("qcollect"), "--quiet", "--watch", "--interval", "3600"],

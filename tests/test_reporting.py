@@ -334,13 +334,12 @@ def test_report_writes_prometheus_metrics_keeping_the_last_poll(invoke, tmp_path
 def test_ghz_results_of_different_widths_are_separate_series(tmp_path: Path):
     import subprocess
 
-    from conftest import cli_env, script, submit_process
+    from conftest import cli_env, collect_jobs, script, submit_jobs
 
-    submit_process(tmp_path, "-e", "ghz", "-p", "width=3", "--shots", "50")
-    submit_process(tmp_path, "-e", "ghz", "-p", "width=4", "--shots", "50")
+    submit_jobs(tmp_path, "-e", "ghz", "-p", "width=3", "--shots", "50")
+    submit_jobs(tmp_path, "-e", "ghz", "-p", "width=4", "--shots", "50")
+    collect_jobs()
     env = cli_env(tmp_path)
-    subprocess.run([script("qcollect")], env=env, cwd=tmp_path, capture_output=True,
-                   timeout=300, check=True)
     done = subprocess.run([script("qcourier"), "report"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, ledger_records, script
-from conftest import submit_process as submit
+from conftest import cli_env, collect_jobs, ledger_records, script
+from conftest import submit_jobs as submit
 from terminal import run_on_pty
 
 WIDTH = 80
@@ -133,8 +133,7 @@ def test_watch_live_table_runs_to_the_end(tmp_path: Path):
 ])
 def test_other_commands_on_a_terminal(tmp_path: Path, command: list[str]):
     submit(tmp_path, "-e", "bell", "--shots", "10")
-    subprocess.run([script("qcollect")], env=cli_env(tmp_path), cwd=tmp_path,
-                   capture_output=True, timeout=300, check=True)
+    collect_jobs()
     screen = on_tty(tmp_path, *command)
     assert_clean(screen)
     expected = {"budget": "Window:", "report": "success rate", "recover": "Nothing to recover",
@@ -147,8 +146,7 @@ def test_other_commands_on_a_terminal(tmp_path: Path, command: list[str]):
 
 def test_show_on_a_terminal(tmp_path: Path):
     [record] = submit(tmp_path, "-e", "bell", "--shots", "10")
-    subprocess.run([script("qcollect")], env=cli_env(tmp_path), cwd=tmp_path,
-                   capture_output=True, timeout=300, check=True)
+    collect_jobs()
     screen = on_tty(tmp_path, "qcourier", "show", record["job_id"][:8])
     assert_clean(screen)
     assert f"job id         {record['job_id']}" in screen.text

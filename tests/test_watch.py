@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
-from conftest import cli_env, ledger_records, script
-from conftest import submit_process as submit
+from conftest import cli_env, finish_local_jobs, ledger_records, script
+from conftest import submit_jobs as submit
 from filelock import FileLock
 
 
 def test_watch_json_is_one_object_per_line_per_run(tmp_path: Path):
-    [record] = submit(tmp_path, "-e", "bell", "--shots", "10", QCOURIER_LOCAL_QUEUE_SECONDS="1.5")
-    done = subprocess.run([script("qcollect"), "--watch", "--interval", "0.3", "--json"],
-                          env=cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="1.5"),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    runs = [json.loads(line) for line in done.stdout.splitlines()]  # every line is JSON
+    [record] = submit(tmp_path, "-e", "bell", "--shots", "10", QCOURIER_LOCAL_QUEUE_SECONDS="600")
+    proc = subprocess.Popen([script("qcollect"), "--watch", "--interval", "0.3", "--json"],
+                            env=cli_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # an observed point: a run found the job pending
+    finish_local_jobs(tmp_path)
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    runs = [json.loads(line) for line in (first + rest).splitlines()]  # every line is JSON
     assert len(runs) >= 2
     assert [r["pending"] for r in runs[:-1]] == [1] * (len(runs) - 1)
     assert runs[-1]["pending"] == 0 and runs[-1]["completed"] == 1
@@ -35,12 +40,20 @@ def test_plain_json_stays_one_document(tmp_path: Path):
 
 
 def test_watch_off_a_terminal_prints_only_what_changed(tmp_path: Path):
-    [record] = submit(tmp_path, "-e", "bell", "--shots", "10", QCOURIER_LOCAL_QUEUE_SECONDS="2")
-    done = subprocess.run([script("qcollect"), "--watch", "--interval", "0.2"],
-                          env=cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="2"),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    [record] = submit(tmp_path, "-e", "bell", "--shots", "10", QCOURIER_LOCAL_QUEUE_SECONDS="600")
+    metrics = tmp_path / "metrics.prom"  # rewritten (a new file) after every run
+    proc = subprocess.Popen([script("qcollect"), "--watch", "--interval", "0.2",
+                             "--prometheus", str(metrics)], env=cli_env(tmp_path), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rounds: set[int] = set()
+    while len(rounds) < 3 and proc.poll() is None:  # observed: three runs while it was queued
+        with contextlib.suppress(FileNotFoundError):
+            rounds.add(metrics.stat().st_ino)
+        time.sleep(0.05)
+    finish_local_jobs(tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
     job = record["job_id"]
     # several rounds ran while it was queued, but it was reported queued once, then done
     assert [line.split(" — ")[0] for line in lines if line.startswith(f"Job {job}")] == [

@@ -254,11 +254,11 @@ class Settings:
 
 
 def _dotenv_values() -> dict[str, str]:
-    from dotenv import dotenv_values
-
     path = Path(ENV_FILE)
     if not path.is_file():
         return {}
+    from dotenv import dotenv_values
+
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
