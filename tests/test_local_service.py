@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,16 +24,19 @@ def bell_isa(service: LocalService) -> list[QuantumCircuit]:
 
 
 def test_job_moves_queued_running_done_by_time(tmp_path: Path):
-    # Wide windows: a loaded CI machine may pause the test for a while between steps.
-    svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=2.0, run_seconds=2.0))
+    now = [datetime(2026, 11, 21, 12, 0, tzinfo=UTC)]  # the service's clock, moved by hand
+    svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=2.0, run_seconds=2.0),
+                       clock=lambda: now[0])
     job_id = svc.submit("fake_fez", bell_isa(svc), 50)
     assert svc.job_status(job_id).state is JobState.QUEUED
     with pytest.raises(ServiceError, match="no result"):
         svc.job_result(job_id)
-    time.sleep(2.5)
+    now[0] += timedelta(seconds=1.999)
+    assert svc.job_status(job_id).state is JobState.QUEUED
+    now[0] += timedelta(seconds=0.001)
     assert svc.job_status(job_id).state is JobState.RUNNING
     assert svc.job_metrics(job_id).usage_seconds is None
-    time.sleep(2.0)
+    now[0] += timedelta(seconds=2.0)
     assert svc.job_status(job_id).state is JobState.DONE
     metrics = svc.job_metrics(job_id)
     assert metrics.queue_seconds == pytest.approx(2.0)
@@ -125,14 +129,18 @@ def test_calibration_is_json_in_ibm_properties_shape(service: LocalService):
 def test_latency_is_per_call_and_threads_wait_in_parallel(tmp_path: Path):
     from qcourier.services.workers import map_unordered
 
-    svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=600, latency_seconds=0.1))
+    config = LocalServiceConfig(root=tmp_path, queue_seconds=600, latency_seconds=0.1)
+    waits: list[float] = []
+    svc = LocalService(config, sleep=waits.append)
     job_id = svc.submit("fake_fez", bell_isa(svc), 10)
-    start = time.monotonic()
     svc.job_status(job_id)
-    assert time.monotonic() - start >= 0.1
-    start = time.monotonic()
-    results = [r for _, r in map_unordered(lambda _: svc.job_status(job_id), range(8), workers=8)]
-    assert time.monotonic() - start < 0.6  # one after another: 0.8 s
+    assert waits == [0.1, 0.1]  # submit and job_status: one latency each
+    # Eight threads are in their latency wait at once, or the barrier breaks: no lock
+    # serialises the waits (one after another, the first would wait alone).
+    barrier = threading.Barrier(8, timeout=120)
+    parallel = LocalService(config, sleep=lambda seconds: barrier.wait())
+    results = [r for _, r in map_unordered(lambda _: parallel.job_status(job_id), range(8),
+                                           workers=8)]
     assert [r.state for r in results] == [JobState.QUEUED] * 8
 
 

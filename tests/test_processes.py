@@ -117,27 +117,26 @@ def test_ctrl_c_during_watch_stops_cleanly(tmp_path: Path):
 
 
 def test_qsubmit_waits_for_a_held_ledger_lock_and_loses_nothing(tmp_path: Path):
-    import threading
-    import time
-
     env = cli_env(tmp_path, QCOURIER_LOCAL_QUEUE_SECONDS="3600")
     assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], env, tmp_path).returncode == 0
     [path] = list((tmp_path / "ledger").glob("submitted_jobs_*.jsonl"))
+    before = path.read_bytes()
     lock = FileLock(str(path.parent / f".{path.name}.lock"), thread_local=False)
     lock.acquire()  # as a collector appending to this file would, only longer
-    released = threading.Event()
-
-    def release_later():
-        time.sleep(2.0)
+    proc = subprocess.Popen([script("qsubmit"), "-e", "bell", "--shots", "11", "--jobs-file",
+                             str(path)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # An observed point: it is about to write its intent line, which needs the lock.
+        for line in proc.stderr:
+            if line.startswith("submitting job 1/1"):
+                break
+        assert path.read_bytes() == before  # nothing written past the lock
+        assert proc.poll() is None  # it waits for the lock rather than giving up
+    finally:
         lock.release()
-        released.set()
-
-    threading.Thread(target=release_later, daemon=True).start()
-    started = time.monotonic()
-    sub = run([script("qsubmit"), "-e", "bell", "--shots", "11", "--jobs-file", str(path)], env, tmp_path)
-    assert sub.returncode == 0, sub.stderr
-    assert released.is_set()  # it waited for the lock instead of writing past it
-    assert time.monotonic() - started >= 2.0
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
     col = run([script("qcollect")], env, tmp_path)  # and a collector appends after it
     assert col.returncode == 0
     records = ledger_records(tmp_path / "ledger")

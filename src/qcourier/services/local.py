@@ -180,10 +180,20 @@ class LocalService(QuantumService):
     name = "local"
     simulated = True
 
-    def __init__(self, config: LocalServiceConfig):
+    def __init__(self, config: LocalServiceConfig, *,
+                 clock: Callable[[], datetime] | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        """
+        Args:
+            clock: the current time, aware (default: the system's, in UTC); a job's state
+                follows it, so a test can move it instead of waiting.
+            sleep: what waits out ``latency_seconds``.
+        """
         self.config = config
         self.root = Path(config.root)
         self.devices = fake_devices(config.cache_dir)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._sleep = sleep
         self._limiter = (SlidingWindowLimiter(config.rate_limit_per_second)
                          if config.rate_limit_per_second is not None else None)
 
@@ -197,7 +207,7 @@ class LocalService(QuantumService):
             TransientServiceError: over the rate limit (``http_status`` 429, ``retry_after``).
         """
         if self.config.latency_seconds > 0:
-            time.sleep(self.config.latency_seconds)
+            self._sleep(self.config.latency_seconds)
         if self._limiter is not None:
             wait = self._limiter.admit()
             if wait is not None:
@@ -259,7 +269,7 @@ class LocalService(QuantumService):
             "shots": shots,
             "tags": list(tags),
             "max_execution_time": max_execution_time,
-            "created": datetime.now(UTC).isoformat(),
+            "created": self._clock().isoformat(),
             "queue_seconds": self.config.queue_seconds,
             "run_seconds": self.config.run_seconds,
             "seed": seed,
@@ -316,7 +326,7 @@ class LocalService(QuantumService):
         created = datetime.fromisoformat(spec["created"])
         running = created + timedelta(seconds=spec["queue_seconds"])
         finished = running + timedelta(seconds=spec["run_seconds"])
-        now = datetime.now(UTC)
+        now = self._clock()
         cancelled = self._cancelled_at(job_id)
         if cancelled is not None and cancelled < finished:
             # A user's cancel is charged for the run up to that point (IBM's rule).
@@ -378,7 +388,7 @@ class LocalService(QuantumService):
                 raise ServiceError(f"job {job_id} is already final ({report.state.value}); "
                                    "it cannot be cancelled")
             atomic_write_bytes(self._path(job_id, ".cancel.json"), json.dumps(
-                {"job_id": job_id, "cancelled": datetime.now(UTC).isoformat()}).encode())
+                {"job_id": job_id, "cancelled": self._clock().isoformat()}).encode())
 
     def usage(self) -> InstanceUsage:
         self._network_call()
@@ -426,9 +436,8 @@ class LocalService(QuantumService):
                 pending[spec["backend"]] = pending.get(spec["backend"], 0) + 1
         return pending
 
-    @staticmethod
-    def _nominal_state(spec: dict[str, Any]) -> JobState:
-        elapsed = (datetime.now(UTC) - datetime.fromisoformat(spec["created"])).total_seconds()
+    def _nominal_state(self, spec: dict[str, Any]) -> JobState:
+        elapsed = (self._clock() - datetime.fromisoformat(spec["created"])).total_seconds()
         if elapsed < spec["queue_seconds"]:
             return JobState.QUEUED
         if elapsed < spec["queue_seconds"] + spec["run_seconds"]:
