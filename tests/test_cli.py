@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ledger_records
+from conftest import finish_local_jobs, ledger_records
 
 from qcourier.cli import collect, main, submit
 from qcourier.cli._common import AppState
@@ -384,7 +384,7 @@ def test_bad_worker_counts_are_one_line_errors(invoke, monkeypatch, args, env, m
 
 
 def test_quiet_prints_only_changes_and_nothing_when_nothing_changed(invoke, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "3")
+    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "600")
     out = json.loads(invoke(submit.main, ["-e", "bell", "--shots", "10", "--json"]).stdout)
     job_id = out["jobs"][0]["job_id"]
     first = invoke(collect.main, ["--quiet"])
@@ -392,9 +392,7 @@ def test_quiet_prints_only_changes_and_nothing_when_nothing_changed(invoke, tmp_
     assert first.stdout.strip() == f"Job {job_id}: queued" and first.stderr == ""
     quiet_again = invoke(collect.main, ["--quiet"])  # still queued: nothing changed
     assert quiet_again.stdout == "" and quiet_again.stderr == ""
-    import time
-
-    time.sleep(3.1)
+    finish_local_jobs(tmp_path)
     done = invoke(collect.main, ["--quiet", "--log-file", tmp_path / "logs" / "qcollect.log"])
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith(f"Job {job_id}: completed — ") and lines[1].startswith("Collected results: ")
