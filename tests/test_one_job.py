@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, ledger_records, script
+from conftest import cli_env, collect_jobs, ledger_records, script, submit_jobs
 
 from qcourier.cli._common import AppState
 from qcourier.cli.collect import main as qcollect
@@ -105,16 +105,15 @@ def test_cancel_a_deferred_job_keeps_qcollect_from_submitting_it(invoke, tmp_pat
 
 
 def test_cancel_on_a_real_process(tmp_path: Path):
-    assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], tmp_path,
-               QCOURIER_LOCAL_QUEUE_SECONDS="600").returncode == 0
-    [record] = ledger_records(tmp_path / "ledger")
+    [record] = submit_jobs(tmp_path, "-e", "bell", "--shots", "10",
+                           QCOURIER_LOCAL_QUEUE_SECONDS="600")
     done = run([script("qcourier"), "cancel", record["job_id"]], tmp_path)
     assert done.returncode == 0, done.stderr
     assert ledger_records(tmp_path / "ledger")[0]["status"] == "cancelled"
 
 
 def damaged_ledger(tmp_path: Path) -> Path:
-    assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], tmp_path).returncode == 0
+    submit_jobs(tmp_path, "-e", "bell", "--shots", "10")
     [path] = (tmp_path / "ledger").glob("submitted_jobs_*.jsonl")
     with open(path, "a") as fh:
         fh.write('{"this is": "not a record"}\n')
@@ -132,8 +131,8 @@ def test_ledger_check_names_the_damaged_line_and_exits_1(tmp_path: Path):
 
 
 def test_ledger_check_re_hashes_result_files(tmp_path: Path):
-    assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], tmp_path).returncode == 0
-    assert run([script("qcollect")], tmp_path).returncode == 0
+    submit_jobs(tmp_path, "-e", "bell", "--shots", "10")
+    collect_jobs()
     clean = run([script("qcourier"), "ledger", "check"], tmp_path)
     assert clean.returncode == 0 and "Nothing is damaged." in clean.stdout
     [record] = ledger_records(tmp_path / "ledger")
