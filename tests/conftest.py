@@ -21,6 +21,16 @@ CLEARED = [
 ]
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto`` (pyproject's default): half as many again as the CPUs this
+    process may use. Many tests spend much of their time waiting for the processes they
+    start, for servers, or out an IBM client's back-off, so a worker more keeps the CPUs
+    busy (on 2 CPUs, a sample of the slowest files: 79 s with 2 workers, 62 s with 3, 64 s
+    with 4)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) * 3 // 2)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache directory for the whole run, so that the local service's fake devices are
