@@ -170,8 +170,15 @@ def test_kill_9_during_appends_leaves_a_readable_ledger(ledger: Ledger):
     rng = random.Random(1234)
     path = ledger.new_file()
     for kill in range(1, 6):
+        size = path.stat().st_size
         proc = subprocess.Popen([sys.executable, "-c", APPENDER, str(path)])
-        time.sleep(0.6 + rng.random() * 0.6)
+        # An observed point, however slow the machine: it has started appending. Then a
+        # random moment into its appends (its long lines make one mid-write likely).
+        deadline = time.monotonic() + 300
+        while path.stat().st_size == size and proc.poll() is None:
+            assert time.monotonic() < deadline, "the appender wrote nothing"
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         fold = ledger.fold()  # never raises
