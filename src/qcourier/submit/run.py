@@ -260,48 +260,67 @@ def dry_run_budget_line(plan: Plan, existing: list[RecordView], guard: BudgetGua
             f"(used {state.used_seconds:.1f} s, reserved {state.reserved_seconds:.1f} s): {fits}")
 
 
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How to submit (``qsubmit``'s options, validated by the command).
+
+    Attributes:
+        backend: backend name; None: the least busy big enough.
+        repeat: identical jobs per unit.
+        repo_path: the experiment repository whose commit is recorded.
+        jobs_file: append to this ledger file instead of a new one.
+        dry_run: plan only, write nothing.
+        limits: max_execution_time policy.
+        policy: pending and per-minute caps, intent grace.
+        force: submit even what dedupe would skip.
+        guard: the budget guard; None: no budget check.
+        progress: called with each step's description.
+        transpile_cache: directory of the transpile cache, or None to transpile afresh. A
+            dry run reads it but does not write it.
+    """
+
+    backend: str | None = None
+    repeat: int = 1
+    repo_path: Path | None = None
+    jobs_file: Path | None = None
+    dry_run: bool = False
+    limits: ExecutionLimits = ExecutionLimits()
+    policy: QueuePolicy = QueuePolicy()
+    force: bool = False
+    guard: BudgetGuard | None = None
+    progress: Progress = _quiet
+    transpile_cache: Path | None = None
+
+
 def submit_everywhere(
     services: list[QuantumService],
     ledger: Ledger,
     experiments: list[tuple[Experiment, ExperimentParams]],
-    *,
-    backend: str | None = None,
-    repeat: int = 1,
-    repo_path: Path | None = None,
-    jobs_file: Path | None = None,
-    dry_run: bool = False,
-    limits: ExecutionLimits = ExecutionLimits(),
-    policy: QueuePolicy = QueuePolicy(),
-    force: bool = False,
-    guard: BudgetGuard | None = None,
-    progress: Progress = _quiet,
-    transpile_cache: Path | None = None,
+    options: SubmitOptions = SubmitOptions(),
 ) -> SubmissionReport:
     """Plan and submit the same experiments to each service, into one ledger file.
 
     A service that fails (rejected key, exhausted budget, unreachable) is reported and the
     others go on. Bad usage (an unknown backend, say) raises before that service submits.
-
-    Args:
-        transpile_cache: directory of the transpile cache, or None to transpile afresh. A dry
-            run reads it but does not write it.
     """
     report = SubmissionReport()
-    target = LedgerTarget(ledger, jobs_file)
+    target = LedgerTarget(ledger, options.jobs_file)
     existing: list[RecordView] = ledger.fold().summaries
     for service in services:
         try:
-            plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
-                                   repo_path=repo_path, limits=limits, progress=progress,
-                                   transpile_cache=transpile_cache, update_cache=not dry_run,
-                                   output_dirs=[ledger.directory, *_service_dirs(services)])
-            if dry_run:
+            plan = plan_submission(
+                service, experiments, backend=options.backend, repeat=options.repeat,
+                repo_path=options.repo_path, limits=options.limits, progress=options.progress,
+                transpile_cache=options.transpile_cache, update_cache=not options.dry_run,
+                output_dirs=[ledger.directory, *_service_dirs(services)])
+            if options.dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
-                if guard is not None:
-                    report.budget_lines.append(dry_run_budget_line(plan, existing, guard))
+                if options.guard is not None:
+                    report.budget_lines.append(dry_run_budget_line(plan, existing, options.guard))
                 continue
-            outcome = submit_plan(target, plan, existing=existing, policy=policy, force=force,
-                                  guard=guard, progress=progress)
+            outcome = submit_plan(target, plan, existing=existing, policy=options.policy,
+                                  force=options.force, guard=options.guard,
+                                  progress=options.progress)
             report.outcomes.append(outcome)
             if outcome.error:
                 report.failures.append(outcome.error)
