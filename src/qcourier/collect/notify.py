@@ -192,8 +192,8 @@ class _State:
         return last
 
     def armed(self, threshold: str) -> tuple[bool, int, str | None]:
-        """(armed, n of its last crossing or -1, that crossing's event)."""
-        n, key = self.last_crossings().get(threshold, (-1, None))
+        """(armed, n of its last crossing (0: none, or only a legacy one), its event)."""
+        n, key = self.last_crossings().get(threshold, (0, None))
         return key is None or "rearm" in self.entries[key], n, key
 
 
