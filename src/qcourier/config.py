@@ -75,6 +75,10 @@ class Settings(BaseSettings):
 
     #: apprise URLs (spaces or commas between them) qcollect notifies; unset: no notifications.
     notify: str | None = Field(None, validation_alias="QCOURIER_NOTIFY")
+    #: Hours a key's oldest deferred job may wait unsubmitted before qcollect notifies that
+    #: its deferred queue is stuck (a positive, finite number; 24 by default).
+    notify_stuck_hours: float = Field(24.0, gt=0, allow_inf_nan=False,
+                                      validation_alias="QCOURIER_NOTIFY_STUCK_HOURS")
     local_service_dir: Path = Field(
         DEFAULT_LOCAL_SERVICE_DIR, validation_alias="QCOURIER_LOCAL_SERVICE_DIR"
     )
