@@ -90,9 +90,10 @@ class IBMConnection:
         url: a Runtime-compatible API base URL used verbatim (private endpoints, emulators);
             ``None`` for IBM's own.
         timeout_seconds: the longest any one call may take.
-        retries: how many times a transient failure is retried.
-        backoff_seconds: the first retry's delay; each next one doubles it.
-        max_retry_after_seconds: the longest ``Retry-After`` honoured.
+        retries: how many times a transient failure is retried (see :attr:`retry_policy`).
+        backoff_seconds: the first retry's delay when the service named none; each next one
+            doubles it (plus a little random jitter).
+        max_retry_after_seconds: the longest ``Retry-After`` (or backoff) honoured.
         workers: how many client calls may run at once (the threads that run them are
             shared by the process, which keeps the largest number any connection asked for).
         deadline_seconds: the most time one command (``qsubmit``), or one job of a
@@ -273,7 +274,7 @@ class IBMService(QuantumService):
                 f"{label}: cannot reach {where} ({what}): {kind} {host}; check the network, "
                 "proxy settings (HTTPS_PROXY) and QCOURIER_IBM_URL",
                 http_status=-1, nothing_done=kind != "no answer from")
-        if status == -1:  # the client's retries of 5xx ran out
+        if status == -1:  # retries of 5xx ran out in a transport still retrying on its own
             statuses = _retried_statuses(chain)
             shown = f"HTTP {statuses}" if statuses else "server errors"
             return TransientServiceError(
