@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from qcourier.circuits.noise import DeviceNoise, isa_to_stim
+from qcourier.circuits.transpile import transpile
 from qcourier.experiments.base import Device, RunContext
 from qcourier.experiments.heavy_hex_memory import HeavyHexCodeExperiment, HeavyHexCodeParams
-from qcourier.noise_model import DeviceNoise, isa_to_stim
-from qcourier.services.local import LocalService, LocalServiceConfig, fake_backend
-from qcourier.submission import transpile
+from qcourier.services.fake_backends import fake_backend
+from qcourier.services.local import LocalService, LocalServiceConfig
 
 #: Sundaresan et al. 2023, matching decoder, logical error per round, by our basis.
 PUBLISHED = {("fake_peekskill", 3, "+"): 0.040, ("fake_peekskill", 3, "0"): 0.088}

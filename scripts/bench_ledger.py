@@ -53,7 +53,7 @@ print(n)
 FOLD = """
 import sys
 from pathlib import Path
-from qcourier.ledger import Ledger
+from qcourier.ledger.store import Ledger
 fold = Ledger(Path(sys.argv[1])).fold()
 print(len(fold.entries))
 """
@@ -62,7 +62,7 @@ print(len(fold.entries))
 def build_ledger(directory: Path, records: int, files: int, pending: int = 0,
                  service_dir: Path | None = None) -> None:
     """Write ``records`` completed records over ``files`` files, plus ``pending`` queued jobs."""
-    from qcourier.ledger import JobStatus, LedgerRecord, new_record_id
+    from qcourier.ledger.record import JobStatus, LedgerRecord, new_record_id
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "jobs").mkdir(exist_ok=True)

@@ -9,7 +9,7 @@ Three measurements, printed as markdown tables:
    60 s target. Unless ``--no-split``, also each experiment on its own.
 
 2. **Same circuits, both simulators**: the ``both`` circuits are built and transpiled for
-   FakeFez with :func:`qcourier.submission.transpile`; then, each in a fresh worker process
+   FakeFez with :func:`qcourier.circuits.transpile.transpile`; then, each in a fresh worker process
    (so no cache of an earlier run helps, as with a fresh ``qcollect``), timed from loading
    the backend to having the counts:
 
@@ -193,9 +193,9 @@ class SimRun:
 
 
 def build_cases(quick: bool, agreement_width: int) -> list[Case]:
+    from qcourier.circuits.transpile import transpile
     from qcourier.experiments import resolve
-    from qcourier.services.local import fake_backend
-    from qcourier.submission import transpile
+    from qcourier.services.fake_backends import fake_backend
 
     backend = fake_backend(BACKEND)
     cases = []

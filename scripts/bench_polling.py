@@ -38,14 +38,16 @@ import threading
 import time
 from pathlib import Path
 
-from qcourier.collection import collect_pending
-from qcourier.concurrency import DEFAULT_WORKERS
-from qcourier.dispatch import QueuePolicy
+from qcourier.collect.run import collect_pending
 from qcourier.experiments import get_experiment
-from qcourier.ledger import JobStatus, Ledger
+from qcourier.ledger.record import JobStatus
+from qcourier.ledger.store import Ledger
 from qcourier.services.base import TransientServiceError
 from qcourier.services.local import LocalService, LocalServiceConfig
-from qcourier.submission import LedgerTarget, plan_submission, submit_plan
+from qcourier.services.workers import DEFAULT_WORKERS
+from qcourier.submit.dispatch import QueuePolicy
+from qcourier.submit.plan import plan_submission
+from qcourier.submit.run import LedgerTarget, submit_plan
 
 
 class Service(LocalService):

@@ -2,7 +2,7 @@
 """Time ``simulate_counts`` on the local demo's circuits (fake_fez, 2048 shots, best of 3).
 
 The surface code (rounds 1..6, ``qcourier.experiments.surface_code`` built and transpiled with
-``qcourier.submission.transpile``) on stim, and the 27-qubit deployment heartbeat on matrix
+``qcourier.circuits.transpile.transpile``) on stim, and the 27-qubit deployment heartbeat on matrix
 product states; ``--aer`` adds the surface code's round 6 on Aer's stabilizer method (slow).
 Works with the older ``simulate_counts(..., target)`` too, to compare a checkout of an
 earlier commit: ``PYTHONPATH=<checkout>/src python scripts/bench_simulate_counts.py``.
@@ -22,7 +22,7 @@ from qcourier.experiments.deployment import heartbeat_circuit  # noqa: E402
 from qcourier.experiments.surface_code import SurfaceCodeExperiment, SurfaceCodeParams  # noqa: E402
 from qcourier.services.local import fake_backend  # noqa: E402
 from qcourier.services.simulation import simulate_counts  # noqa: E402
-from qcourier.submission import transpile  # noqa: E402
+from qcourier.submit.plan import transpile  # noqa: E402
 
 SHOTS = 2048
 

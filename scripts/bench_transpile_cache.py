@@ -21,7 +21,7 @@ Sections 1 and 2 run in one process warmed up by one untimed plan (imports, the 
 object), so that first and cached pay the same one-time costs, with the garbage collector
 off while timing (as ``timeit`` does); section 3 pays all of that on every run, as a user
 does. Also printed: what verifying each hit by recomputing the loaded
-circuits' ISA hash would cost (the cache does not; see ``qcourier.transpile_cache``).
+circuits' ISA hash would cost (the cache does not; see ``qcourier.circuits.cache``).
 
 Usage::
 
@@ -107,17 +107,18 @@ def _service(root: Path):
 
 def _plan(service, case: str, cache: Path | None):
     from qcourier.experiments import resolve
-    from qcourier.submission import plan_submission
+    from qcourier.submit.plan import plan_submission
 
     plan = plan_submission(service, resolve(case, [], None), backend=BACKEND, transpile_cache=cache)
     return plan
 
 
 def _in_process(service, case: str, root: Path, repeats: int):
+    from qcourier.circuits.cache import TranspileCache, TranspileContext
+    from qcourier.circuits.transpile import OPTIMIZATION_LEVEL, TRANSPILER_SEED, transpile
     from qcourier.experiments import resolve
     from qcourier.provenance import circuit_hash, snapshot_sha256
-    from qcourier.submission import OPTIMIZATION_LEVEL, TRANSPILER_SEED, _transpile_unit, transpile
-    from qcourier.transpile_cache import TranspileCache, TranspileContext
+    from qcourier.submit.plan import _transpile_unit
 
     units = [unit for experiment, params in resolve(case, [], None)
              for unit in experiment.build(params)]

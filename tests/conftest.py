@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from qcourier.cli._common import AppState
-from qcourier.ledger import Ledger
+from qcourier.ledger.store import Ledger
 from qcourier.services.local import LocalService, LocalServiceConfig
 
 CLEARED = [

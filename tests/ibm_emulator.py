@@ -147,7 +147,7 @@ _DEFAULT_MESSAGES = {
     429: ("1202", "Too many requests received."),
 }
 _TARGETS: dict[str, Any] = {}  # fake backend name -> Target (2-3 s to build: shared across emulators)
-_NOISE: dict[str, Any] = {}  # fake backend name -> qcourier.noise_model.DeviceNoise
+_NOISE: dict[str, Any] = {}  # fake backend name -> qcourier.circuits.noise.DeviceNoise
 _TARGETS_LOCK = threading.Lock()
 # One simulation at a time: stim's first sampler, made from two threads at once, deadlocks
 # (stim 1.16), and the client may now fetch several results at once.
@@ -215,7 +215,7 @@ def _device_noise(fake_name: str) -> Any:
     """The shared device noise model of the fake backend (all qubits), loaded once."""
     import json
 
-    from qcourier.noise_model import DeviceNoise
+    from qcourier.circuits.noise import DeviceNoise
 
     with _TARGETS_LOCK:
         if fake_name not in _NOISE:

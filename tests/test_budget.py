@@ -9,23 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from qcourier import ledger as L
-from qcourier.budget import (
+from qcourier.accounting.budget import (
     DEFAULT_LIMIT_SECONDS,
     WINDOW,
     BudgetState,
     budget_keys,
     budget_state,
     model_accuracy,
-    usage_pending,
     pace_allowance,
+    usage_pending,
 )
 from qcourier.cli import budget as budget_cli
 from qcourier.cli import main as main_cli
 from qcourier.cli._common import AppState
 from qcourier.config import Settings
 from qcourier.errors import QcourierError
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord
+from qcourier.ledger import store as L
+from qcourier.ledger.record import JobStatus, LedgerRecord, utc_now
+from qcourier.ledger.store import Ledger
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -264,7 +265,7 @@ def write_ledger(tmp_path: Path, records: list[LedgerRecord]) -> None:
 
 def recent(minutes: float, **kw) -> LedgerRecord:
     """A record dated relative to the real clock (the command reads the real now)."""
-    when = L.utc_now() - timedelta(minutes=minutes)
+    when = utc_now() - timedelta(minutes=minutes)
     return make_record(submission_time=when, updated_at=when, completion_time=when, **kw)
 
 

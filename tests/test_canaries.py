@@ -106,8 +106,8 @@ def test_bell_has_no_width_parameter():
 
 
 def test_ghz_noiseless_local_service(tmp_path):
+    from qcourier.circuits.transpile import transpile
     from qcourier.services.local import LocalService, LocalServiceConfig
-    from qcourier.submission import transpile
 
     service = LocalService(LocalServiceConfig(root=tmp_path / "noiseless", queue_seconds=0,
                                               run_seconds=0, seed=1, noise=False))

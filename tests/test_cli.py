@@ -7,13 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import ledger_records
 
 from qcourier.cli import collect, main, submit
 from qcourier.cli._common import AppState
-from qcourier.ledger import JobStatus
+from qcourier.ledger.record import JobStatus
 from qcourier.services.local import LocalService, LocalServiceConfig
-
-from conftest import ledger_records
 
 
 def ledger_lines(tmp_path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The worker pool, map_unordered, the rate gate and the retry loop (qcourier.concurrency)."""
+"""The worker pool, map_unordered, the rate gate and the retry loop (qcourier.services.workers)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from qcourier.concurrency import (
-    RateGate,
-    RetryPolicy,
-    WorkerPool,
-    map_unordered,
-    retry_call,
-)
 from qcourier.services.base import (
     AuthenticationError,
     CallTime,
@@ -24,6 +17,13 @@ from qcourier.services.base import (
     TransientServiceError,
 )
 from qcourier.services.local import LocalService, LocalServiceConfig, SlidingWindowLimiter
+from qcourier.services.workers import (
+    RateGate,
+    RetryPolicy,
+    WorkerPool,
+    map_unordered,
+    retry_call,
+)
 
 
 class Peak:

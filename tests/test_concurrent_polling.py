@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from qcourier.collection import collect_pending
-from qcourier.dispatch import QueuePolicy
-from qcourier.ledger import JobStatus, Ledger
+from qcourier.collect.run import collect_pending
+from qcourier.experiments import get_experiment
+from qcourier.ledger.record import JobStatus
+from qcourier.ledger.store import Ledger
 from qcourier.services.base import ServiceError
 from qcourier.services.local import LocalService, LocalServiceConfig
-from qcourier.submission import plan_submission, submit_plan, LedgerTarget
-from qcourier.experiments import get_experiment
+from qcourier.submit.dispatch import QueuePolicy
+from qcourier.submit.plan import plan_submission
+from qcourier.submit.run import LedgerTarget, submit_plan
 
 JOBS = 24
 

@@ -17,7 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import cli_env, ledger_records, script
-from qcourier.ledger import Ledger
+
+from qcourier.ledger.store import Ledger
 from qcourier.services.local import LocalService, LocalServiceConfig
 
 SEED = 20261121

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, ledger_records, script
 
 WRAPPER = Path(__file__).resolve().parents[1] / "scripts" / "qcollect-cron.sh"

@@ -12,9 +12,9 @@ from qcourier.experiments.deployment import (
     DEFAULT_STEP,
     DeploymentExperiment,
     DeploymentParams,
-    heartbeat_circuit,
     bernoulli_fidelity,
     chi2_survival,
+    heartbeat_circuit,
     ideal_p1,
     ideal_probability,
     marginal_fidelity_shot_noise,
@@ -336,9 +336,9 @@ def test_correlated_pair_errors_are_caught_by_the_pair_check():
 
 
 def _local_heartbeat(tmp_path, width: int, shots: int, noise: bool, seed: int = 1) -> dict:
+    from qcourier.circuits.transpile import transpile
     from qcourier.services.base import JobState
     from qcourier.services.local import LocalService, LocalServiceConfig
-    from qcourier.submission import transpile
 
     service = LocalService(LocalServiceConfig(root=tmp_path / f"local-{noise}-{shots}",
                                               queue_seconds=0, run_seconds=0, seed=seed,

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ledger_records
 
+from qcourier.circuits.noise import DeviceNoise, isa_to_stim
+from qcourier.circuits.transpile import transpile
 from qcourier.cli import collect, submit
 from qcourier.errors import UsageError
 from qcourier.experiments import expand, get_experiment
@@ -23,12 +26,8 @@ from qcourier.experiments.heavy_hex_memory import (
     fit_memory_decay,
     interaction_edges,
 )
-from qcourier.noise_model import DeviceNoise, isa_to_stim
-from qcourier.services.local import fake_backend
+from qcourier.services.fake_backends import fake_backend
 from qcourier.services.simulation import simulate_counts
-from qcourier.submission import transpile
-
-from conftest import ledger_records
 
 EXP = HeavyHexCodeExperiment()
 BACKEND = "fake_fez"
@@ -256,7 +255,7 @@ def test_both_means_heavy_hex_code_and_heartbeat():
 
 def test_every_fake_backend_big_enough_gets_a_valid_patch_or_a_clear_error():
     """d=3 and d=5 on every fake backend qcourier offers with the qubits for them."""
-    from qcourier.services.local import _fake_backend_classes
+    from qcourier.services.fake_backends import _fake_backend_classes
 
     units = {d: EXP.build(HeavyHexCodeParams(distance=d, rounds=1))[0] for d in (3, 5)}
     placed = {3: [], 5: []}

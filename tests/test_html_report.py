@@ -47,7 +47,7 @@ def test_collect_refreshes_page(invoke, tmp_path: Path):
 
 
 def test_values_are_escaped():
-    from qcourier.html_report import _e
+    from qcourier.accounting.page import _e
 
     assert _e("<script>alert('x')</script>") == "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ibm_emulator import IBMEmulator
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.circuit import Parameter
 from qiskit.transpiler import generate_preset_pass_manager
@@ -32,8 +33,6 @@ from qiskit_ibm_runtime.exceptions import (
     RuntimeJobMaxTimeoutError,
     RuntimeJobNotFound,
 )
-
-from ibm_emulator import IBMEmulator
 
 TESTS = Path(__file__).parent
 

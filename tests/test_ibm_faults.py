@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, ledger_records, script
 from ibm_emulator import IBMEmulator
+
 from qcourier.cli import collect, submit
 
 BELL = ["-e", "bell", "--shots", "50"]

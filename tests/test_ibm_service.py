@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, ledger_records, script
 from ibm_emulator import IBMEmulator
+
 from qcourier.cli import collect, submit
 
 SMALL_BOTH = ["-e", "both", "-p", "rounds=2", "-p", "width=4", "--shots", "100"]
@@ -208,9 +208,12 @@ def test_world_readable_dotenv_is_warned_about(invoke, tmp_path: Path):
 
 
 def test_oversized_input_is_refused_before_submission(invoke, tmp_path: Path, monkeypatch):
-    import qcourier.submission
+    import qcourier.circuits.transpile
+    import qcourier.submit.plan
 
-    monkeypatch.setattr(qcourier.submission, "MAX_INPUT_BYTES", 200)
+    # the limit is read where the plan checks it and where the size is measured
+    monkeypatch.setattr(qcourier.submit.plan, "MAX_INPUT_BYTES", 200)
+    monkeypatch.setattr(qcourier.circuits.transpile, "MAX_INPUT_BYTES", 200)
     result = invoke(submit.main, ["-e", "bell", "--shots", "10"])
     assert result.exit_code == 2 and "over the service's limit" in result.stderr
     assert not (tmp_path / "service").exists()

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from qcourier import ledger as L
 from qcourier.errors import LedgerError, UsageError
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord
+from qcourier.ledger import store as L
+from qcourier.ledger.record import SCHEMA_VERSION, JobStatus, LedgerRecord
+from qcourier.ledger.store import Ledger
 
 
 def make_record(**overrides) -> LedgerRecord:
@@ -44,7 +45,7 @@ def test_every_line_is_one_whole_json_record(ledger: Ledger):
     path = ledger.new_file()
     L.append(path, [make_record() for _ in range(3)])
     for line in path.read_text().splitlines():
-        assert json.loads(line)["schema_version"] == L.SCHEMA_VERSION
+        assert json.loads(line)["schema_version"] == SCHEMA_VERSION
 
 
 def test_torn_last_line_is_reported_and_skipped_and_next_append_starts_fresh(ledger: Ledger):
@@ -149,8 +150,8 @@ def test_concurrent_appends_from_processes_stay_whole(ledger: Ledger):
 APPENDER = """
 import sys
 from pathlib import Path
-from qcourier import ledger as L
-from qcourier.ledger import LedgerRecord
+from qcourier.ledger import store as L
+from qcourier.ledger.record import LedgerRecord
 path = Path(sys.argv[1])
 big = {"pad": "x" * 200_000}  # large lines make a kill mid-write likely
 i = 0

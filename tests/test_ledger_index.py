@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from qcourier import ledger as L
-from qcourier import ledger_index
-from qcourier.errors import LedgerError
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord, RecordSummary
-
 from test_ledger import make_record
+
+from qcourier.errors import LedgerError
+from qcourier.ledger import index as ledger_index
+from qcourier.ledger import store as L
+from qcourier.ledger.record import JobStatus, LedgerRecord, RecordSummary
+from qcourier.ledger.store import Ledger
 
 
 def plain_fold(ledger: Ledger) -> L.Fold:
@@ -178,7 +178,7 @@ def test_jobs_file_outside_the_ledger_writes_no_index(ledger: Ledger, tmp_path: 
 APPENDER = """
 import sys
 from pathlib import Path
-from qcourier import ledger as L
+from qcourier.ledger import store as L
 from test_ledger import make_record
 path = Path(sys.argv[1])
 for i in range(300):
@@ -190,7 +190,7 @@ for i in range(300):
 FOLDER = """
 import sys
 from pathlib import Path
-from qcourier.ledger import Ledger
+from qcourier.ledger.store import Ledger
 ledger = Ledger(Path(sys.argv[1]))
 for _ in range(60):
     fold = ledger.fold()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from qiskit import QuantumCircuit
 
+from qcourier.circuits.transpile import transpile
 from qcourier.services.base import JobNotFoundError, JobState, ServiceError
 from qcourier.services.local import LocalService, LocalServiceConfig
-from qcourier.submission import transpile
 
 
 def bell_isa(service: LocalService) -> list[QuantumCircuit]:
@@ -123,7 +123,7 @@ def test_calibration_is_json_in_ibm_properties_shape(service: LocalService):
 
 
 def test_latency_is_per_call_and_threads_wait_in_parallel(tmp_path: Path):
-    from qcourier.concurrency import map_unordered
+    from qcourier.services.workers import map_unordered
 
     svc = LocalService(LocalServiceConfig(root=tmp_path, queue_seconds=600, latency_seconds=0.1))
     job_id = svc.submit("fake_fez", bell_isa(svc), 10)
@@ -180,9 +180,9 @@ def test_jobs_simulated_from_several_threads_in_a_fresh_process(tmp_path: Path):
     script = textwrap.dedent(f"""
         from pathlib import Path
         from qiskit import QuantumCircuit
-        from qcourier.concurrency import map_unordered
+        from qcourier.services.workers import map_unordered
         from qcourier.services.local import LocalService, LocalServiceConfig
-        from qcourier.submission import transpile
+        from qcourier.circuits.transpile import transpile
 
         svc = LocalService(LocalServiceConfig(root=Path({str(tmp_path)!r}), queue_seconds=0,
                                               run_seconds=0))

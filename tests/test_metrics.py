@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from qcourier.budget import WINDOW
-from qcourier.ledger import JobStatus, LedgerRecord
-from qcourier.metrics import quantile, read_last_poll, write_prometheus
+from qcourier.accounting.budget import WINDOW
+from qcourier.accounting.metrics import read_last_poll, write_prometheus
+from qcourier.accounting.report import quantile
+from qcourier.ledger.record import JobStatus, LedgerRecord
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LIMITS = {None: 100.0, 0: 600.0, 1: 50.0}

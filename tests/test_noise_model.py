@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from qcourier.noise_model import (
+from qcourier.circuits.noise import (
     DeviceNoise,
     NotClifford,
     depolarizing_probability,

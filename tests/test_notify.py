@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qcourier.cli import collect, submit
-from qcourier.notify import SENT_FILE
+from qcourier.collect.notify import SENT_FILE
 
 
 class _Sink:
@@ -234,8 +234,8 @@ def test_stuck_deferred_queue_is_defined_by_the_oldest_wait():
     from datetime import UTC, datetime, timedelta
     from types import SimpleNamespace
 
-    from qcourier.ledger import JobStatus
-    from qcourier.notify import stuck_events
+    from qcourier.collect.notify import stuck_events
+    from qcourier.ledger.record import JobStatus
 
     now = datetime(2026, 12, 3, 12, tzinfo=UTC)
     rec = lambda rid, hours: SimpleNamespace(  # noqa: E731

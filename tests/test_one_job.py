@@ -8,12 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, ledger_records, script
+
+from qcourier.cli._common import AppState
 from qcourier.cli.collect import main as qcollect
 from qcourier.cli.main import main as qcourier
 from qcourier.cli.submit import main as qsubmit
-from qcourier.cli._common import AppState
 from qcourier.services.local import LocalService, LocalServiceConfig
 
 
@@ -224,8 +224,9 @@ def test_inside_a_users_repository_results_stay_untracked_and_clean(tmp_path: Pa
 
 def test_a_deferred_job_cancelled_before_submission_costs_nothing_in_the_guard(invoke,
                                                                               tmp_path: Path):
-    from qcourier.budget import budget_state
-    from qcourier.ledger import Ledger, utc_now
+    from qcourier.accounting.budget import budget_state
+    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.store import Ledger
 
     slow = LocalService(LocalServiceConfig(root=tmp_path / "service", queue_seconds=600,
                                            run_seconds=0, seed=3))

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, ledger_records, script
 from ibm_emulator import IBMEmulator
+
 from qcourier.cli import collect, submit
 from qcourier.cli.main import main as qcourier_main
 

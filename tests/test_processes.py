@@ -7,9 +7,8 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from filelock import FileLock
-
 from conftest import cli_env, ledger_records, script
+from filelock import FileLock
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

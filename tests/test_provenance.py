@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from qcourier.experiments.base import Calibration
+from qcourier.experiments.base import Calibration, calibration_for_qubits
 from qcourier.experiments.canaries import BellExperiment, BellParams, GHZExperiment, GHZParams
 from qcourier.experiments.deployment import heartbeat_circuit
 from qcourier.provenance import (
-    calibration_for_qubits,
     circuit_hash,
     git_state,
     load_snapshot,

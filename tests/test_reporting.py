@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from qcourier.accounting.report import Distribution, study_report, write_plots
 from qcourier.cli import collect, main, report, submit
-from qcourier.ledger import JobStatus, LedgerRecord, append
-from qcourier.reporting import Distribution, study_report, write_plots
+from qcourier.ledger.record import JobStatus, LedgerRecord
+from qcourier.ledger.store import append
 
 # Relative to the real clock: the CLI computes the budget window at its own "now".
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -100,7 +101,7 @@ def hand_built(tmp_path: Path) -> Path:
 
 
 def _report(directory: Path):
-    from qcourier.ledger import Ledger
+    from qcourier.ledger.store import Ledger
 
     return study_report(Ledger(directory).fold().records, directory, LIMITS.__getitem__, NOW)
 
@@ -184,7 +185,7 @@ def test_distribution_percentile_method(values, median, p95):
 
 
 def test_plots_of_the_hand_built_ledger(hand_built: Path, tmp_path: Path):
-    from qcourier.ledger import Ledger
+    from qcourier.ledger.store import Ledger
 
     records = Ledger(hand_built).fold().records
     plots = write_plots(_report(hand_built), records, hand_built, tmp_path / "out")
@@ -369,7 +370,7 @@ def test_lambda_from_the_latest_d3_and_d5_fits(hand_built: Path):
 
 
 def test_heartbeat_drift_against_the_study_baseline():
-    from qcourier.reporting import heartbeat_drift
+    from qcourier.accounting.report import heartbeat_drift
 
     def hb(f, shots=2048, backend="fake_fez", se=0.0005):
         return {"marginal_fidelity": f, "shots": shots, "backend": backend, "width": 27,

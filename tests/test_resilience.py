@@ -9,11 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, ledger_records, script
+
 from qcourier.cli import collect, submit
 from qcourier.cli._common import AppState
-from qcourier.ledger import JobStatus
+from qcourier.ledger.record import JobStatus
 from qcourier.services.base import JobResult
 from qcourier.services.local import LocalService, LocalServiceConfig
 
@@ -217,7 +217,7 @@ def test_result_files_are_rehashed_in_turns_and_all_at_once_on_request(
         invoke, tmp_path: Path, monkeypatch):
     """Each run checks that every result file exists but re-hashes only a batch of them, in
     turns; --verify-results re-hashes them all."""
-    monkeypatch.setattr("qcourier.collection.RESULT_CHECK_BATCH", 2)
+    monkeypatch.setattr("qcourier.collect.run.RESULT_CHECK_BATCH", 2)
     monkeypatch.setattr("qcourier.cli.collect.RESULT_CHECK_BATCH", 2, raising=False)
     invoke(submit.main, ["-e", "bell", "--shots", "10", "--repeat", "3", "--force"])
     invoke(collect.main, [])
@@ -329,7 +329,7 @@ def test_recover_leaves_an_unsettled_intent_to_qcollect(tmp_path: Path):
     (None, None, "user"),
 ])
 def test_failure_classes(message, code, expected):
-    from qcourier.collection import classify_failure
+    from qcourier.collect.run import classify_failure
     from qcourier.services.base import JobState, JobStatusReport
 
     assert classify_failure(JobStatusReport("j", JobState.ERROR, message, code)) == expected

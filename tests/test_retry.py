@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from conftest import ledger_records
 from ibm_emulator import IBMEmulator
 from qcourier.cli import collect, submit
-from qcourier.collection import GatedService
+from qcourier.collect.run import GatedService
 from qcourier.config import ApiKey
 from qcourier.services.base import TransientServiceError
 from qcourier.services.ibm import IBMConnection, IBMService

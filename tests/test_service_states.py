@@ -8,15 +8,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from ibm_emulator import IBMEmulator
 from pydantic import SecretStr
 from qiskit import QuantumCircuit
 
-from ibm_emulator import IBMEmulator
+from qcourier.circuits.transpile import transpile
 from qcourier.config import ApiKey
 from qcourier.services.base import JobState, QuantumService, ServiceError, TransientServiceError
 from qcourier.services.ibm import IBMConnection, IBMService
 from qcourier.services.local import INJECTED_FAILURE_MESSAGE, LocalService, LocalServiceConfig
-from qcourier.submission import transpile
 
 UNKNOWN = "abcdefghij0123456789"
 
@@ -256,7 +256,7 @@ def test_without_a_raw_listing_job_states_returns_nothing(emu: IBMEmulator, monk
 
 
 def test_threads_call_one_ibm_service_at_once(emu: IBMEmulator):
-    from qcourier.concurrency import map_unordered
+    from qcourier.services.workers import map_unordered
 
     ids = [emu.add_job(tags=["qcourier"]) for _ in range(8)]
     service = ibm(emu)

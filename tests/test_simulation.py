@@ -7,10 +7,10 @@ import math
 import pytest
 from qiskit import QuantumCircuit
 
-from qcourier.noise_model import DeviceNoise, isa_to_aer, isa_to_stim
-from qcourier.services.local import fake_backend, local_calibration
+from qcourier.circuits.noise import DeviceNoise, isa_to_aer, isa_to_stim
+from qcourier.circuits.transpile import transpile
+from qcourier.services.fake_backends import fake_backend, local_calibration
 from qcourier.services.simulation import as_clifford, compact, device_noise, simulate_counts
-from qcourier.submission import transpile
 
 FEZ_QUBITS = 156
 

@@ -10,9 +10,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from qcourier.collection import collect_pending
+from qcourier.collect.run import collect_pending
 from qcourier.files import STALE_TEMP_SECONDS, remove_stale_temp_files
-from qcourier.ledger import Ledger
+from qcourier.ledger.store import Ledger
 
 
 def age(path: Path, seconds: float) -> None:
@@ -60,3 +60,14 @@ def test_a_writer_killed_mid_write_leaves_a_temp_file_the_next_qcollect_removes(
     age(left, STALE_TEMP_SECONDS + 1)
     collect_pending(service, ledger)
     assert list(jobs.iterdir()) == []
+
+
+def test_timestamped_files_never_clobber_and_are_whole_when_visible(tmp_path: Path):
+    from qcourier.files import create_timestamped
+
+    first = create_timestamped(tmp_path, "collected_results", ".json", "20261203_120000", b"a")
+    second = create_timestamped(tmp_path, "collected_results", ".json", "20261203_120000", b"b")
+    assert first.name == "collected_results_20261203_120000.json"
+    assert second.name == "collected_results_20261203_120000_1.json"
+    assert (first.read_bytes(), second.read_bytes()) == (b"a", b"b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, second.name]  # no temp left

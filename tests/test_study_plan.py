@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from qcourier.accounting.plan import load_plan, sample_size
 from qcourier.cli import collect, report, submit
 from qcourier.errors import UsageError
-from qcourier.study_plan import load_plan, sample_size
 
 EXAMPLE = """end = 2027-02-28
 keys = [0, 1, 2]

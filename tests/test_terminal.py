@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, ledger_records, script
 from conftest import submit_process as submit
 from terminal import run_on_pty

@@ -7,20 +7,15 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from conftest import ledger_records
 from qiskit import qpy
 
+from qcourier.circuits.cache import TranspileCache, cache_directory
+from qcourier.circuits.transpile import check_input_size, describe_transpiled
 from qcourier.cli import submit
 from qcourier.experiments import resolve
 from qcourier.provenance import circuit_hash
-from qcourier.submission import (
-    _check_planned_input_size,
-    check_input_size,
-    describe_transpiled,
-    plan_submission,
-)
-from qcourier.transpile_cache import TranspileCache, cache_directory
-
-from conftest import ledger_records
+from qcourier.submit.plan import _check_planned_input_size, plan_submission
 
 # calibration_age_hours is "now" minus the calibration's date: it differs between any two
 # plans made a few seconds apart, cache or not.
@@ -243,7 +238,7 @@ def test_no_transpile_cache_flag_writes_no_cache(invoke, tmp_path: Path):
 
 def test_a_backend_that_cannot_be_fingerprinted_plans_without_the_cache(service, tmp_path: Path,
                                                                        monkeypatch):
-    from qcourier import transpile_cache
+    from qcourier.circuits import cache as transpile_cache
 
     def broken(backend):
         raise RuntimeError("no target")
@@ -265,7 +260,7 @@ def _entry(directory: Path, name: str, size: int, age_days: float, now: float) -
 
 
 def test_prune_removes_old_entries_then_the_least_recently_used(tmp_path: Path):
-    from qcourier.transpile_cache import prune
+    from qcourier.circuits.cache import prune
 
     now = 2_000_000_000.0
     old = _entry(tmp_path, "a.entry", 100, 40, now)

@@ -6,10 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from filelock import FileLock
-
 from conftest import cli_env, ledger_records, script
 from conftest import submit_process as submit
+from filelock import FileLock
 
 
 def test_watch_json_is_one_object_per_line_per_run(tmp_path: Path):

@@ -1,4 +1,4 @@
-from qcourier.cli.main import main
+from qcourier.cli import qcourier
 
 if __name__ == "__main__":
-    main()
+    qcourier()

@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from qcourier.dispatch import QueuePolicy
+    pass
 
 ENV_FILE = ".env"
 _TOKEN_VAR = re.compile(r"^IBM_QUANTUM_TOKEN(?:_(\d+))?$")
@@ -171,12 +171,3 @@ def saved_account_exists() -> bool:
     return (Path.home() / ".qiskit" / "qiskit-ibm.json").is_file()
 
 
-def queue_policy(settings: Settings, max_pending: int | None = None) -> QueuePolicy:
-    """The queue limits the settings (or an explicit ``--max-pending``) give."""
-    from datetime import timedelta
-
-    from qcourier.dispatch import QueuePolicy
-
-    return QueuePolicy(max_pending=max_pending or settings.max_pending,
-                       per_minute=settings.submissions_per_minute,
-                       intent_grace=timedelta(seconds=settings.intent_grace_seconds))

@@ -151,3 +151,56 @@ def make_output_directory(directory: Path) -> None:
             fh.write(GITIGNORE_TEXT)
     except FileExistsError:  # another process made the directory at the same moment
         pass
+
+
+def create_timestamped(directory: Path, prefix: str, extension: str, stamp: str,
+                       data: bytes = b"") -> Path:
+    """Create ``<prefix>_<stamp>[_<n>]<extension>`` in ``directory`` holding ``data``; never
+    overwrite a file, and never show a reader a half-written one.
+
+    The first free name is taken: the content is written to a temp file and published with
+    ``os.link``, which fails if the name exists (so two writers in the same second get two
+    names), then fsynced; ``n`` counts up from 1 on a clash.
+
+    Raises:
+        OSError: the directory is not writable, or 1000 names of that second are taken.
+    """
+    import tempfile
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{prefix}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for n in range(1000):
+            path = directory / f"{prefix}_{stamp}{'' if n == 0 else f'_{n}'}{extension}"
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            _fsync_directory(directory)
+            return path
+        raise OSError(f"too many {prefix} files named for {stamp} in {directory}")
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
 
-    from qcourier.experiments.base import Calibration
 
 
 def circuit_hash(circuits: Sequence[QuantumCircuit]) -> str:
@@ -124,51 +123,6 @@ def load_snapshot(directory: Path, sha: str) -> dict[str, Any] | None:
     if hashlib.sha256(data).hexdigest() != sha:
         return None
     return json.loads(data)  # the sha256 matched, so this is the text that was saved
-
-
-def calibration_for_qubits(snapshot: dict[str, Any], qubits: Sequence[int]) -> Calibration:
-    """Median error rates over ``qubits`` (and the couplers among them) from a snapshot.
-
-    Single-qubit gate error: median ``gate_error`` of ``sx`` (else ``x``) on the qubits.
-    Two-qubit gate error: median ``gate_error`` of the two-qubit gates (``cz``, ``ecr`` or
-    ``cx``) whose both qubits are among ``qubits``. Readout error: median ``readout_error``.
-    Reset error: not reported by IBM; ``None``.
-    """
-    from statistics import median
-
-    from qcourier.experiments.base import Calibration
-
-    wanted = set(qubits)
-
-    def param(entries: list[dict[str, Any]], name: str) -> float | None:
-        for entry in entries:
-            if entry.get("name") == name and entry.get("value") is not None:
-                return float(entry["value"])
-        return None
-
-    readout = [
-        value
-        for index, entries in enumerate(snapshot.get("qubits", []))
-        if index in wanted and (value := param(entries, "readout_error")) is not None
-    ]
-    one: dict[str, list[float]] = {}
-    two: list[float] = []
-    for gate in snapshot.get("gates", []):
-        gate_qubits = gate.get("qubits", [])
-        error = param(gate.get("parameters", []), "gate_error")
-        if error is None or not set(gate_qubits) <= wanted or error >= 1.0:
-            continue
-        if len(gate_qubits) == 1:
-            one.setdefault(gate.get("gate", ""), []).append(error)
-        elif len(gate_qubits) == 2 and gate.get("gate") in ("cz", "ecr", "cx"):
-            two.append(error)
-    single = one.get("sx") or one.get("x")
-    return Calibration(
-        single_qubit_gate_error=median(single) if single else None,
-        two_qubit_gate_error=median(two) if two else None,
-        readout_error=median(readout) if readout else None,
-        reset_error=None,
-    )
 
 
 def calibration_age_hours(calibration: dict[str, Any], now: datetime | None = None) -> float | None:

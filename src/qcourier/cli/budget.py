@@ -65,15 +65,16 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
       qcourier budget --plan qcourier-plan.toml
       qcourier budget --json | jq '.keys[] | {service, key_index, remaining_seconds}'
     """
-    from qcourier.ledger import Ledger, utc_now
+    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.store import Ledger
 
     state = get_state()
     fold = Ledger(state.ledger_dir(ledger_dir)).fold()
     for problem in fold.problems:
         state.warn(str(problem))
     report = budget_report(state, fold.summaries, utc_now(), ask_services=not no_service)
-    from qcourier.study_plan import lines as plan_lines
-    from qcourier.study_plan import load_plan, progress
+    from qcourier.accounting.plan import lines as plan_lines
+    from qcourier.accounting.plan import load_plan, progress
 
     plan = load_plan(plan_file)
     if plan is not None:
@@ -93,7 +94,7 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
 def budget_report(state: AppState, records: list[Any], now: Any, ask_services: bool
                   ) -> dict[str, Any]:
     """The ``--json`` payload: every key's budget (and service figure), the model's record."""
-    from qcourier.budget import WINDOW, budget_state, model_accuracy
+    from qcourier.accounting.budget import WINDOW, budget_state, model_accuracy
 
     settings = state.get_settings()
     keys = []
@@ -115,7 +116,7 @@ def budget_report(state: AppState, records: list[Any], now: Any, ask_services: b
 
 def _keys(state: AppState, records: list[Any]) -> list[tuple[str, int | None]]:
     """Keys in the ledger, every configured IBM key, or else the default service's."""
-    from qcourier.budget import budget_key, budget_keys
+    from qcourier.accounting.budget import budget_key, budget_keys
 
     keys = set(budget_keys(records))
     keys |= {("ibm", key.index) for key in state.get_settings().api_keys()}

@@ -90,10 +90,10 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
          workers: int | None, verify_results: bool, quiet: bool,
          log_file: Path | None, prometheus: Path | None, html_file: Path | None,
          ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
-    from qcourier.collection import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
-    from qcourier.config import queue_policy
+    from qcourier.collect.run import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
     from qcourier.errors import UsageError
-    from qcourier.ledger import Ledger, check_ledger_file
+    from qcourier.ledger.store import Ledger, check_ledger_file
+    from qcourier.submit.dispatch import queue_policy
 
     if sum(x is not None and x is not False for x in (jobs_file, job_id, poll_all or None)) > 1:
         raise UsageError("give at most one of --jobs-file, --poll-all and --job-id")
@@ -184,7 +184,7 @@ class _Output:
 
     def show(self, report) -> None:
         if self.quiet:  # cron mail: each damaged line once per state of its file
-            from qcourier.ledger_check import not_yet_warned
+            from qcourier.ledger.check import not_yet_warned
 
             report.problems = not_yet_warned(self.ledger, report.problems)
         changes, err = report_lines(report, self.quiet or (self.watch and self.rounds > 1))
@@ -215,11 +215,10 @@ class _Output:
 
 
 def _write_html(path: Path, ledger, settings) -> None:
-    from qcourier.html_report import write_html
-    from qcourier.ledger import utc_now
-    from qcourier.reporting import study_report
-
-    from qcourier.study_plan import lines, load_plan, progress
+    from qcourier.accounting.page import write_html
+    from qcourier.accounting.plan import lines, load_plan, progress
+    from qcourier.accounting.report import study_report
+    from qcourier.ledger.record import utc_now
 
     fold = ledger.fold()
     report = study_report(fold.records, ledger.directory, settings.budget_limit, utc_now())
@@ -239,9 +238,15 @@ def _notify(ledger, settings, report) -> None:
     """One message for what this run finished, budgets passing 50/80/100 %, stuck deferred
     queues (and what an earlier failed send left); a failure is a one-line warning, never a
     failed collect."""
+    from qcourier.collect.notify import (
+        budget_events,
+        job_events,
+        notify_events,
+        stuck_events,
+        urls_of,
+    )
     from qcourier.errors import QcourierError
-    from qcourier.ledger import utc_now
-    from qcourier.notify import budget_events, job_events, notify_events, stuck_events, urls_of
+    from qcourier.ledger.record import utc_now
 
     try:
         records, now = ledger.fold().summaries, utc_now()
@@ -261,9 +266,9 @@ def _budget_admission(settings, pool):
     service_used: dict[tuple, float | None] = {}
 
     def admit(record, records):
-        from qcourier.budget import BudgetGuard
+        from qcourier.accounting.budget import BudgetGuard
         from qcourier.errors import QcourierError
-        from qcourier.ledger import utc_now
+        from qcourier.ledger.record import utc_now
 
         key = (record.service, record.api_key_index)
         if key not in service_used:
@@ -286,7 +291,7 @@ def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
         err.append("Warning: damaged ledger lines are skipped; see qcourier ledger check")
     err += [] if quiet else [f"Skipped: {reason}" for reason in report.skipped]
     if report.unrecorded is not None:
-        from qcourier.collection import STATUS_FOR_STATE
+        from qcourier.collect.run import STATUS_FOR_STATE
 
         u = report.unrecorded
         shown = STATUS_FOR_STATE[u.state].value
@@ -318,7 +323,7 @@ def summary_line(report) -> str:
 
 
 def _append_log(path: Path, lines: list[str]) -> None:
-    from qcourier.ledger import utc_now
+    from qcourier.ledger.record import utc_now
 
     if not lines:
         return
@@ -329,8 +334,8 @@ def _append_log(path: Path, lines: list[str]) -> None:
 
 
 def _write_metrics(path: Path, ledger, settings, report) -> None:
-    from qcourier.ledger import utc_now
-    from qcourier.metrics import write_prometheus
+    from qcourier.accounting.metrics import write_prometheus
+    from qcourier.ledger.record import utc_now
 
     polled_ok = report.exit_code == 0
     write_prometheus(path, ledger.fold().summaries, settings.budget_limit, utc_now(),
@@ -370,7 +375,7 @@ class _LiveView:
         from rich import box
         from rich.table import Table
 
-        from qcourier.ledger import utc_now
+        from qcourier.ledger.record import utc_now
 
         table = Table(box=box.SIMPLE, caption=caption,
                       title=f"qcollect --watch · {utc_now():%H:%M:%S} UTC · Ctrl-C stops")

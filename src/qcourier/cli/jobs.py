@@ -31,9 +31,9 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
       qcourier show d4k2v9x0abcd1234efgh
       qcourier show d4k2v9 --json
     """
-    from qcourier.collection import headline
-    from qcourier.jobs import find_entry, history, read_result
-    from qcourier.ledger import Ledger
+    from qcourier.collect.jobs import find_entry, history, read_result
+    from qcourier.collect.run import headline
+    from qcourier.ledger.store import Ledger
 
     state = get_state()
     ledger = Ledger(state.ledger_dir(ledger_dir))
@@ -93,7 +93,7 @@ def _commit(record) -> str:
 
 
 def _seconds(record) -> str:
-    from qcourier.budget import usage_pending
+    from qcourier.accounting.budget import usage_pending
 
     used, estimate = record.usage_seconds, record.estimated_qpu_seconds
     est = "" if estimate is None else f"estimated {estimate:.1f}"
@@ -131,8 +131,8 @@ def cancel(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
       qcourier cancel d4k2v9x0abcd1234efgh
       qcourier cancel 3f9c1a0b7d2e      # a deferred job, by its record id
     """
-    from qcourier.jobs import cancel as cancel_job
-    from qcourier.ledger import Ledger
+    from qcourier.collect.jobs import cancel as cancel_job
+    from qcourier.ledger.store import Ledger
 
     state = get_state()
     outcome = cancel_job(state.get_pool(), Ledger(state.ledger_dir(ledger_dir)), job_id)

@@ -31,8 +31,8 @@ def check(ledger_dir: Path | None, as_json: bool) -> None:
       qcourier ledger check
       qcourier ledger check --ledger-dir /data/study/results/ibm_experiments --json
     """
-    from qcourier.ledger import Ledger
-    from qcourier.ledger_check import check_ledger
+    from qcourier.ledger.check import check_ledger
+    from qcourier.ledger.store import Ledger
 
     state = get_state()
     with state.progress() as progress:

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from qcourier import __version__
-from qcourier.ledger import JobStatus
 from qcourier.cli import budget, collect, jobs, ledger, notify, report, submit
 from qcourier.cli._common import (
     api_key_option,
@@ -18,6 +17,7 @@ from qcourier.cli._common import (
     print_table,
     service_option,
 )
+from qcourier.ledger.record import JobStatus
 
 
 @click.group(help="qcourier: submit quantum jobs now, collect and analyse their results later.\n\n"
@@ -69,7 +69,7 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
     from collections import Counter
     from datetime import UTC
 
-    from qcourier.ledger import Ledger
+    from qcourier.ledger.store import Ledger
 
     state = get_state()
     fold = Ledger(state.ledger_dir(ledger_dir)).fold()
@@ -106,7 +106,7 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
 
 def _qpu_seconds(record) -> str:
     """A job's recorded QPU seconds; ``pending`` for a final job whose figure is not known yet."""
-    from qcourier.budget import usage_pending
+    from qcourier.accounting.budget import usage_pending
 
     if record.usage_seconds is not None:
         return f"{record.usage_seconds:.1f}"
@@ -179,8 +179,8 @@ def recover(since, dry_run: bool, api_key_index: int | None, service: str | None
     """
     from datetime import UTC
 
-    from qcourier.ledger import Ledger
-    from qcourier.recovery import recover as run_recovery
+    from qcourier.ledger.store import Ledger
+    from qcourier.submit.recovery import recover as run_recovery
 
     state = get_state()
     keys = state.get_settings().api_keys() if state.service is None else []

@@ -23,8 +23,8 @@ def main(test: bool) -> None:
       QCOURIER_NOTIFY=ntfy://my-qcourier-topic qcourier notify --test
       qcourier notify --test
     """
+    from qcourier.collect.notify import send, urls_of
     from qcourier.errors import UsageError
-    from qcourier.notify import send, urls_of
 
     if not test:
         raise UsageError("nothing to do: give --test to send a test message")

@@ -111,8 +111,9 @@ def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None
       qcourier report --plan qcourier-plan.toml
       qcourier report --json | jq '.success_rate, .turnaround_seconds.p95'
     """
-    from qcourier.ledger import Ledger, utc_now
-    from qcourier.reporting import study_report, write_plots
+    from qcourier.accounting.report import study_report, write_plots
+    from qcourier.ledger.record import utc_now
+    from qcourier.ledger.store import Ledger
 
     state = get_state()
     directory = state.ledger_dir(ledger_dir)
@@ -124,19 +125,19 @@ def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None
         state.warn(f"result of job {skipped['job_id']} skipped: {skipped['reason']}")
     plots = write_plots(report, fold.records, directory, plots_dir) if plots_dir else None
     if prometheus is not None:
-        from qcourier.metrics import write_prometheus
+        from qcourier.accounting.metrics import write_prometheus
 
         write_prometheus(prometheus, fold.records, state.get_settings().budget_limit, utc_now(),
                          last_poll=None)
-    from qcourier.study_plan import lines as plan_lines
-    from qcourier.study_plan import load_plan
-    from qcourier.study_plan import progress as plan_progress
+    from qcourier.accounting.plan import lines as plan_lines
+    from qcourier.accounting.plan import load_plan
+    from qcourier.accounting.plan import progress as plan_progress
 
     plan = load_plan(plan_file)
     planned = (None if plan is None else
                plan_progress(plan, fold.records, state.get_settings().budget_limit, utc_now()))
     if html_file is not None:
-        from qcourier.html_report import write_html
+        from qcourier.accounting.page import write_html
 
         write_html(html_file, report, fold.records, directory,
                    plan_lines(planned) if planned else None)

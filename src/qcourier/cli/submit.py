@@ -10,12 +10,12 @@ from qcourier import __version__
 from qcourier.cli._common import (
     LazyChoice,
     api_key_option,
+    exit_codes_help,
     get_state,
     handle_errors,
     json_option,
     ledger_dir_option,
     print_table,
-    exit_codes_help,
     service_option,
 )
 
@@ -91,12 +91,13 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
          max_pending: int | None, allow_over_budget: bool, pace: bool, submit_all: bool,
          no_transpile_cache: bool, api_key_index: int | None, ledger_dir: Path | None,
          service: str | None, as_json: bool) -> None:
-    from qcourier.budget import BudgetGuard
-    from qcourier.config import queue_policy
+    from qcourier.accounting.budget import BudgetGuard
+    from qcourier.circuits.cache import cache_directory
     from qcourier.experiments import resolve
-    from qcourier.ledger import Ledger, check_ledger_file
-    from qcourier.submission import ExecutionLimits, submit_everywhere
-    from qcourier.transpile_cache import cache_directory
+    from qcourier.ledger.store import Ledger, check_ledger_file
+    from qcourier.submit.dispatch import queue_policy
+    from qcourier.submit.plan import ExecutionLimits
+    from qcourier.submit.run import SubmitOptions, submit_everywhere
 
     state = get_state()
     resolved = resolve(experiment, list(params), shots)
@@ -107,15 +108,15 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
     services = state.get_services(service, api_key_index, submit_all)
     settings = state.get_settings()
     with state.progress() as progress:
-        report = submit_everywhere(
-            services, ledger, resolved, backend=backend, repeat=repeat, repo_path=repo,
-            jobs_file=jobs_file, dry_run=dry_run, progress=progress, force=force,
+        report = submit_everywhere(services, ledger, resolved, SubmitOptions(
+            backend=backend, repeat=repeat, repo_path=repo, jobs_file=jobs_file,
+            dry_run=dry_run, progress=progress, force=force,
             limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap),
             policy=queue_policy(settings, max_pending),
             guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace),
-            transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory))
+            transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory)))
     if not (dry_run or no_transpile_cache):
-        from qcourier.transpile_cache import prune
+        from qcourier.circuits.cache import prune
 
         prune(cache_directory(ledger.directory), settings.transpile_cache_max_age_days,
               int(settings.transpile_cache_max_mb * 1_000_000))

@@ -75,7 +75,8 @@ class GHZExperiment(_CatExperiment):
     Params = GHZParams
 
     def build(self, params: ExperimentParams) -> list[JobUnit]:
-        assert isinstance(params, GHZParams)
+        if not isinstance(params, GHZParams):
+            raise TypeError(f"expected GHZParams, got {type(params).__name__}")
         return [JobUnit([_cat_state(params.width, f"ghz_{params.width}")], params.shots,
                         {"width": params.width})]
 

@@ -40,7 +40,7 @@ a noiseless run scores 1):
   of squares is a chi-squared goodness-of-fit of the marginals (dof: the qubits whose ideal
   is not deterministic), with its p-value. On real hardware readout error alone makes some
   ``|z|`` large: the z-scores say *which* qubits deviate; whether that is new is the drift
-  check's job (:mod:`qcourier.reporting`, against the study's earlier sessions).
+  check's job (:mod:`qcourier.accounting.report`, against the study's earlier sessions).
 - **Adjacent-pair correlation**: marginals miss correlated errors. A Pauli Z on a qubit
   flips its outcome distribution (``p_i -> 1 - p_i``), and a CX's two-qubit errors flip
   *neighbours in the chain together*, which makes them covary. For each chain pair
@@ -218,7 +218,7 @@ def marginal_summary(measured: Sequence[float], ideal: Sequence[float], shots: i
                      ) -> dict[str, Any]:
     """The marginal part of the analysis, from the per-qubit P(1) alone.
 
-    Also what :mod:`qcourier.reporting` computes for result files written before these
+    Also what :mod:`qcourier.accounting.report` computes for result files written before these
     fields existed (they all have ``p1_measured``, ``p1_ideal`` and ``shots``).
     """
     fidelities = marginal_fidelities(measured, ideal)
@@ -270,7 +270,8 @@ class DeploymentExperiment(Experiment):
     Params = DeploymentParams
 
     def build(self, params: ExperimentParams) -> list[JobUnit]:
-        assert isinstance(params, DeploymentParams)
+        if not isinstance(params, DeploymentParams):
+            raise TypeError(f"expected DeploymentParams, got {type(params).__name__}")
         circuit = heartbeat_circuit(params.width, params.step)
         return [JobUnit([circuit], params.shots, {"width": params.width, "step": params.step})]
 

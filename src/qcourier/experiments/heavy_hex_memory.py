@@ -22,12 +22,12 @@ Placement (:meth:`HeavyHexCodeExperiment.place`)
     ``VF2_MAX_TRIALS`` embeddings. Every PUB is then transpiled with that
     ``initial_layout`` and ``routing_method="none"``: submission refuses the job if the
     transpiler would route, or the layout it returns is not the one chosen (see
-    ``qcourier.submission``). The patch is recorded in the ledger record's metadata
+    ``qcourier.submit.plan``). The patch is recorded in the ledger record's metadata
     (``layout``: physical qubit of each circuit qubit; ``patch_error``).
 
 Analysis
     Each PUB's ISA circuit (the one that ran, read back from the ledger's circuit store and
-    checked against its hash) is translated into stim by :func:`qcourier.noise_model.isa_to_stim`
+    checked against its hash) is translated into stim by :func:`qcourier.circuits.noise.isa_to_stim`
     with the device noise from the calibration snapshot recorded at submission: gate
     depolarizing from reported infidelities, readout and reset flips, T1/T2 idle errors on
     the circuit's schedule. The detectors and the observable of the abstract HHC circuit are
@@ -310,8 +310,8 @@ def decode_pub(isa: QuantumCircuit, abstract: stim.Circuit, noise: Any,
     """Decode one PUB's counts with the detector error model of its ISA circuit."""
     import numpy as np
 
+    from qcourier.circuits.noise import isa_to_stim
     from qcourier.experiments.decoding import flag_detector_indices, make_decoder
-    from qcourier.noise_model import isa_to_stim
 
     detectors, observable = annotations(abstract)
     if isa.num_clbits != abstract.num_measurements:
@@ -398,7 +398,7 @@ class HeavyHexCodeExperiment(Experiment):
 
     def analyse(self, metadata: dict[str, Any], counts: list[dict[str, int]],
                 calibration: Calibration | None, run: RunContext | None = None) -> dict[str, Any]:
-        from qcourier.noise_model import DeviceNoise
+        from qcourier.circuits.noise import DeviceNoise
 
         try:
             logical_state = str(metadata["logical_state"])

@@ -8,13 +8,19 @@ submitted it. Tests build a pool from service objects with :meth:`ServicePool.of
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from qcourier.services.base import QuantumService, ServiceError
 
 if TYPE_CHECKING:
     from qcourier.config import Settings
-    from qcourier.ledger import LedgerRecord
+
+
+class Submitted(Protocol):
+    """What the pool needs of a job's record (services know nothing of the ledger)."""
+
+    service: str
+    api_key_index: int | None
 
 SERVICE_NAMES = ("local", "ibm")
 
@@ -58,7 +64,7 @@ class ServicePool:
             self._made[key] = self._factories[name](key[1])
         return self._made[key]
 
-    def for_record(self, record: LedgerRecord) -> QuantumService:
+    def for_record(self, record: Submitted) -> QuantumService:
         """The service that can poll this record's job."""
         return self.get(record.service, record.api_key_index)
 

@@ -13,14 +13,14 @@ Every call to the service is bounded: it runs on a pool of long-lived daemon thr
 (a concurrent collector) can call one :class:`IBMService` at once.
 
 This adapter owns the retries of its calls (it knows the HTTP status and ``Retry-After``):
-one loop, :func:`qcourier.concurrency.retry_call` with the connection's
-:class:`~qcourier.concurrency.RetryPolicy`, and no other — the client's own transport
+one loop, :func:`qcourier.services.workers.retry_call` with the connection's
+:class:`~qcourier.services.workers.RetryPolicy`, and no other — the client's own transport
 retries are turned off, and the collector does not retry a service that retries itself.
 Transient failures (connection errors, HTTP 5xx, 429, timeouts) are retried
 ``retries`` times with exponential backoff and jitter, within ``QCOURIER_IBM_DEADLINE``; a
 submission only when nothing can have been made. A 429 holds every call of that service,
 from any thread, until its ``Retry-After`` has passed (a
-:class:`~qcourier.concurrency.RateGate`), so eight threads do not keep hammering a
+:class:`~qcourier.services.workers.RateGate`), so eight threads do not keep hammering a
 rate-limited server; the error carries ``retry_after``. Each retry is logged on
 ``qcourier.retry``. A rejected token is an :class:`AuthenticationError` at once, without
 retries. Error messages name the key by its index and variable, and any text from the client
@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qcourier.concurrency import RateGate, RetryPolicy, WorkerPool, retry_call
 from qcourier.config import ApiKey
 from qcourier.services.base import (
     AuthenticationError,
@@ -65,6 +64,7 @@ from qcourier.services.base import (
     check_job_id,
     scoped_call_time,
 )
+from qcourier.services.workers import RateGate, RetryPolicy, WorkerPool, retry_call
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -190,7 +190,7 @@ class IBMService(QuantumService):
               idempotent: bool = True, **kwargs: Any) -> T:
         """Run one client call, bounded in time, retried when transient, errors translated.
 
-        The one retry loop of every IBM call (:func:`~qcourier.concurrency.retry_call`, with
+        The one retry loop of every IBM call (:func:`~qcourier.services.workers.retry_call`, with
         :attr:`IBMConnection.retry_policy`): each attempt waits first while the service's gate
         is held (a 429 holds it, for every thread, for the ``Retry-After`` given, else the
         backoff, at most ``max_retry_after_seconds``). Every attempt, wait and backoff is

@@ -27,10 +27,10 @@ limit with HTTP 429 and a ``retry_after``, as IBM's API gateway does.
 Simulation (``services/simulation.py``): each circuit is compacted to the physical qubits it
 uses; Clifford circuits are sampled with stim's stabilizer simulator (or Aer's, on request),
 others with Aer (statevector, or matrix product states when wide). Noise is the shared
-device model (``qcourier.noise_model``: gate depolarizing, readout and reset flips, T1/T2 idle)
+device model (``qcourier.circuits.noise``: gate depolarizing, readout and reset flips, T1/T2 idle)
 from the backend's calibration snapshot for the used qubits only, times ``noise_scale``.
 
-QPU usage is reported from :func:`qcourier.budget.estimate_qpu_seconds`: a per-job overhead
+QPU usage is reported from :func:`qcourier.circuits.estimate.estimate_qpu_seconds`: a per-job overhead
 plus, per circuit, a per-circuit overhead plus shots x (circuit duration + repetition delay),
 times ``usage_factor`` (fixed in the job's spec when it is submitted: real usage is never
 exactly the estimate). A job that fails by injected system error reports zero usage, as IBM
@@ -54,18 +54,15 @@ import secrets
 import string
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from qcourier.concurrency import CPU_LOCK
 from qcourier.files import atomic_write_bytes, make_output_directory
 from qcourier.services.base import (
     BackendInfo,
@@ -80,6 +77,14 @@ from qcourier.services.base import (
     ServiceError,
     TransientServiceError,
 )
+from qcourier.services.fake_backends import (
+    NOISE_SCALE_KEY,
+    _backend_size,
+    _fake_backend_classes,
+    fake_backend,
+    local_calibration,
+)
+from qcourier.services.workers import CPU_LOCK
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -170,65 +175,6 @@ def new_job_id() -> str:
     return "".join(secrets.choice(JOB_ID_ALPHABET) for _ in range(20))
 
 
-@cache
-def _fake_backend_classes() -> dict[str, type]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from qiskit_ibm_runtime import fake_provider
-        from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
-
-    found = {}
-    for attr in dir(fake_provider):
-        cls = getattr(fake_provider, attr)
-        if isinstance(cls, type) and issubclass(cls, FakeBackendV2) and cls is not FakeBackendV2:
-            name = getattr(cls, "backend_name", None)
-            if name and name not in found:
-                found[name] = cls
-    return found
-
-
-@cache
-def fake_backend(name: str) -> BackendV2:
-    """The fake backend called ``name`` (loaded once per process).
-
-    Raises:
-        ServiceError: no fake backend has that name (the message lists them).
-    """
-    classes = _fake_backend_classes()
-    if name not in classes:
-        raise ServiceError(
-            f"unknown backend {name!r} on the local service; choose one of: "
-            + ", ".join(sorted(classes))
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return classes[name]()
-
-
-@cache
-def _calibration_text(name: str) -> str:
-    """The fake backend's calibration snapshot as JSON text (built once per process)."""
-    return json.dumps(fake_backend(name).properties().to_dict(), default=str)
-
-
-#: The snapshot key that declares a simulated device's noise multiplier (see ``noise_model``).
-NOISE_SCALE_KEY = "qcourier_noise_scale"
-
-
-def local_calibration(name: str) -> dict[str, Any]:
-    """The fake backend's calibration snapshot (``BackendProperties.to_dict()`` form, JSON-able).
-
-    Raises:
-        ServiceError: no fake backend has that name.
-    """
-    return json.loads(_calibration_text(name))
-
-
-def _backend_size(cls: type) -> int:
-    conf = Path(cls.dirname) / cls.conf_filename
-    return int(json.loads(conf.read_text())["n_qubits"])
-
-
 class LocalService(QuantumService):
     """An Aer-backed service whose jobs persist on disk (see the module docstring)."""
 
@@ -301,7 +247,7 @@ class LocalService(QuantumService):
     ) -> str:
         from qiskit import qpy
 
-        from qcourier.budget import estimate_qpu_seconds
+        from qcourier.circuits.estimate import estimate_qpu_seconds
 
         target = fake_backend(backend)
         self._network_call()

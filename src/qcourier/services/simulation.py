@@ -11,16 +11,16 @@ those qubits), so a 17-qubit job on a 156-qubit backend simulates 17 qubits. The
 - **Other circuits**: Aer, on the statevector method up to ``STATEVECTOR_MAX_QUBITS`` qubits
   and on matrix product states beyond (the 27-qubit heartbeat is a chain: low entanglement).
 
-Noise: the shared device model, :class:`qcourier.noise_model.DeviceNoise`, built from the
+Noise: the shared device model, :class:`qcourier.circuits.noise.DeviceNoise`, built from the
 backend's calibration snapshot (``BackendProperties.to_dict()`` form, what
 ``LocalService.calibration`` returns) for the used qubits only, with every probability
 multiplied by ``noise_scale`` (``QCOURIER_LOCAL_NOISE_SCALE``, default 1). The circuit is
-walked once on the as-soon-as-possible schedule (:func:`qcourier.noise_model.schedule`), which
+walked once on the as-soon-as-possible schedule (:func:`qcourier.circuits.noise.schedule`), which
 places the channels: depolarizing after each gate with a reported error (``p = r (d+1)/d``),
 a classical readout flip, an X flip after each reset plus the reset's idle, and T1/T2
 (Pauli-twirled amplitude and phase damping) idle error wherever a qubit waits. The stim engine
-samples :func:`~qcourier.noise_model.isa_to_stim` of it, the very program a decoder models;
-Aer runs :func:`~qcourier.noise_model.isa_to_aer` (the same channels as inline ``PauliError``
+samples :func:`~qcourier.circuits.noise.isa_to_stim` of it, the very program a decoder models;
+Aer runs :func:`~qcourier.circuits.noise.isa_to_aer` (the same channels as inline ``PauliError``
 instructions, readout flips as ``ReadoutError``). RZ is virtual and error-free; a gate without a
 reported error is noiseless. All channels are Pauli channels, so Clifford circuits stay Clifford.
 """
@@ -31,7 +31,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from qcourier.noise_model import DeviceNoise, NotClifford, isa_to_aer, isa_to_stim
+from qcourier.circuits.noise import DeviceNoise, NotClifford, isa_to_aer, isa_to_stim
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qcourier.ledger import (
+from qcourier.ledger.record import (
     Entry,
     JobStatus,
     LedgerProblem,

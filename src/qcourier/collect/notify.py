@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qcourier.errors import QcourierError
+from qcourier.ledger.record import as_utc
 
 SENT_FILE = "notifications.jsonl"
 LOCK_FILE = ".notifications.lock"
@@ -64,7 +65,7 @@ STUCK_HOURS = 24.0
 
 def budget_events(records, limit_of, now) -> list[Event]:
     """A key's used + reserved QPU time passing 50/80/100 % of its limit (rolling window)."""
-    from qcourier.budget import budget_keys, budget_state
+    from qcourier.accounting.budget import budget_keys, budget_state
 
     events = []
     for service, key_index in budget_keys(records):
@@ -84,9 +85,9 @@ def budget_events(records, limit_of, now) -> list[Event]:
 
 def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
     """One event per key whose oldest deferred job has waited ``hours`` or more."""
-    from datetime import UTC, timedelta
+    from datetime import timedelta
 
-    from qcourier.ledger import JobStatus
+    from qcourier.ledger.record import JobStatus
 
     oldest: dict[tuple, object] = {}
     for r in records:
@@ -96,7 +97,7 @@ def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
                 oldest[key] = r
     events = []
     for (service, key_index), r in sorted(oldest.items(), key=lambda kv: str(kv[0])):
-        at = r.updated_at if r.updated_at.tzinfo else r.updated_at.replace(tzinfo=UTC)
+        at = as_utc(r.updated_at)
         waited = now - at
         if waited >= timedelta(hours=hours):
             name = service if key_index is None else f"{service} key {key_index}"
@@ -137,7 +138,7 @@ def _read(directory: Path) -> tuple[set[str], dict[str, str]]:
 
 
 def _append(directory: Path, events: list[Event], phase: str) -> None:
-    from qcourier.ledger import utc_now
+    from qcourier.ledger.record import utc_now
 
     stamp = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
     data = "".join(json.dumps({"event": e.key, "phase": phase, "at": stamp}

@@ -16,14 +16,14 @@ Definitions (all over every record in the ledger, whatever its age, unless said 
 - **queue time**: the ``queue_seconds`` the service reported, over records that have one.
 - **turnaround** = ``completion_time - submission_time`` in seconds, over records that have
   both (final jobs, failed ones included: they waited too).
-- **median** is :func:`statistics.median`. **p95** is the inclusive 95th percentile
-  (``statistics.quantiles(values, n=100, method="inclusive")[94]``, the same as numpy's
-  default ``"linear"`` method): linear interpolation between order statistics at position
-  ``0.95 * (n - 1)``. It never extrapolates: with ``n <= 20`` samples it lies between the two
+- **median** and **p95** are :func:`quantile` at 0.5 and 0.95 (also what the Prometheus
+  summaries use): linear interpolation between order statistics at position ``q (n - 1)``,
+  the same as numpy's default ``"linear"`` method and ``statistics.quantiles(...,
+  method="inclusive")``. It never extrapolates: with ``n <= 20`` samples it lies between the two
   largest values (with one sample it is that sample), so with few jobs read it as "about the
   worst", not as a tail estimate.
 - **budget**: per key ``(service, api_key_index)`` seen in the ledger,
-  :func:`qcourier.budget.budget_state` over the rolling 28-day window ending at ``now``,
+  :func:`qcourier.accounting.budget.budget_state` over the rolling 28-day window ending at ``now``,
   plus the burn-down: the cumulative usage of the jobs it counts, in order of finishing.
 - **failures**: ``by_class`` counts the records in status ``failed``, ``partial`` or
   ``cancelled`` by ``failure_class`` (``system``, ``user``, ``None`` -> ``unknown``);
@@ -38,7 +38,6 @@ This module imports neither click nor (outside :func:`write_plots`) matplotlib.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -48,8 +47,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from qcourier.budget import WINDOW, BudgetState, budget_keys, budget_state
-from qcourier.ledger import FINAL_STATUSES, JobStatus, LedgerRecord
+from qcourier.accounting.budget import (
+    WINDOW,
+    BudgetState,
+    budget_keys,
+    budget_state,
+)
+from qcourier.ledger.record import FINAL_STATUSES, JobStatus, LedgerRecord, as_utc
+from qcourier.ledger.results import read_result
 
 #: Experiments whose results the report follows over time.
 SERIES_EXPERIMENTS = ("heavy_hex_code", "surface_code", "deployment", "bell", "ghz")
@@ -79,8 +84,7 @@ class Distribution:
             return cls(0, None, None)
         if len(values) == 1:
             return cls(1, values[0], values[0])
-        p95 = statistics.quantiles(values, n=100, method="inclusive")[94]
-        return cls(len(values), statistics.median(values), p95)
+        return cls(len(values), quantile(values, 0.5), quantile(values, 0.95))
 
     def to_dict(self) -> dict[str, Any]:
         """``{"count", "median", "p95"}``."""
@@ -307,7 +311,7 @@ def study_report(records: Iterable[LedgerRecord], ledger_dir: Path,
         now: the report's time (timezone-aware; a naive time is taken as UTC).
     """
     records = list(records)
-    now = _utc(now)
+    now = as_utc(now)
     by_status = {s.value: 0 for s in JobStatus}
     failures = {"system": 0, "user": 0, "unknown": 0}
     for r in records:
@@ -317,7 +321,7 @@ def study_report(records: Iterable[LedgerRecord], ledger_dir: Path,
             failures[cls] += 1
     queue = Distribution.of([r.queue_seconds for r in records if r.queue_seconds is not None])
     turnaround = Distribution.of([
-        (_utc(r.completion_time) - _utc(r.submission_time)).total_seconds()
+        (as_utc(r.completion_time) - as_utc(r.submission_time)).total_seconds()
         for r in records if r.completion_time is not None and r.submission_time is not None])
     budget = [_key_budget(records, service, key, limits(key), now)
               for service, key in budget_keys(records)]
@@ -335,7 +339,7 @@ def _key_budget(records: list[LedgerRecord], service: str, key: int | None, limi
     for r in records:
         one = budget_state([r], service, key, limit, now)
         if one.jobs_used:
-            charges.append((_utc(r.completion_time or r.updated_at), one.used_seconds))
+            charges.append((as_utc(r.completion_time or r.updated_at), one.used_seconds))
     burn_down, used = [], 0.0
     for moment, seconds in sorted(charges, key=lambda c: c[0]):
         used += seconds
@@ -398,35 +402,14 @@ def _point(experiment: str, a: dict[str, Any]) -> dict[str, Any]:
             "width": a.get("width")}
 
 
-def read_result(ledger_dir: Path, record: LedgerRecord) -> tuple[dict[str, Any] | None, str | None]:
-    """A record's result file as a dict, or ``(None, why it cannot be read)``."""
-    if not record.result_path:
-        return None, "no result_path recorded"
-    path = Path(ledger_dir) / record.result_path
-    try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None, f"{path} does not exist"
-    except OSError as exc:
-        return None, f"cannot read {path}: {exc.strerror or exc}"
-    except ValueError as exc:
-        return None, f"{path} is not JSON ({exc})"
-    if not isinstance(payload, dict):
-        return None, f"{path} is not a JSON object"
-    return payload, None
-
-
 def _completed(records: Iterable[LedgerRecord]) -> list[LedgerRecord]:
     return [r for r in records if r.status is JobStatus.COMPLETED]
 
 
 def _submitted_at(record: LedgerRecord) -> datetime:
-    return _utc(record.submission_time or record.updated_at)
+    return as_utc(record.submission_time or record.updated_at)
 
 
-def _utc(moment: datetime) -> datetime:
-    # A naive time (hand-written ledger line) is UTC, as the ledger writes UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _iso(value: Any) -> Any:
@@ -770,3 +753,13 @@ def _budget_figure(key: KeyBudget) -> Any:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return fig
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of non-empty ``values``, interpolating linearly between ranks."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    lower = int(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,9 +35,46 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from qcourier import ledger as ledger_mod
-from qcourier.budget import finished_in_window, usage_pending
-from qcourier.concurrency import (
+from qcourier.accounting.budget import finished_in_window, usage_pending
+from qcourier.errors import QcourierError, UsageError
+from qcourier.experiments.base import calibration_for_qubits
+from qcourier.files import (
+    atomic_write_bytes,
+    create_timestamped,
+    path_under,
+    remove_stale_temp_files,
+)
+from qcourier.ledger import store as ledger_mod
+from qcourier.ledger.record import (
+    Entry,
+    JobStatus,
+    LedgerProblem,
+    LedgerRecord,
+    RecordView,
+    new_record_id,
+    utc_now,
+)
+from qcourier.ledger.results import ResultCheck
+from qcourier.ledger.store import Ledger
+from qcourier.provenance import load_snapshot
+from qcourier.services import ServicePool
+from qcourier.services.base import (
+    AuthenticationError,
+    CallTime,
+    DeadlineExceededError,
+    InvalidJobIdError,
+    JobMetrics,
+    JobNotFoundError,
+    JobResult,
+    JobState,
+    JobStatusReport,
+    QuantumService,
+    ServiceError,
+    call_time_scope,
+    check_job_id,
+    scoped_call_time,
+)
+from qcourier.services.workers import (
     CPU_LOCK,
     DEFAULT_WORKERS,
     RateGate,
@@ -46,7 +82,7 @@ from qcourier.concurrency import (
     map_unordered,
     retry_call,
 )
-from qcourier.dispatch import (
+from qcourier.submit.dispatch import (
     QueuePolicy,
     key_lock,
     load_circuits,
@@ -54,35 +90,6 @@ from qcourier.dispatch import (
     queue_key,
     resolve_intent,
     submit_record,
-)
-from qcourier.errors import QcourierError, UsageError
-from qcourier.files import atomic_write_bytes, path_under, remove_stale_temp_files, sha256_file
-from qcourier.ledger import (
-    Entry,
-    JobStatus,
-    Ledger,
-    LedgerProblem,
-    LedgerRecord,
-    RecordView,
-    utc_now,
-)
-from qcourier.provenance import calibration_for_qubits, load_snapshot
-from qcourier.services import ServicePool
-from qcourier.services.base import (
-    AuthenticationError,
-    CallTime,
-    DeadlineExceededError,
-    JobMetrics,
-    JobNotFoundError,
-    JobResult,
-    JobState,
-    InvalidJobIdError,
-    JobStatusReport,
-    QuantumService,
-    ServiceError,
-    call_time_scope,
-    check_job_id,
-    scoped_call_time,
 )
 
 STATUS_FOR_STATE = {
@@ -366,7 +373,8 @@ class _Run:
         """One job's usage, on a worker: a ledger line if the figure has arrived."""
         entry, service = item
         record = entry.record
-        assert record.job_id is not None
+        if record.job_id is None:
+            raise QcourierError(f"record {record.record_id} has no job id to poll")
         try:
             with call_time_scope():
                 job_id = check_job_id(record.job_id, f"ledger file {entry.path.name}")
@@ -500,7 +508,7 @@ class _Run:
             record = entry.record
             retry = LedgerRecord.model_validate({
                 **record.model_dump(),
-                "record_id": ledger_mod.new_record_id(), "status": JobStatus.DEFERRED,
+                "record_id": new_record_id(), "status": JobStatus.DEFERRED,
                 "job_id": None, "request_id": None, "tags": [], "submission_time": None,
                 "completion_time": None, "error": None, "failure_class": None,
                 "result_path": None, "result_sha256": None, "usage_seconds": None,
@@ -570,7 +578,7 @@ class GatedService:
 
     A service that retries its own calls (``retries_calls``: the IBM adapter, which knows the
     HTTP status and ``Retry-After``, with its own rate gate) is called as it is. Any other is
-    retried here by :func:`~qcourier.concurrency.retry_call` with :data:`RATE_LIMIT_POLICY`,
+    retried here by :func:`~qcourier.services.workers.retry_call` with :data:`RATE_LIMIT_POLICY`,
     behind one :class:`RateGate` for the service, so every worker waits out a 429's
     ``Retry-After`` together. Inside a :func:`call_time_scope` (one job), the job's calls
     share :data:`RATE_LIMIT_DEADLINE_SECONDS`.
@@ -607,79 +615,12 @@ class GatedService:
                 f"{self.name} service: gave up on {what} after {seconds:g} s of rate limiting"))
 
 
-class ResultCheck:
-    """Whether completed records' result files can still be trusted, cheaply on every run.
-
-    Every run checks that every result file exists (one listing of ``jobs/``), and
-    re-hashes ``batch`` of them against the sha256 in the ledger, taking turns over the
-    completed records (a cursor in ``cache/result-check.json``), so a study of 100,000 jobs
-    costs a run a listing and ``batch`` hashes, and every file is re-hashed once every
-    ``n / batch`` runs. ``batch=None`` re-hashes them all. A result file is hashed when it
-    is written, so a new one is always right.
-    """
-
-    def __init__(self, ledger: Ledger, batch: int | None):
-        self.ledger = ledger
-        self.batch = batch
-        self.state_path = ledger.directory / "cache" / "result-check.json"
-        self._listing: set[str] | None = None
-        self._position = 0  # index of the next completed record among this run's
-        try:
-            self.cursor = int(json.loads(self.state_path.read_bytes())["cursor"])
-        except (OSError, ValueError, KeyError, TypeError):
-            self.cursor = 0
-
-    def problem(self, record: RecordView) -> str | None:
-        """Why a completed record's result file cannot be trusted, or None if it can."""
-        if record.status is not JobStatus.COMPLETED or not record.result_path:
-            return None
-        position, self._position = self._position, self._position + 1
-        due = self._due(position)
-        if not due and self._listed(record.result_path):  # the common case: no Path built
-            return None
-        path = self.ledger.directory / record.result_path
-        if not path.is_file():
-            return "its result file is missing"
-        if due and sha256_file(path) != record.result_sha256:
-            return "its result file does not match the sha256 in the ledger"
-        return None
-
-    def _listed(self, relative: str) -> bool:
-        """Whether ``jobs/<name>`` is in this run's one listing of ``jobs/``."""
-        name = relative[5:] if relative.startswith("jobs/") else ""
-        if not name or "/" in name:
-            return False  # not where qcourier writes results: looked at on its own
-        if self._listing is None:
-            try:
-                self._listing = set(os.listdir(self.ledger.results_dir))
-            except OSError:
-                self._listing = set()
-        return name in self._listing
-
-    def _due(self, position: int) -> bool:
-        if self.batch is None:
-            return True
-        return self.cursor <= position < self.cursor + self.batch
-
-    def save(self) -> None:
-        """Move the cursor past this run's batch (to the start after the last record)."""
-        if self.batch is None:
-            return
-        nxt = self.cursor + self.batch
-        nxt = 0 if nxt >= self._position else nxt
-        if nxt != self.cursor:
-            try:
-                atomic_write_bytes(self.state_path, json.dumps({"cursor": nxt}).encode(),
-                                   durable=False)
-            except OSError:
-                pass  # a cache: the next run starts from the same place
-
-
 def _poll_one(service: QuantumService | GatedService, ledger: Ledger, entry: Entry,
               status: JobStatusReport | None = None) -> JobOutcome:
     """Poll one job (unless its ``status`` is known) and record what changed."""
     record = entry.record
-    assert record.job_id is not None
+    if record.job_id is None:
+        raise QcourierError(f"record {record.record_id} has no job id to poll")
     try:
         check_job_id(record.job_id, f"ledger file {entry.path.name}")
     except InvalidJobIdError as exc:  # never put in a URL or a file name
@@ -702,7 +643,8 @@ def _apply_status(
     service: QuantumService | GatedService, ledger: Ledger, entry: Entry, status: JobStatusReport
 ) -> JobOutcome:
     record = entry.record
-    assert record.job_id is not None
+    if record.job_id is None:
+        raise QcourierError(f"record {record.record_id} has no job id to poll")
     new_status = STATUS_FOR_STATE[status.state]
     if new_status is JobStatus.COMPLETED:
         return _finish(service, ledger, entry, status)
@@ -766,7 +708,8 @@ def _finish(
     service: QuantumService | GatedService, ledger: Ledger, entry: Entry, status: JobStatusReport
 ) -> JobOutcome:
     record = entry.record
-    assert record.job_id is not None
+    if record.job_id is None:
+        raise QcourierError(f"record {record.record_id} has no job id to poll")
     result = service.job_result(record.job_id)
     metrics = service.job_metrics(record.job_id)
     analysis, analysis_error = analyse(ledger, record, result.counts)
@@ -890,12 +833,11 @@ def _write_collected(ledger: Ledger, outcomes: list[JobOutcome]) -> Path:
         for o in outcomes
     ]
     body = json.dumps({"collected_at": utc_now().isoformat(), "jobs": items}, indent=1).encode()
-    for suffix in range(1000):
-        path = ledger.directory / f"collected_results_{stamp}{'' if not suffix else f'_{suffix}'}.json"
-        if not path.exists():
-            atomic_write_bytes(path, body)
-            return path
-    raise QcourierError(f"too many collected_results files for {stamp} in {ledger.directory}")
+    try:
+        return create_timestamped(ledger.directory, "collected_results", ".json", stamp, body)
+    except OSError as exc:
+        raise QcourierError(f"cannot write the collected results in {ledger.directory}: "
+                            f"{exc.strerror or exc}") from None
 
 
 def poll_unrecorded(service: QuantumService, job_id: str) -> JobStatusReport:

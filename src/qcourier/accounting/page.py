@@ -35,7 +35,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]]:
     """(name, base64 PNG) of the study's plots (no per-job counts plots)."""
-    from qcourier.reporting import write_plots
+    from qcourier.accounting.report import write_plots
 
     with tempfile.TemporaryDirectory(prefix="qcourier-html-") as tmp:
         written = write_plots(report, records, ledger_dir, Path(tmp)).written
@@ -44,7 +44,7 @@ def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]]:
 
 
 def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = None) -> str:
-    """The page's HTML text for a :class:`qcourier.reporting.StudyReport`."""
+    """The page's HTML text for a :class:`qcourier.accounting.report.StudyReport`."""
     d = report.to_dict()
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qcourier study</title>"
              f"<style>{_CSS}</style></head><body><h1>qcourier study</h1>"

@@ -10,17 +10,17 @@ analyses it like any other. Jobs whose request id belongs to an unsettled intent
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qcourier import ledger as ledger_mod
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord
-from qcourier.dispatch import store_circuits
-from qcourier.provenance import circuit_hash
+from qcourier.circuits.transpile import describe_transpiled
+from qcourier.ledger import store as ledger_mod
+from qcourier.ledger.record import JobStatus, LedgerRecord
+from qcourier.ledger.store import Ledger
 from qcourier.services.base import QuantumService, ServiceError
+from qcourier.submit.dispatch import store_circuits
 
 
 @dataclass
@@ -86,15 +86,11 @@ def record_from_info(service: QuantumService, job_id: str, info: Any) -> LedgerR
         meta = dict((getattr(info.circuits[0], "metadata", None) or {}).get("qcourier") or {})
     unit = dict(meta.get("unit") or {})
     logical_state = unit.pop("logical_state", None)
-    gates: Counter[str] = Counter()
-    for circuit in info.circuits:
-        gates.update({name: int(n) for name, n in circuit.count_ops().items()})
-    depths = [c.depth() for c in info.circuits]
-    from qcourier.submission import physical_qubits
-
-    unit["physical_qubits"] = physical_qubits(info.circuits)
-    unit["circuit_depths"] = depths
-    isa_hash = circuit_hash(info.circuits)
+    # the same description of the ISA circuits as at submission (qpy size: not needed here)
+    described = describe_transpiled(list(info.circuits), 0)
+    unit["physical_qubits"] = described.physical_qubits
+    unit["circuit_depths"] = described.circuit_depths
+    isa_hash = described.isa_circuit_hash
     return LedgerRecord(
         job_id=job_id,
         status=JobStatus.SUBMITTED,
@@ -107,8 +103,8 @@ def record_from_info(service: QuantumService, job_id: str, info: Any) -> LedgerR
         num_circuits=len(info.circuits),
         circuit_hash=meta.get("circuit_hash") or tags.get("circuit") or isa_hash,
         isa_circuit_hash=isa_hash,
-        transpiled_depth=max(depths, default=0),
-        transpiled_gates=dict(sorted(gates.items())),
+        transpiled_depth=max(described.circuit_depths, default=0),
+        transpiled_gates=described.transpiled_gates,
         submission_time=info.created,
         tags=info.tags,
         request_id=tags.get("request"),

@@ -21,7 +21,7 @@ the API key's index, ``-`` for the local service):
     Estimated QPU seconds of jobs not yet final (pending, being submitted, deferred).
 ``qcourier_qpu_seconds_remaining{service, key}`` (gauge)
     ``limit - used - reserved``; negative when overspent. The same figures as
-    ``qcourier budget`` (:func:`qcourier.budget.budget_state`).
+    ``qcourier budget`` (:func:`qcourier.accounting.budget.budget_state`).
 ``qcourier_last_successful_poll_timestamp_seconds`` (gauge)
     Unix time of the last poll that had no failure. When a run passes ``last_poll=None``
     (its poll failed, or it did not poll), the value already in the file is kept, so a
@@ -39,7 +39,7 @@ This module imports neither click nor qiskit.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -47,9 +47,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from qcourier.budget import BudgetKey, budget_key, budget_keys, budget_state
+from qcourier.accounting.budget import BudgetKey, budget_key, budget_keys, budget_state
+from qcourier.accounting.report import quantile
 from qcourier.files import atomic_write_bytes
-from qcourier.ledger import JobStatus, RecordView
+from qcourier.ledger.record import JobStatus, RecordView, as_utc
 
 PREFIX = "qcourier_"
 LAST_POLL_METRIC = "qcourier_last_successful_poll_timestamp_seconds"
@@ -85,9 +86,9 @@ def write_prometheus(path: Path, records: Iterable[RecordView],
     if last_poll is None:
         last_poll_seconds = read_last_poll(path)
     else:
-        last_poll_seconds = _utc(last_poll).timestamp()
+        last_poll_seconds = as_utc(last_poll).timestamp()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_LedgerCollector(records, limits, _utc(now), last_poll_seconds,
+    registry.register(_LedgerCollector(records, limits, as_utc(now), last_poll_seconds,
                                        list(experiments), list(keys)))
     atomic_write_bytes(path, generate_latest(registry))
 
@@ -107,18 +108,6 @@ def read_last_poll(path: Path) -> float | None:
         return None
     return None
 
-
-def quantile(values: list[float], q: float) -> float:
-    """The ``q`` quantile of non-empty ``values``, interpolating linearly between ranks."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    lower = int(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _key_label(key_index: int | None) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from qcourier.files import atomic_write_bytes
-from qcourier.ledger import Ledger, LedgerProblem, LedgerRecord, read_lines
+from qcourier.ledger.record import LedgerProblem, LedgerRecord
+from qcourier.ledger.store import Ledger, read_lines
 
 #: Where a quiet qcollect notes the problems it has warned about.
 WARNED_FILE = Path("cache") / "warned-problems.json"
@@ -79,7 +80,7 @@ def check_ledger(ledger: Ledger, progress=lambda _message: None) -> LedgerCheck:
                 item.records += 1
                 latest[line.record_id] = line
         check.files.append(item)
-    from qcourier.collection import ResultCheck
+    from qcourier.ledger.results import ResultCheck
 
     results = ResultCheck(ledger, batch=None)  # every file re-hashed
     completed = [r for r in latest.values() if r.status.value == "completed" and r.result_path]

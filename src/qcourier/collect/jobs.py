@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qcourier.errors import UsageError
-from qcourier.ledger import Entry, JobStatus, Ledger, LedgerRecord, read_lines
-from qcourier.ledger import append as append_line
+from qcourier.ledger.record import Entry, JobStatus, LedgerRecord
+from qcourier.ledger.store import Ledger, read_lines
+from qcourier.ledger.store import append as append_line
 
 if TYPE_CHECKING:
     from qcourier.services import ServicePool
@@ -63,7 +64,7 @@ class ResultFile:
 def read_result(ledger: Ledger, record: LedgerRecord) -> ResultFile | None:
     """The record's result file, its analysis, and whether it is as the ledger says; None
     for a record with no result."""
-    from qcourier.collection import ResultCheck
+    from qcourier.ledger.results import ResultCheck
 
     if not record.result_path:
         return None
@@ -101,7 +102,7 @@ def cancel(pool: ServicePool, ledger: Ledger, name: str) -> CancelOutcome:
         UsageError: the job is unknown, or already final.
         ServiceError: the service refused or could not be reached (nothing is recorded).
     """
-    from qcourier.collection import CollectorBusy, collect_pending
+    from qcourier.collect.run import CollectorBusy, collect_pending
 
     entry = find_entry(ledger, name)
     record = entry.record

@@ -162,8 +162,8 @@ class WorkerPool:
                 return True
             if task.state is _TaskState.RUNNING:
                 task.state = _TaskState.ABANDONED
-                assert task.worker is not None
-                task.worker.retired = True
+                if task.worker is not None:  # a running task always has its worker
+                    task.worker.retired = True
                 self._usable -= 1
                 if self._queued > self._idle and self._usable < self._size:
                     self._start_thread()
@@ -443,7 +443,8 @@ def retry_call(func: Callable[[float], R], *, what: str, policy: RetryPolicy, ga
 
     def give_up(retry_state: RetryCallState) -> R:
         error = retry_state.outcome.exception()  # type: ignore[union-attr]
-        assert isinstance(error, ServiceError)
+        if not isinstance(error, ServiceError):  # only ServiceErrors are retried
+            raise error  # type: ignore[misc]
         spent = policy.attempts is not None and retry_state.attempt_number >= policy.attempts
         retry_log.info("%s: giving up after %d attempt(s) (%s, HTTP %s): %s", what,
                        retry_state.attempt_number, type(error).__name__, error.http_status,

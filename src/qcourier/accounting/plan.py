@@ -104,7 +104,7 @@ def load_plan(path: Path | None) -> Plan | None:
 
 def progress(plan: Plan, records, limit_of, now: datetime) -> dict[str, Any]:
     """Done / target per experiment, the QPU seconds the rest costs, whether keys can pay."""
-    from qcourier.budget import WINDOW, budget_state
+    from qcourier.accounting.budget import WINDOW, budget_state
 
     rows, cost = [], 0.0
     for t in plan.targets:

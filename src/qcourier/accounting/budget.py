@@ -33,55 +33,16 @@ This module imports neither click nor qiskit (qiskit only inside the estimate, l
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from qcourier.ledger import JobStatus, RecordView
+from qcourier.ledger.record import JobStatus, RecordView, as_utc
 
 if TYPE_CHECKING:
-    from qiskit import QuantumCircuit
-
-JOB_OVERHEAD_SECONDS = 2.0
-#: IBM's cap on a job's max_execution_time.
-SERVICE_MAX_EXECUTION_SECONDS = 10_800
-#: Never ask for less than this: fixed overheads vary, and a job cut short is charged anyway.
-MIN_EXECUTION_SECONDS = 30
-CIRCUIT_OVERHEAD_SECONDS = 0.05
-DEFAULT_REP_DELAY_SECONDS = 250e-6
-
-
-def estimate_qpu_seconds(circuits: Sequence[QuantumCircuit], shots: int, backend: Any) -> float:
-    """Estimated QPU seconds of one job of ISA ``circuits`` with ``shots`` each on ``backend``."""
-    rep_delay = _rep_delay(backend)
-    total = JOB_OVERHEAD_SECONDS
-    for circuit in circuits:
-        try:
-            duration = float(circuit.estimate_duration(backend.target, unit="s"))
-        except Exception:  # a gate without a length: count it as free rather than fail
-            duration = 0.0
-        total += CIRCUIT_OVERHEAD_SECONDS + shots * (duration + rep_delay)
-    return round(total, 6)
-
-
-def _rep_delay(backend: Any) -> float:
-    try:
-        value = backend.configuration().default_rep_delay
-    except Exception:
-        return DEFAULT_REP_DELAY_SECONDS
-    return float(value) if value else DEFAULT_REP_DELAY_SECONDS
-
-
-def max_execution_time(estimate_seconds: float, margin: float, cap: int) -> int:
-    """A job's ``max_execution_time``: the estimate times a safety margin, within bounds.
-
-    At least ``MIN_EXECUTION_SECONDS``, at most ``cap`` and IBM's own 3-hour limit.
-    """
-    wanted = math.ceil(estimate_seconds * margin)
-    return int(min(max(wanted, MIN_EXECUTION_SECONDS), cap, SERVICE_MAX_EXECUTION_SECONDS))
+    pass
 
 
 # -- the rolling-window budget ---------------------------------------------------------------
@@ -115,9 +76,6 @@ def _of_key(records: Iterable[RecordView], service: str, key_index: int | None
     return [r for r in records if budget_key(r.service, r.api_key_index) == key]
 
 
-def _utc(moment: datetime) -> datetime:
-    # A naive time (hand-written ledger line) is taken as UTC, as the ledger writes UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def is_reserving(status: JobStatus) -> bool:
@@ -129,7 +87,7 @@ def is_reserving(status: JobStatus) -> bool:
 
 
 def _finished_at(record: RecordView) -> datetime:
-    return _utc(record.completion_time or record.updated_at)
+    return as_utc(record.completion_time or record.updated_at)
 
 
 def usage_pending(record: RecordView) -> bool:
@@ -147,7 +105,7 @@ def usage_pending(record: RecordView) -> bool:
 def finished_in_window(record: RecordView, now: datetime) -> bool:
     """Whether a final record counts in the window ending at ``now`` (by its completion time,
     else the time of its last ledger line)."""
-    now = _utc(now)
+    now = as_utc(now)
     return now - WINDOW < _finished_at(record) <= now
 
 
@@ -239,7 +197,7 @@ def budget_state(records: Iterable[RecordView], service: str, key_index: int | N
         ``reserved``: the ``estimated_qpu_seconds`` (``None`` = 0) of every job pending or
         being submitted, whenever submitted.
     """
-    now = _utc(now)
+    now = as_utc(now)
     start = now - WINDOW
     service, key_index = budget_key(service, key_index)
     used = reserved = pending_seconds = 0.0
@@ -308,7 +266,7 @@ def pace_allowance(records: Iterable[RecordView], service: str, key_index: int |
         interval and, when refused, when a submission would next be allowed if nothing else
         is submitted and pending jobs keep their reservation.
     """
-    now = _utc(now)
+    now = as_utc(now)
     charges = _pace_charges(_of_key(records, service, key_index))
     allowed, used, horizon, allowance = _pace_check(charges, limit_seconds, now, estimate, burst)
     if horizon > timedelta(0):
@@ -341,7 +299,7 @@ def _pace_charges(records: list[RecordView]) -> list[tuple[datetime, float, bool
         else:
             continue
         if seconds > 0:
-            charges.append((_utc(record.submission_time or record.updated_at), seconds, is_open))
+            charges.append((as_utc(record.submission_time or record.updated_at), seconds, is_open))
     return charges
 
 
@@ -377,7 +335,8 @@ def _pace_check(charges: list[tuple[datetime, float, bool]], limit: float, now: 
         slack = allowance - total - estimate
         if tightest is None or slack < tightest[0]:
             tightest = (slack, total, age, allowance)
-    assert tightest is not None
+    if tightest is None:  # horizons starts with the empty interval: never the case
+        raise RuntimeError("pace check without any interval")
     slack, total, age, allowance = tightest
     return slack >= -_TOLERANCE_SECONDS, total, age, allowance
 

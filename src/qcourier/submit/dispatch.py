@@ -28,10 +28,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qcourier import ledger as ledger_mod
 from qcourier.errors import QcourierError
 from qcourier.files import atomic_write_bytes, path_under
-from qcourier.ledger import JobStatus, Ledger, LedgerRecord, RecordView, utc_now
+from qcourier.ledger import store as ledger_mod
+from qcourier.ledger.record import JobStatus, LedgerRecord, RecordView, utc_now
+from qcourier.ledger.store import Ledger
 from qcourier.services.base import (
     InvalidJobIdError,
     QuantumService,
@@ -39,6 +40,9 @@ from qcourier.services.base import (
     TransientServiceError,
     check_job_id,
 )
+
+if TYPE_CHECKING:
+    from qcourier.config import Settings
 
 if TYPE_CHECKING:
     from filelock import FileLock
@@ -210,3 +214,11 @@ def resolve_intent(
     )
     ledger_mod.append(path, updated)
     return updated
+
+
+def queue_policy(settings: Settings, max_pending: int | None = None) -> QueuePolicy:
+    """The queue limits the settings (or an explicit ``--max-pending``) give."""
+    return QueuePolicy(max_pending=max_pending or settings.max_pending,
+                       per_minute=settings.submissions_per_minute,
+                       intent_grace=timedelta(seconds=settings.intent_grace_seconds))
+

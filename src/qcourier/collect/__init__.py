@@ -1,0 +1,1 @@
+"""The collect side: the collect run, single-job inspection and cancel, notifications."""

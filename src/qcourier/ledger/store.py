@@ -1,0 +1,238 @@
+"""The job ledger: a directory of append-only JSONL files, one per ``qsubmit`` run.
+
+Each line is a whole snapshot of one job record; a change of status appends a new line and
+the last line of a record is its current state. Lines are never rewritten, so a crash costs
+at most the line being written and the history stays for audit.
+
+Every append is one ``write`` of one line on a file opened with ``O_APPEND``, under a
+:mod:`filelock` lock, followed by ``fsync``. Reading tolerates a torn last line (reported,
+skipped) and reports malformed lines by ``file:line`` without dropping or rewriting them; an
+append after a torn line starts on a fresh line.
+
+This module knows nothing of qiskit or of services.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from pydantic import ValidationError
+
+from qcourier.errors import LedgerError, UsageError
+from qcourier.files import create_timestamped
+from qcourier.ledger.record import (
+    INDEX_DIR,
+    Entry,
+    LedgerProblem,
+    LedgerRecord,
+    RecordSummary,
+    summarise_error,
+    utc_now,
+)
+
+LEDGER_GLOB = "submitted_jobs_*.jsonl"
+LOCK_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class Fold:
+    """The ledger folded to the latest state of every record, plus what could not be read."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    problems: list[LedgerProblem] = field(default_factory=list)
+
+    @property
+    def summaries(self) -> list[RecordSummary]:
+        """Latest summaries, in the order the records were first written (cheap)."""
+        return [e.summary for e in self.entries.values()]
+
+    @property
+    def records(self) -> list[LedgerRecord]:
+        """Latest whole records, in the order they were first written (reads every line)."""
+        return [e.record for e in self.entries.values()]
+
+    @staticmethod
+    def lines(entries: Iterable[Entry]) -> Iterator[bytes]:
+        """The latest line of each entry (JSON, no newline), reading each file once."""
+        data: dict[Path, bytes] = {}
+        for entry in entries:
+            if entry._record is not None or entry.offset < 0:
+                yield entry.record.model_dump_json().encode()
+                continue
+            if entry.path not in data:
+                data.clear()  # entries come file by file: keep one file in memory
+                data[entry.path] = entry.path.read_bytes()
+            yield data[entry.path][entry.offset:entry.offset + entry.length]
+
+
+#: Serialises appends from the threads of one process (the file lock does between processes).
+_APPEND_LOCK = threading.Lock()
+
+
+def _lock_for(path: Path) -> FileLock:
+    return FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_SECONDS)
+
+
+def append(path: Path, records: LedgerRecord | Iterable[LedgerRecord]) -> None:
+    """Append records to a ledger file, each as one line in one ``write``, then fsync.
+
+    If the file's last line is torn (no trailing newline), a newline is written first so the
+    new line starts fresh and the torn one stays as it was.
+
+    Raises:
+        LedgerError: the file cannot be locked or written.
+    """
+    items = [records] if isinstance(records, LedgerRecord) else list(records)
+    try:
+        with _APPEND_LOCK, _lock_for(path):
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if _ends_torn(fd):
+                    os.write(fd, b"\n")
+                for record in items:
+                    data = record.to_line().encode()
+                    if os.write(fd, data) != len(data):
+                        raise OSError(f"short write to {path}")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except Timeout:
+        raise LedgerError(
+            f"could not lock {path} within {LOCK_TIMEOUT_SECONDS:.0f} s; "
+            "another qcourier process holds it — try again"
+        ) from None
+    except OSError as exc:
+        raise LedgerError(f"cannot write ledger file {path}: {exc.strerror or exc}") from None
+
+
+def _ends_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, LedgerRecord | LedgerProblem]]:
+    """Each line of a ledger file as a record, or as the problem that stopped it being one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger file {path}: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    torn_tail = lines[-1] != b""
+    last = len(lines) if torn_tail else len(lines) - 1
+    for number, raw in enumerate(lines[:last], start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield number, LedgerRecord.model_validate_json(raw)
+        except ValidationError as exc:
+            torn = torn_tail and number == last
+            yield number, LedgerProblem(path, number, summarise_error(exc), torn=torn)
+
+
+class Ledger:
+    """A ledger directory: its files, its fold, and where new files go."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    @property
+    def results_dir(self) -> Path:
+        """Where result files go: ``<ledger>/jobs/``."""
+        return self.directory / "jobs"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Where backend calibration snapshots go: ``<ledger>/snapshots/``."""
+        return self.directory / "snapshots"
+
+    def files(self) -> list[Path]:
+        """The ledger files, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob(LEDGER_GLOB))
+
+    def ensure_writable(self) -> None:
+        """Create the directory if needed and check that files can be created in it.
+
+        Raises:
+            LedgerError: it cannot be created or written.
+        """
+        from qcourier.files import make_output_directory
+
+        try:
+            make_output_directory(self.directory)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot create ledger directory {self.directory}: {exc.strerror or exc}; "
+                "choose another with --ledger-dir"
+            ) from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise LedgerError(
+                f"ledger directory {self.directory} is not writable; "
+                "fix its permissions or choose another with --ledger-dir"
+            )
+
+    def new_file(self, now: datetime | None = None) -> Path:
+        """Create a new, empty ledger file named after the UTC time; never overwrite one."""
+        self.ensure_writable()
+        stamp = (now or utc_now()).strftime("%Y%m%d_%H%M%S")
+        try:
+            return create_timestamped(self.directory, "submitted_jobs", ".jsonl", stamp)
+        except OSError as exc:
+            raise LedgerError(f"cannot create a ledger file in {self.directory}: "
+                              f"{exc.strerror or exc}") from None
+
+    @property
+    def index_dir(self) -> Path:
+        """Where the fold index lives: ``<ledger>/cache/index/`` (derived, safe to delete)."""
+        return self.directory / INDEX_DIR
+
+    def fold(self, paths: Iterable[Path] | None = None) -> Fold:
+        """The latest state of every record in the given files (default: all of them).
+
+        Each file's fold is kept in an index (:mod:`qcourier.ledger.index`), so only lines
+        appended since the last fold are read and validated; whole records are read from
+        their lines on demand (:attr:`Entry.record`).
+
+        Raises:
+            LedgerError: a ledger file cannot be read.
+        """
+        from qcourier.ledger.index import fold_file
+
+        result = Fold()
+        home = self.directory.resolve()
+        for path in self.files() if paths is None else paths:
+            path = Path(path)
+            index_dir = self.index_dir if path.resolve().parent == home else None
+            try:
+                entries, problems = fold_file(path, index_dir)
+            except OSError as exc:
+                raise LedgerError(f"cannot read ledger file {path}: {exc.strerror or exc}") from None
+            result.entries.update(entries)
+            result.problems.extend(problems)
+        return result
+
+
+def check_ledger_file(path: Path) -> Path:
+    """Validate a ``--jobs-file``: it exists and reads as a ledger.
+
+    Raises:
+        UsageError: it does not exist, is not a file, or no line of it is a ledger record.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"jobs file {path} does not exist; give an existing ledger file")
+    items = [item for _n, item in read_lines(path)]
+    records = [i for i in items if isinstance(i, LedgerRecord)]
+    problems = [i for i in items if isinstance(i, LedgerProblem) and not i.torn]
+    if items and not records:
+        first = problems[0] if problems else items[0]
+        raise UsageError(f"{path} is not a qcourier ledger ({first})")
+    return path
+
