@@ -60,21 +60,27 @@ from qcourier.provenance import load_snapshot
 from qcourier.services import ServicePool
 from qcourier.services.base import (
     AuthenticationError,
+    CallTime,
+    DeadlineExceededError,
     InvalidJobIdError,
+    JobMetrics,
     JobNotFoundError,
+    JobResult,
     JobState,
     JobStatusReport,
     QuantumService,
     ServiceError,
     call_time_scope,
     check_job_id,
+    scoped_call_time,
 )
 from qcourier.services.workers import (
     CPU_LOCK,
     DEFAULT_WORKERS,
     RateGate,
-    call_with_backoff,
+    RetryPolicy,
     map_unordered,
+    retry_call,
 )
 from qcourier.submit.dispatch import (
     QueuePolicy,
@@ -252,8 +258,8 @@ class _Run:
         self.report = CollectReport()
         self.results = results
         self.workers = workers
-        self._gates: dict[int, RateGate] = {}
-        self._gates_lock = threading.Lock()
+        self._gated: dict[int, GatedService] = {}
+        self._gated_lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
         self.unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
 
@@ -372,7 +378,7 @@ class _Run:
         try:
             with call_time_scope():
                 job_id = check_job_id(record.job_id, f"ledger file {entry.path.name}")
-                metrics = _Gated(service, self._gate(service)).job_metrics(job_id)
+                metrics = self._gated_service(service).job_metrics(job_id)
         except ServiceError as exc:
             return UsageOutcome(record, False, f"usage not fetched ({exc}); the budget counts "
                                 "its estimate until a later run gets the figure")
@@ -466,8 +472,7 @@ class _Run:
             ids = [r.job_id for r in records if r.job_id]
             self.progress(f"listing the states of {len(ids)} jobs on {service.name}")
             try:
-                known.update(call_with_backoff(self._gate(service),
-                                               lambda: service.job_states(ids, after)))
+                known.update(self._gated_service(service).job_states(ids, after))
             except ServiceError:
                 pass  # each job is asked about on its own instead
         return known
@@ -480,11 +485,15 @@ class _Run:
         if reason is not None:  # its key was rejected while this job waited for a worker
             return JobOutcome(entry.record, None, False, reason, failed=True)
         with call_time_scope():  # ...and per job
-            return _poll_one(_Gated(service, self._gate(service)), self.ledger, entry, state)
+            return _poll_one(self._gated_service(service), self.ledger, entry, state)
 
-    def _gate(self, service: QuantumService) -> RateGate:
-        with self._gates_lock:
-            return self._gates.setdefault(id(service), RateGate())
+    def _gated_service(self, service: QuantumService) -> GatedService:
+        """The run's one :class:`GatedService` for ``service`` (one rate gate per service)."""
+        with self._gated_lock:
+            gated = self._gated.get(id(service))
+            if gated is None:
+                gated = self._gated[id(service)] = GatedService(service)
+            return gated
 
     def _plan_retries(self, max_retries: int) -> list[Entry]:
         """Deferred retry records for failed (system) and partial jobs not yet retried."""
@@ -555,22 +564,58 @@ class _Run:
                       entry.path)
 
 
-class _Gated:
-    """A service whose every call waits behind a rate gate and backs off on HTTP 429."""
-
-    def __init__(self, service: QuantumService, gate: RateGate):
-        self._service = service
-        self._gate = gate
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._service, name)
-        if not callable(attribute):
-            return attribute
-        return lambda *args, **kwargs: call_with_backoff(
-            self._gate, lambda: attribute(*args, **kwargs))
+#: The retries of a service that does not retry its own calls (the local service, whose
+#: ``QCOURIER_LOCAL_RATE_LIMIT`` answers 429 with a ``retry_after``): 429s only (any other
+#: failure is polled again next time), for as long as :data:`RATE_LIMIT_DEADLINE_SECONDS`
+#: per job allows: threads sharing a limit can lose the race for a freed slot many times.
+RATE_LIMIT_POLICY = RetryPolicy(attempts=None, backoff_seconds=0.5, max_wait_seconds=60.0,
+                                jitter_seconds=0.02, statuses=frozenset({429}))
+RATE_LIMIT_DEADLINE_SECONDS = 120.0
 
 
-def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry,
+class GatedService:
+    """The service calls a collection makes, each through exactly one retry loop.
+
+    A service that retries its own calls (``retries_calls``: the IBM adapter, which knows the
+    HTTP status and ``Retry-After``, with its own rate gate) is called as it is. Any other is
+    retried here by :func:`~qcourier.services.workers.retry_call` with :data:`RATE_LIMIT_POLICY`,
+    behind one :class:`RateGate` for the service, so every worker waits out a 429's
+    ``Retry-After`` together. Inside a :func:`call_time_scope` (one job), the job's calls
+    share :data:`RATE_LIMIT_DEADLINE_SECONDS`.
+    """
+
+    def __init__(self, service: QuantumService):
+        self.service = service
+        self.name = service.name
+        self._gate = None if service.retries_calls else RateGate()
+
+    def job_status(self, job_id: str) -> JobStatusReport:
+        return self._call(f"status of job {job_id}", self.service.job_status, job_id)
+
+    def job_states(self, job_ids: list[str], created_after: Any = None
+                   ) -> dict[str, JobStatusReport]:
+        return self._call(f"states of {len(job_ids)} jobs", self.service.job_states, job_ids,
+                          created_after)
+
+    def job_result(self, job_id: str) -> JobResult:
+        return self._call(f"result of job {job_id}", self.service.job_result, job_id)
+
+    def job_metrics(self, job_id: str) -> JobMetrics:
+        return self._call(f"metrics of job {job_id}", self.service.job_metrics, job_id)
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        if self._gate is None:  # the service's own loop retries it
+            return method(*args)
+        seconds = RATE_LIMIT_DEADLINE_SECONDS
+        budget = scoped_call_time(self, seconds, CallTime(seconds))
+        return retry_call(
+            lambda _: method(*args), what=f"{self.name} service: {what}",
+            policy=RATE_LIMIT_POLICY, gate=self._gate, budget=budget,
+            deadline_error=lambda last: last or DeadlineExceededError(
+                f"{self.name} service: gave up on {what} after {seconds:g} s of rate limiting"))
+
+
+def _poll_one(service: QuantumService | GatedService, ledger: Ledger, entry: Entry,
               status: JobStatusReport | None = None) -> JobOutcome:
     """Poll one job (unless its ``status`` is known) and record what changed."""
     record = entry.record
@@ -595,7 +640,7 @@ def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry,
 
 
 def _apply_status(
-    service: QuantumService, ledger: Ledger, entry: Entry, status: JobStatusReport
+    service: QuantumService | GatedService, ledger: Ledger, entry: Entry, status: JobStatusReport
 ) -> JobOutcome:
     record = entry.record
     if record.job_id is None:
@@ -660,7 +705,7 @@ def classify_failure(status: JobStatusReport) -> str:
 
 
 def _finish(
-    service: QuantumService, ledger: Ledger, entry: Entry, status: JobStatusReport
+    service: QuantumService | GatedService, ledger: Ledger, entry: Entry, status: JobStatusReport
 ) -> JobOutcome:
     record = entry.record
     if record.job_id is None:
