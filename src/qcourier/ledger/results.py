@@ -160,7 +160,7 @@ class ResultCheck:
         return list(found.values())
 
     def _batch_overlaps(self, first: int, stop: int) -> bool:
-        return self.batch is None or (first < self.cursor + self.batch and self.cursor < stop)
+        return self.batch is None or max(first, self.cursor) < min(stop, self.cursor + self.batch)
 
     def _missing(self, working: WorkingSet) -> dict[FileDigest, list[str]]:
         """Per ledger file that may have one: its result names not in ``jobs/``."""
@@ -228,6 +228,12 @@ class ResultCheck:
         rename is done under a lock between two stamps of ``jobs/``: when every change the
         run sees is its own, the next run need not list ``jobs/``.
         """
+        with self._lock:
+            if self._expected is None and not target.parent.is_dir():
+                # jobs/ made now: absent when scanned, so nothing was in it to lose
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._expected = _dir_stamp(target.parent) if self._scanned else None
+
         def rename(tmp: str, path: Path) -> None:
             with self._lock:
                 if _dir_stamp(path.parent) != self._expected:

@@ -75,6 +75,7 @@ DIGEST_FORMAT = 1
 DIGESTS_FILE = "open.json"
 NAMES_SUFFIX = ".names.json"
 _ID_BYTES = 8
+_CIRCUIT_PREFIX = 16
 #: New record ids looked up one by one against the others' hashes; more: one set of all.
 _FEW_NEW_IDS = 256
 
@@ -145,6 +146,8 @@ class FileDigest:
         result_count: its completed records that name a result file.
         other_results: their result paths that are not ``jobs/<name>``, in order.
         names_key: the :attr:`FileNames.key` of its names.
+        circuits: the first 16 hex digits of its completed records' circuit hashes, sorted
+            (a submission looks for the jobs it would repeat: :func:`working_set`).
         index_dir: where the file's fold index and names file are (``None``: none).
     """
 
@@ -158,6 +161,7 @@ class FileDigest:
     result_count: int
     other_results: list[str]
     names_key: str
+    circuits: list[str]
     index_dir: Path | None
     _names: FileNames | None = None
 
@@ -219,7 +223,7 @@ class FileDigest:
                 # a torn last line is never kept: its file's stamp never matches again
                 "problems": [(p.line, p.reason) for p in self.problems if not p.torn],
                 "result_count": self.result_count, "other_results": self.other_results,
-                "names_key": self.names_key}
+                "names_key": self.names_key, "circuits": self.circuits}
 
     @classmethod
     def from_json(cls, path: Path, index_dir: Path, data: dict[str, Any]) -> FileDigest:
@@ -239,7 +243,7 @@ class FileDigest:
                    [LedgerProblem(path, int(line), str(reason))
                     for line, reason in data["problems"]],
                    int(data["result_count"]), [str(x) for x in data["other_results"]],
-                   str(data["names_key"]), index_dir)
+                   str(data["names_key"]), [str(x) for x in data["circuits"]], index_dir)
 
 
 def _names_of(entries: dict[str, Entry]) -> FileNames:
@@ -274,8 +278,10 @@ def digest_of(path: Path, entries: dict[str, Entry], problems: list[LedgerProble
                 other.append(s.result_path)
     kept = {rid: e for rid, e in entries.items() if _kept(e.summary, since, retry_of)}
     names = _names_of(entries)
+    circuits = sorted({e.summary.circuit_hash[:_CIRCUIT_PREFIX] for e in entries.values()
+                       if e.summary.status is JobStatus.COMPLETED})
     return FileDigest(path, stamp, now, counts, kept, sorted(retry_of), list(problems),
-                      results, other, names.key, index_dir, names)
+                      results, other, names.key, circuits, index_dir, names)
 
 
 def _kept(summary: RecordSummary, since: datetime, retried: set[str]) -> bool:
@@ -291,7 +297,7 @@ def _refiltered(digest: FileDigest, now: datetime) -> FileDigest:
     kept = {rid: e for rid, e in digest.kept.items() if _kept(e.summary, since, retried)}
     return FileDigest(digest.path, digest.stamp, now, digest.counts, kept, digest.retried,
                       digest.problems, digest.result_count, digest.other_results,
-                      digest.names_key, digest.index_dir, digest._names)
+                      digest.names_key, digest.circuits, digest.index_dir, digest._names)
 
 
 @dataclass
@@ -300,7 +306,8 @@ class WorkingSet:
 
     Attributes:
         entries: the latest entry of every record kept: not final, in the horizon, or one
-            that may be retried; in the order the records were first written.
+            that may be retried (and, when asked for, completed with a given circuit hash);
+            in the order the records were first written.
         problems: every unreadable line of the files, as the full fold reports them.
         counts: every record of the files by latest status.
         retried: the record ids that some record retries (``retry_of``), all files.
@@ -352,8 +359,14 @@ class WorkingSet:
 
 
 def working_set(ledger: Ledger, now: datetime | None = None,
-                paths: Iterable[Path] | None = None) -> WorkingSet:
+                paths: Iterable[Path] | None = None,
+                circuits: Iterable[str] | None = None) -> WorkingSet:
     """The working set of the ledger's files (default: all of them) at ``now``.
+
+    Args:
+        circuits: also keep every completed record of these circuit hashes, whenever it
+            finished (a submission's check for the jobs it would repeat); only the files
+            that hold one are folded.
 
     Refreshes the digests (and the fold index of the files that changed).
 
@@ -362,6 +375,7 @@ def working_set(ledger: Ledger, now: datetime | None = None,
     """
     now = as_utc(now or utc_now())
     files = ledger.files() if paths is None else [Path(p) for p in paths]
+    wanted = frozenset(circuits or ())
     digests = _Digests(ledger)
     found = [digests.digest(path, now) for path in files]
     if paths is None:
@@ -369,18 +383,39 @@ def working_set(ledger: Ledger, now: datetime | None = None,
     unique = digests.unique()
     digests.save()
     if not unique:
-        return _from_full_fold(ledger.fold(files), files, now)
+        return _from_full_fold(ledger.fold(files), files, now, wanted)
     result = WorkingSet(now=now, files=found)
+    prefixes = {c[:_CIRCUIT_PREFIX] for c in wanted}
     for digest in found:
-        result.entries.update(digest.kept)
+        entries = digest.kept
+        if prefixes.intersection(digest.circuits):
+            try:
+                every = fold_file(digest.path, digest.index_dir)[0]
+            except OSError as exc:
+                raise LedgerError(f"cannot read ledger file {digest.path}: "
+                                  f"{exc.strerror or exc}") from None
+            entries = {rid: e for rid, e in every.items()
+                       if rid in digest.kept or _of_circuits(e.summary, wanted)}
+        result.entries.update(entries)
         result.problems.extend(digest.problems)
         result.retried.update(digest.retried)
         for status, n in digest.counts.items():
             result.counts[status] = result.counts.get(status, 0) + n
+    # Exactly the records the full fold would keep now: not those that left the horizon
+    # since their digest was made, nor those a record of another file retries.
+    since = now - HORIZON
+    result.entries = {rid: e for rid, e in result.entries.items()
+                      if _kept(e.summary, since, result.retried)
+                      or _of_circuits(e.summary, wanted)}
     return result
 
 
-def _from_full_fold(fold: Fold, files: list[Path], now: datetime) -> WorkingSet:
+def _of_circuits(summary: RecordSummary, circuits: frozenset[str]) -> bool:
+    return summary.status is JobStatus.COMPLETED and summary.circuit_hash in circuits
+
+
+def _from_full_fold(fold: Fold, files: list[Path], now: datetime,
+                    circuits: frozenset[str]) -> WorkingSet:
     """The working set of a full fold (record ids repeat across files)."""
     by_file: dict[Path, dict[str, Entry]] = {Path(p): {} for p in files}
     for record_id, entry in fold.entries.items():
@@ -397,7 +432,7 @@ def _from_full_fold(fold: Fold, files: list[Path], now: datetime) -> WorkingSet:
             result.counts[status] = result.counts.get(status, 0) + n
     since = now - HORIZON
     result.entries = {rid: e for rid, e in fold.entries.items()
-                      if _kept(e.summary, since, retried)}
+                      if _kept(e.summary, since, retried) or _of_circuits(e.summary, circuits)}
     result.retried = retried
     return result
 

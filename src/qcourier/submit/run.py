@@ -13,6 +13,7 @@ from qcourier.experiments import Experiment, ExperimentParams
 from qcourier.ledger import store as ledger_mod
 from qcourier.ledger.record import JobStatus, LedgerRecord, RecordView, utc_now
 from qcourier.ledger.store import Ledger
+from qcourier.ledger.working import working_set
 from qcourier.provenance import save_snapshot
 from qcourier.services.base import (
     QuantumService,
@@ -110,8 +111,10 @@ def submit_plan(
     and keep the pending and per-minute caps.
 
     Args:
-        existing: every record of the ledger (the fold); it is replaced by the fold made
-            under the lock, and this run's records are added to it.
+        existing: the ledger's records that the checks read (a working set: those not final
+            or in the budget window, and — unless ``force`` — the completed ones of the
+            plan's circuits); it is replaced by the working set made under the lock, and
+            this run's records are added to it.
     """
     from filelock import Timeout
 
@@ -127,7 +130,8 @@ def submit_plan(
                      "another qsubmit or qcollect submitting for this key")
             lock.acquire()
         try:
-            existing[:] = target.ledger.fold().summaries
+            circuits = None if force else {job.record.circuit_hash for job in plan.jobs}
+            existing[:] = working_set(target.ledger, utc_now(), circuits=circuits).summaries
             _submit_locked(target, plan, existing, policy, force, guard, progress, outcome,
                            service_used)
         finally:
@@ -288,7 +292,7 @@ def submit_everywhere(
     """
     report = SubmissionReport()
     target = LedgerTarget(ledger, jobs_file)
-    existing: list[RecordView] = ledger.fold().summaries
+    existing: list[RecordView] = working_set(ledger).summaries  # the dry run's budget lines
     for service in services:
         try:
             plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
