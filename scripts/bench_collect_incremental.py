@@ -16,10 +16,19 @@ queued, as any earlier cron run leaves them), then ``qcollect --poll-all --quiet
 ``--repeats`` times, each in a fresh process, interleaved between the ledgers; medians.
 Each run polls the open jobs, finds nothing changed, and appends nothing.
 
+Then the submission's guard: ``qsubmit -e bell --force``, which the same budget refuses
+(after planning, under the key's lock: dedupe skipped by ``--force``, guard, nothing
+written), timed the same way.
+
+The ledgers are built by a child process, so that each timed process's peak RSS
+(``wait4``) is its own, not inherited from a large parent.
+
 Usage::
 
-    python scripts/bench_collect_incremental.py                # 100,000 records, 7 repeats
+    python scripts/bench_collect_incremental.py                # 100,000 records, 9 repeats
     python scripts/bench_collect_incremental.py --quick        # 10,000 records, 3 repeats
+    PYTHONPATH=/path/to/other/checkout/src python scripts/bench_collect_incremental.py
+                                                 # the same against another version's code
 """
 
 from __future__ import annotations
@@ -61,6 +70,36 @@ def collect_env(directory: Path, service: Path, pending: int, deferred: int) -> 
     return env
 
 
+def build(work: Path, records: int, files: int, in_window: int) -> None:
+    """The three ledgers' final records (in a child process: see the module)."""
+    now = datetime.now(UTC)
+    old = records - in_window
+    (work / "alone").mkdir()
+    build_ledger(work / "final", records, files)
+    build_ledger(work / "window", old, files - 1,
+                 start=now - timedelta(days=29) - timedelta(minutes=old))
+    # The last file: one job every 10 minutes, the last an hour ago (about a week).
+    step = timedelta(minutes=10)
+    build_ledger(work / "window", in_window, 1, start=now - timedelta(hours=1) - step * in_window,
+                 step=step, first=old)
+
+
+def table(title: str, times: dict[str, list[float]], rss: dict[str, float],
+          target: float | None = None) -> None:
+    base = statistics.median(times["alone"])
+    print(f"| {title} | median s | peak RSS MB | x alone |{' target |' if target else ''}")
+    print(f"|---|---:|---:|---:|{'---|' if target else ''}")
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        ratio = median / base
+        verdict = ""
+        if target:
+            verdict = "" if name == "alone" else (
+                f"<= {target:g}x: {'met' if ratio <= target else 'MISSED'}")
+            verdict = f" {verdict} |"
+        print(f"| {name} | {median:.3f} | {rss[name]:.0f} | {ratio:.2f} |{verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
@@ -68,41 +107,40 @@ def main() -> None:
     parser.add_argument("--in-window", type=int, default=1000)
     parser.add_argument("--pending", type=int, default=10)
     parser.add_argument("--deferred", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="10,000 records, 3 repeats")
     parser.add_argument("--keep", type=Path, default=None,
                         help="build the ledgers here and keep them (for profiling)")
+    parser.add_argument("--build", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.records, args.repeats = 10_000, 3
+    if args.build is not None:
+        build(args.build, args.records, args.files, args.in_window)
+        return
 
-    import qiskit
+    from importlib.metadata import version
+
+    import qcourier
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, qiskit {qiskit.__version__}")
+          f"{platform.python_version()}, qiskit {version('qiskit')}; qcourier from "
+          f"{Path(qcourier.__file__).parent}")
     print(f"{args.pending} pending + {args.deferred} deferred jobs; {args.records:,} final "
           f"records in {args.files} files; {args.repeats} repeats, medians\n")
     work = args.keep or Path(tempfile.mkdtemp(prefix="qcourier-bench-collect-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         service = work / "service"
-        now = datetime.now(UTC)
-        old = args.records - args.in_window
         cases = {
             "alone": work / "alone",
             f"beside {args.records:,} final": work / "final",
             f"beside {args.records:,} final, {args.in_window:,} in the window": work / "window",
         }
         start = time.perf_counter()
-        alone, final, window = cases.values()
-        alone.mkdir()
-        build_ledger(final, args.records, args.files)
-        build_ledger(window, old, args.files - 1,
-                     start=now - timedelta(days=29) - timedelta(minutes=old))
-        # The last file: one job every 10 minutes, the last an hour ago (about a week).
-        step = timedelta(minutes=10)
-        build_ledger(window, args.in_window, 1, start=now - timedelta(hours=1) - step * args.in_window,
-                     step=step, first=old)
+        subprocess.run([sys.executable, __file__, "--build", str(work), "--records",
+                        str(args.records), "--files", str(args.files), "--in-window",
+                        str(args.in_window)], check=True)
         for directory in cases.values():
             prepare(directory, service, args.pending, args.deferred)
         print(f"built in {time.perf_counter() - start:.0f} s\n")
@@ -118,16 +156,21 @@ def main() -> None:
                 seconds, peak = timed(collect, env)
                 times[name].append(seconds)
                 rss[name] = max(rss[name], peak)
-        base = statistics.median(times["alone"])
-        print(f"| qcollect --poll-all, {args.pending} pending + {args.deferred} deferred jobs "
-              "| median s | peak RSS MB | x alone | target |")
-        print("|---|---:|---:|---:|---|")
-        for name in cases:
-            median = statistics.median(times[name])
-            ratio = median / base
-            target = "" if name == "alone" else (
-                f"<= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'}")
-            print(f"| {name} | {median:.3f} | {rss[name]:.0f} | {ratio:.2f} | {target} |")
+        table(f"qcollect --poll-all, {args.pending} pending + {args.deferred} deferred jobs",
+              times, rss, target=1.5)
+        submit = [sys.executable, "-m", "qcourier", "submit", "--experiment", "bell", "--shots",
+                  "10", "--force"]
+        for env in envs.values():  # the transpilation cached, as after any earlier run
+            timed(submit, env, ok=(1,))
+        times = {name: [] for name in cases}
+        rss = {name: 0.0 for name in cases}
+        for _ in range(args.repeats):
+            for name, env in envs.items():
+                seconds, peak = timed(submit, env, ok=(1,))  # refused by the budget guard
+                times[name].append(seconds)
+                rss[name] = max(rss[name], peak)
+        print()
+        table("qsubmit -e bell --force, refused by the budget guard", times, rss)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -148,8 +148,10 @@ def _env(directory: Path, service_dir: Path | None, queue_seconds: float = 0) ->
     return env
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None, before=None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one run of ``argv`` in a fresh process."""
+def timed(argv: list[str], env: dict[str, str] | None = None, before=None,
+          ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one run of ``argv`` in a fresh process (which must
+    exit with one of ``ok``)."""
     if before is not None:
         before()
     start = time.perf_counter()
@@ -158,7 +160,7 @@ def timed(argv: list[str], env: dict[str, str] | None = None, before=None) -> tu
     elapsed = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode not in (0,):
+    if proc.returncode not in ok:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
     return elapsed, usage.ru_maxrss / 1024
 

@@ -557,8 +557,8 @@ class _Run:
     def _drain(self, deferred: list[Entry]) -> None:
         """Submit deferred jobs, oldest first, while their key has room.
 
-        Each one is decided and submitted under its key's lock on a fresh fold, as ``qsubmit``
-        does, so a ``qsubmit`` running meanwhile cannot overspend against this run.
+        Each one is decided and submitted under its key's lock on a fresh working set, as
+        ``qsubmit`` does, so a ``qsubmit`` running meanwhile cannot overspend against this run.
         """
         for entry in deferred:
             record = self.entries[entry.record.record_id].record

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ DirStamp = tuple[int, int, int]
 #: A stamp is relied on only once its times are this old: a change within the file system's
 #: time granularity of the last one could leave them as they were.
 _SETTLE_NS = 20_000_000
+#: More result files than this to look up one by one: one listing of ``jobs/`` is cheaper.
+_STAT_AT_MOST = 2000
 
 
 def _dir_stamp(directory: Path) -> DirStamp | None:
@@ -175,10 +178,14 @@ class ResultCheck:
         if trusted and verified is not None:
             self._verified = dict(verified)
             self._expected = stamp
-            for digest in working.files:
-                if digest.stamp is not None and verified.get(digest.path.name) == list(digest.stamp):
-                    continue  # its records' files were all there, and nothing left jobs/
-                names = [n for n in digest.names().results if not os.path.isfile(jobs / n)]
+            todo = [d for d in working.files  # the others' files were there, and none left
+                    if d.stamp is None or verified.get(d.path.name) != list(d.stamp)]
+            listing = (self._list_jobs() if sum(d.result_count for d in todo) > _STAT_AT_MOST
+                       else None)
+            for digest in todo:
+                names = [n for n in digest.names().results
+                         if (n not in listing if listing is not None
+                             else not os.path.isfile(jobs / n))]
                 self._note(digest, names, missing)
         else:
             self._expected = _settled_stamp(jobs)
@@ -202,23 +209,24 @@ class ResultCheck:
 
     def _list_jobs(self) -> set[str]:
         """The names in ``jobs/``; temp files a killed writer left there are removed."""
-        names = set()
-        cutoff = time.time() - STALE_TEMP_SECONDS
+        jobs = self.ledger.results_dir
         try:
-            entries = list(os.scandir(self.ledger.results_dir))
+            names = set(os.listdir(jobs))
         except OSError:
-            return names
-        for entry in entries:
-            name = entry.name
-            if name.startswith(".") and name.endswith(".tmp") and TEMP_FILE_PATTERN.fullmatch(name):
-                try:
-                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-                        continue
-                except OSError:
-                    pass
-                self._temp_seen = True  # a live writer's, or too young: listed again next run
-            names.add(name)
+            return set()
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for name in [n for n in names if n.startswith(".") and n.endswith(".tmp")]:
+            if not TEMP_FILE_PATTERN.fullmatch(name):
+                continue
+            try:
+                st = os.lstat(jobs / name)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    os.unlink(jobs / name)
+                    names.discard(name)
+                    continue
+            except OSError:
+                pass
+            self._temp_seen = True  # a live writer's, or too young: listed again next run
         return names
 
     def write(self, target: Path, data: bytes) -> str:

@@ -106,9 +106,9 @@ def submit_plan(
     if that call fails the guard counts the ledger's alone, and a warning says so).
 
     Everything from the dedupe to the last job's line runs under the key's lock
-    (:func:`~qcourier.submit.dispatch.key_lock`) on a fold made inside it, so processes submitting
-    for one key at once see each other's intents: together they spend at most the budget
-    and keep the pending and per-minute caps.
+    (:func:`~qcourier.submit.dispatch.key_lock`) on a working set made inside it, so processes
+    submitting for one key at once see each other's intents: together they spend at most the
+    budget and keep the pending and per-minute caps.
 
     Args:
         existing: the ledger's records that the checks read (a working set: those not final
@@ -166,7 +166,7 @@ def _submit_locked(target: LedgerTarget, plan: Plan, existing: list[RecordView],
                    policy: QueuePolicy, force: bool, guard: BudgetGuard | None,
                    progress: Progress, outcome: SubmissionOutcome,
                    service_used: float | None) -> None:
-    """:func:`submit_plan`'s work under the key's lock, on ``existing`` folded inside it."""
+    """:func:`submit_plan`'s work under the key's lock, on ``existing`` made inside it."""
     earlier = {dedupe_key(r): r for r in existing if r.status in _DUPLICATE_STATUSES}
     jobs = []
     for job in plan.jobs:
