@@ -13,6 +13,7 @@ from qcourier.experiments import Experiment, ExperimentParams
 from qcourier.ledger import store as ledger_mod
 from qcourier.ledger.record import JobStatus, LedgerRecord, RecordView, utc_now
 from qcourier.ledger.store import Ledger
+from qcourier.ledger.working import working_set
 from qcourier.provenance import save_snapshot
 from qcourier.services.base import (
     QuantumService,
@@ -105,13 +106,15 @@ def submit_plan(
     if that call fails the guard counts the ledger's alone, and a warning says so).
 
     Everything from the dedupe to the last job's line runs under the key's lock
-    (:func:`~qcourier.submit.dispatch.key_lock`) on a fold made inside it, so processes submitting
-    for one key at once see each other's intents: together they spend at most the budget
-    and keep the pending and per-minute caps.
+    (:func:`~qcourier.submit.dispatch.key_lock`) on a working set made inside it, so processes
+    submitting for one key at once see each other's intents: together they spend at most the
+    budget and keep the pending and per-minute caps.
 
     Args:
-        existing: every record of the ledger (the fold); it is replaced by the fold made
-            under the lock, and this run's records are added to it.
+        existing: the ledger's records that the checks read (a working set: those not final
+            or in the budget window, and — unless ``force`` — the completed ones of the
+            plan's circuits); it is replaced by the working set made under the lock, and
+            this run's records are added to it.
     """
     from filelock import Timeout
 
@@ -127,7 +130,8 @@ def submit_plan(
                      "another qsubmit or qcollect submitting for this key")
             lock.acquire()
         try:
-            existing[:] = target.ledger.fold().summaries
+            circuits = None if force else {job.record.circuit_hash for job in plan.jobs}
+            existing[:] = working_set(target.ledger, utc_now(), circuits=circuits).summaries
             _submit_locked(target, plan, existing, policy, force, guard, progress, outcome,
                            service_used)
         finally:
@@ -162,7 +166,7 @@ def _submit_locked(target: LedgerTarget, plan: Plan, existing: list[RecordView],
                    policy: QueuePolicy, force: bool, guard: BudgetGuard | None,
                    progress: Progress, outcome: SubmissionOutcome,
                    service_used: float | None) -> None:
-    """:func:`submit_plan`'s work under the key's lock, on ``existing`` folded inside it."""
+    """:func:`submit_plan`'s work under the key's lock, on ``existing`` made inside it."""
     earlier = {dedupe_key(r): r for r in existing if r.status in _DUPLICATE_STATUSES}
     jobs = []
     for job in plan.jobs:
@@ -305,7 +309,7 @@ def submit_everywhere(
     """
     report = SubmissionReport()
     target = LedgerTarget(ledger, options.jobs_file)
-    existing: list[RecordView] = ledger.fold().summaries
+    existing: list[RecordView] = working_set(ledger).summaries  # the dry run's budget lines
     for service in services:
         try:
             plan = plan_submission(
