@@ -588,6 +588,8 @@ class _Digests:
         """Write the digests if any changed (never fails: they are a cache)."""
         if not (self.changed or self.fresh or self.unique_now != self.unique_before):
             return
+        if not self.directory.is_dir():  # no ledger yet (a dry run): create nothing
+            return
         from qcourier.files import atomic_write_bytes
 
         files = dict(self.stored)
