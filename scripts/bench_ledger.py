@@ -60,14 +60,20 @@ print(len(fold.entries))
 
 
 def build_ledger(directory: Path, records: int, files: int, pending: int = 0,
-                 service_dir: Path | None = None) -> None:
-    """Write ``records`` completed records over ``files`` files, plus ``pending`` queued jobs."""
+                 service_dir: Path | None = None, *, start: datetime | None = None,
+                 step: timedelta = timedelta(minutes=1), first: int = 0) -> None:
+    """Write ``records`` completed records over ``files`` files, plus ``pending`` queued jobs.
+
+    The records are submitted ``step`` apart from ``start`` (default: so that the last one
+    finished 29 days ago, outside the 28-day budget window), their job ids numbered from
+    ``first`` (so that several calls can fill one ledger).
+    """
     from qcourier.ledger.record import LedgerRecord
     from qcourier.ledger.status import JobStatus, new_record_id
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "jobs").mkdir(exist_ok=True)
-    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    t0 = start or datetime.now(UTC) - timedelta(days=29) - step * records
     templates = [
         LedgerRecord(
             service="local", backend="fake_fez", experiment_type="surface_code",
@@ -108,9 +114,9 @@ def build_ledger(directory: Path, records: int, files: int, pending: int = 0,
         lines = []
         for _ in range(per_file):
             template = templates[n % 2]
-            job_id = f"j{n:019d}"
+            job_id = f"j{first + n:019d}"
             (directory / "jobs" / f"{job_id}.json").write_bytes(result_body)
-            submitted = t0 + timedelta(minutes=n)
+            submitted = t0 + step * n
             record = template.model_copy(update={
                 "record_id": new_record_id(), "job_id": job_id, "status": JobStatus.COMPLETED,
                 "submission_time": submitted, "updated_at": submitted + timedelta(minutes=5),
@@ -119,7 +125,7 @@ def build_ledger(directory: Path, records: int, files: int, pending: int = 0,
                 "result_sha256": result_sha, "request_id": new_record_id()})
             lines.append(record.to_line())
             n += 1
-        name = f"submitted_jobs_{(t0 + timedelta(days=f)).strftime('%Y%m%d_%H%M%S')}.jsonl"
+        name = f"submitted_jobs_{(t0 + step * n).strftime('%Y%m%d_%H%M%S')}.jsonl"
         (directory / name).write_text("".join(lines))
     if pending:
         submit_pending(directory, service_dir, pending)
@@ -143,8 +149,10 @@ def _env(directory: Path, service_dir: Path | None, queue_seconds: float = 0) ->
     return env
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None, before=None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one run of ``argv`` in a fresh process."""
+def timed(argv: list[str], env: dict[str, str] | None = None, before=None,
+          ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one run of ``argv`` in a fresh process (which must
+    exit with one of ``ok``)."""
     if before is not None:
         before()
     start = time.perf_counter()
@@ -153,7 +161,7 @@ def timed(argv: list[str], env: dict[str, str] | None = None, before=None) -> tu
     elapsed = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode not in (0,):
+    if proc.returncode not in ok:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
     return elapsed, usage.ru_maxrss / 1024
 

@@ -267,6 +267,7 @@ class IBMEmulator:
         requests: ``(method, path, data)`` of every request, in order; ``path`` without the
             query string; ``data`` is the JSON body, the form (API key redacted), the parsed
             query string (``{name: [values]}``) for a GET with one, else ``{}``.
+        request_times: ``(method, path, time.monotonic())`` of every request, in order.
         jobs: job id -> record: ``backend``, ``program_id``, ``tags``, ``cost``, ``created``
             (epoch), ``instance`` (name), ``crn``, ``token_index`` (position of the key in
             ``tokens``), ``shots`` (per PUB), ``num_circuits``, ``usage_seconds`` (modelled),
@@ -303,6 +304,7 @@ class IBMEmulator:
         self.url = ""
         self.api_url = ""
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.request_times: list[tuple[str, str, float]] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         self.extra_usage: dict[str, float] = {}
         self.errors: list[str] = []
@@ -926,6 +928,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body_text = self.rfile.read(length).decode() if length else ""
         emu.requests.append((method, path, self._logged(method, query, body_text)))
+        emu.request_times.append((method, path, time.monotonic()))
         hang, failure = emu._take_faults(method, path)
         if hang:
             emu._stopping.wait(hang)

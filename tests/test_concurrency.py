@@ -1,21 +1,28 @@
-"""The worker pool, map_unordered, the rate gate and call_with_backoff (qcourier.services.workers)."""
+"""The worker pool, map_unordered, the rate gate and the retry loop (qcourier.services.workers)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from qcourier.services.base import ServiceError, TransientServiceError
+from qcourier.services.base import (
+    AuthenticationError,
+    CallTime,
+    DeadlineExceededError,
+    ServiceError,
+    TransientServiceError,
+)
 from qcourier.services.local import LocalService, LocalServiceConfig, SlidingWindowLimiter
 from qcourier.services.workers import (
     RateGate,
+    RetryPolicy,
     WorkerPool,
-    call_with_backoff,
-    is_rate_limited,
     map_unordered,
+    retry_call,
 )
 
 
@@ -199,62 +206,164 @@ def test_the_gate_holds_every_thread():
     assert len(released) == 4 and min(released) - start >= 0.25
 
 
-# ------------------------------------------------------------------------------ call_with_backoff
+# ------------------------------------------------------------------------------ retry_call
 
 
 def too_many(retry_after: float | None = None) -> TransientServiceError:
-    return TransientServiceError("slow down (HTTP 429)", http_status=429, retry_after=retry_after)
+    return TransientServiceError("slow down (HTTP 429)", http_status=429, retry_after=retry_after,
+                                 nothing_done=True)
 
 
-def test_429_is_retried_after_the_named_delay():
-    answers = [too_many(0.05), too_many(0.05), "ok"]
-    calls = []
+class FakeTime:
+    """A clock and a sleep that only move the clock (shared with a RateGate)."""
 
-    def func() -> str:
-        calls.append(time.monotonic())
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+    def gate(self) -> RateGate:
+        return RateGate(clock=self.clock, sleep=self.sleep)
+
+
+def scripted(answers: list, calls: list[float], clock) -> object:
+    """An attempt that gives ``answers`` in turn (raising the exceptions), noting its times."""
+    def attempt(_seconds_left: float):
+        calls.append(clock())
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    gate = RateGate()
-    assert call_with_backoff(gate, func) == "ok"
-    assert len(calls) == 3 and calls[2] - calls[0] >= 0.09
+    return attempt
 
 
-def test_429_without_a_delay_backs_off_exponentially_then_gives_up():
-    sleeps: list[float] = []
-    clock = [0.0]
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(round(seconds, 6))
-        clock[0] += seconds
-
-    gate = RateGate(clock=lambda: clock[0], sleep=sleep)
-    calls = []
-
-    def always_429() -> None:
-        calls.append(1)
-        raise too_many()
-
-    with pytest.raises(TransientServiceError) as caught:
-        call_with_backoff(gate, always_429, retries=3, base_delay=0.5)
-    assert is_rate_limited(caught.value)
-    assert len(calls) == 4 and sleeps == [0.5, 1.0, 2.0]
+def run(attempt, fake: FakeTime, gate: RateGate | None = None, policy: RetryPolicy | None = None,
+        budget: float = 1000.0, idempotent: bool = True):
+    return retry_call(attempt, what="status of job x",
+                      policy=policy or RetryPolicy(attempts=4, jitter_seconds=0.0),
+                      gate=gate or fake.gate(), budget=CallTime(budget), idempotent=idempotent,
+                      deadline_error=lambda last: DeadlineExceededError(f"gave up; last: {last}"),
+                      sleep=fake.sleep, clock=fake.clock)
 
 
-def test_only_429_is_retried():
-    calls = []
+def test_429_is_retried_after_the_named_delay_at_the_gate():
+    fake, calls = FakeTime(), []
+    gate = fake.gate()
+    attempt = scripted([too_many(2.0), too_many(3.0), "ok"], calls, fake.clock)
+    assert run(attempt, fake, gate) == "ok"
+    assert calls == [0.0, 2.0, 5.0]  # each Retry-After waited out, no more
+    assert gate.remaining() == 0
 
-    def unavailable() -> None:
-        calls.append(1)
-        raise TransientServiceError("server error (HTTP 503)", http_status=503)
 
+def test_a_429_storm_is_tried_exactly_attempts_times():
+    fake, calls = FakeTime(), []
+    attempt = scripted([too_many(1.0) for _ in range(10)], calls, fake.clock)
+    with pytest.raises(TransientServiceError, match="HTTP 429") as caught:
+        run(attempt, fake)
+    assert caught.value.http_status == 429 and len(calls) == 4
+
+
+def test_without_a_delay_the_backoff_doubles_then_gives_up():
+    fake, calls = FakeTime(), []
+    unavailable = TransientServiceError("server error (HTTP 503)", http_status=503)
+    attempt = scripted([unavailable] * 10, calls, fake.clock)
     with pytest.raises(TransientServiceError, match="503"):
-        call_with_backoff(RateGate(), unavailable)
-    with pytest.raises(ServiceError, match="gone"):
-        call_with_backoff(RateGate(), lambda: (_ for _ in ()).throw(ServiceError("gone")))
+        run(attempt, fake, policy=RetryPolicy(attempts=4, backoff_seconds=0.5, jitter_seconds=0))
+    assert len(calls) == 4 and fake.sleeps == [0.5, 1.0, 2.0]
+
+
+def test_the_backoff_has_jitter_within_its_bound():
+    fake, calls = FakeTime(), []
+    unavailable = TransientServiceError("server error (HTTP 503)", http_status=503)
+    attempt = scripted([unavailable] * 3 + ["ok"], calls, fake.clock)
+    assert run(attempt, fake, policy=RetryPolicy(backoff_seconds=1.0, jitter_seconds=0.5)) == "ok"
+    assert [1.0, 2.0, 4.0] <= fake.sleeps <= [1.5, 2.5, 4.5] and len(set(fake.sleeps)) == 3
+    for base, slept in zip([1.0, 2.0, 4.0], fake.sleeps):
+        assert base <= slept <= base + 0.5
+
+
+def test_the_retry_stops_at_the_deadline():
+    fake, calls = FakeTime(), []
+    unavailable = TransientServiceError("server error (HTTP 503)", http_status=503)
+    attempt = scripted([unavailable] * 10, calls, fake.clock)
+    with pytest.raises(DeadlineExceededError, match="gave up; last: server error"):
+        run(attempt, fake, policy=RetryPolicy(attempts=10, backoff_seconds=1.0,
+                                              jitter_seconds=0), budget=2.5)
+    assert calls == [0.0, 1.0] and fake.now == pytest.approx(2.5)  # never past the deadline
+
+
+def test_a_gate_held_past_the_deadline_gives_up_at_the_deadline():
+    fake, calls = FakeTime(), []
+    gate = fake.gate()
+    gate.back_off(30)
+    with pytest.raises(DeadlineExceededError):
+        run(scripted(["ok"], calls, fake.clock), fake, gate, budget=5)
+    assert calls == [] and fake.now == pytest.approx(5)
+
+
+def test_only_transient_failures_are_retried():
+    for error in (ServiceError("refused (HTTP 400)", http_status=400),
+                  AuthenticationError("refused the credentials (HTTP 401)", http_status=401),
+                  ServiceError("forbidden (HTTP 403)", http_status=403)):
+        fake, calls = FakeTime(), []
+        with pytest.raises(ServiceError) as caught:
+            run(scripted([error, "ok"], calls, fake.clock), fake)
+        assert caught.value is error and len(calls) == 1
+
+
+def test_a_call_that_is_not_idempotent_is_retried_only_when_nothing_was_done():
+    fake, calls = FakeTime(), []
+    after_post = TransientServiceError("server error (HTTP 503)", http_status=503)
+    with pytest.raises(TransientServiceError, match="503"):
+        run(scripted([after_post, "ok"], calls, fake.clock), fake, idempotent=False)
     assert len(calls) == 1
+    calls.clear()
+    refused = TransientServiceError("connection refused", http_status=-1, nothing_done=True)
+    assert run(scripted([too_many(1.0), refused, "job"], calls, fake.clock), fake,
+               idempotent=False) == "job"
+    assert len(calls) == 3
+
+
+def test_statuses_limit_what_is_retried():
+    fake, calls = FakeTime(), []
+    policy = RetryPolicy(attempts=None, statuses=frozenset({429}), jitter_seconds=0)
+    unavailable = TransientServiceError("server error (HTTP 503)", http_status=503)
+    with pytest.raises(TransientServiceError, match="503"):
+        run(scripted([too_many(1.0), unavailable, "ok"], calls, fake.clock), fake, policy=policy)
+    assert len(calls) == 2
+
+
+def test_retries_and_waits_are_logged_without_the_message(caplog):
+    fake, calls = FakeTime(), []
+    secret = TransientServiceError("token good-token-0 in a message", http_status=503)
+    caplog.set_level(logging.DEBUG, logger="qcourier.retry")
+    attempt = scripted([too_many(2.0), secret, secret], calls, fake.clock)
+    with pytest.raises(TransientServiceError):
+        run(attempt, fake, policy=RetryPolicy(attempts=3, backoff_seconds=1.0, jitter_seconds=0))
+    records = [r for r in caplog.records if r.name == "qcourier.retry"]
+    lines = [r.getMessage() for r in records]
+    assert lines[0] == ("status of job x: attempt 1 of 3 failed (TransientServiceError, HTTP "
+                        "429); retrying in 2.00 s (Retry-After)")
+    assert "status of job x: waiting 2.00 s at the rate gate" in lines
+    assert ("status of job x: attempt 2 of 3 failed (TransientServiceError, HTTP 503); retrying "
+            "in 2.00 s") in lines
+    assert lines[-1] == ("status of job x: giving up after 3 attempt(s) (TransientServiceError, "
+                         "HTTP 503): attempts spent")
+    assert {r.levelname for r in records} == {"INFO", "DEBUG"}
+    assert not any("good-token" in line for line in lines)
+
+
+def test_the_retry_log_is_silent_by_default(capfd):
+    fake, calls = FakeTime(), []
+    assert run(scripted([too_many(1.0), "ok"], calls, fake.clock), fake) == "ok"
+    assert capfd.readouterr().err == ""
 
 
 # ------------------------------------------------------------------------------ with the local service
@@ -303,7 +412,9 @@ def test_threads_backing_off_get_through_the_rate_limit_without_exceeding_it(tmp
                 admitted.append(time.monotonic())
             return usage
 
-        return call_with_backoff(gate, once, retries=20)
+        return retry_call(lambda _: once(), what="usage", gate=gate, budget=CallTime(60),
+                          policy=RetryPolicy(attempts=21, backoff_seconds=0.5, jitter_seconds=0.02),
+                          deadline_error=lambda last: last)
 
     results = [value for _, value in map_unordered(call, range(calls), workers=8)]
     assert results == [0.0] * calls  # every call got through

@@ -244,3 +244,328 @@ def test_stuck_deferred_queue_is_defined_by_the_oldest_wait():
     assert stuck_events([rec("a", 23)], now) == []
     (event,) = stuck_events([rec("a", 23), rec("b", 25)], now)
     assert event.key == "stuck:ibm:1:b" and "ibm key 1" in event.line
+
+
+# -- budget thresholds: once per crossing of the rolling window ------------------------------
+
+def _passed(sink, start: int = 0) -> list[str]:
+    return [ln for b in sink.bodies[start:] for ln in b["message"].splitlines() if "passed" in ln]
+
+
+def _sent_lines(tmp_path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (tmp_path / "ledger" / SENT_FILE).read_text().splitlines()]
+
+
+def test_budget_threshold_notifies_again_after_the_window_rolls(invoke, sink, tmp_path: Path):
+    """Crossed, repeated runs quiet; the usage drops out of the 28-day window (re-armed, no
+    message); a job of the new window passes the thresholds again: notified again, once."""
+    from datetime import timedelta
+
+    from qcourier.collect.notify import budget_events, notify_events
+    from qcourier.ledger.store import Ledger
+
+    invoke(submit.main, ["--experiment", "bell", "--shots", "100"])
+    assert invoke(collect.main, []).exit_code == 0
+    (job,) = Ledger(tmp_path / "ledger").fold().summaries
+    t0, limit = job.completion_time, job.usage_seconds  # the job alone is 100 % of the limit
+    ledger_dir = tmp_path / "ledger"
+
+    def run(records, now):
+        return notify_events(ledger_dir, [sink.url],
+                             budget_events(records, lambda _k: limit, now), now=now)
+
+    assert len(run([job], t0 + timedelta(minutes=1))) == 3
+    assert [ln.split(" passed ")[1][:4] for ln in _passed(sink)] == ["50% ", "80% ", "100%"]
+    assert run([job], t0 + timedelta(hours=1)) == []  # a rerun in the same window
+    later = t0 + timedelta(days=29)  # the job has left the window: every threshold re-armed
+    assert run([job], later) == [] and run([job], later) == []
+    rearmed = [e["event"] for e in _sent_lines(tmp_path) if e["phase"] == "rearm"]
+    assert sorted(rearmed) == sorted(f"budget:local:None:{t}:1" for t in (50, 80, 100))
+    new = job._replace(record_id="r-new", job_id="j-new", completion_time=later,
+                       updated_at=later)
+    sent = run([job, new], later + timedelta(minutes=1))
+    assert sorted(e.key for e in sent) == sorted(f"budget:local:None:{t}:2" for t in (50, 80, 100))
+    assert run([job, new], later + timedelta(hours=2)) == []
+    assert len(sink.bodies) == 2 and len(_passed(sink)) == 6
+
+
+def test_budget_threshold_rearms_only_clearly_below(invoke, sink, tmp_path: Path):
+    """A share hovering at a threshold (within BUDGET_REARM_MARGIN points below it) does
+    not re-arm it; falling clearly below does."""
+    from qcourier.collect.notify import BUDGET_REARM_MARGIN, budget_events, notify_events
+    from qcourier.ledger.store import Ledger
+
+    invoke(submit.main, ["--experiment", "bell", "--shots", "100"])
+    assert invoke(collect.main, []).exit_code == 0
+    records = Ledger(tmp_path / "ledger").fold().summaries
+    used, now = records[0].usage_seconds, records[0].completion_time
+
+    def at(share: float) -> list:
+        limit = used * 100.0 / share
+        return notify_events(tmp_path / "ledger", [sink.url],
+                             budget_events(records, lambda _k: limit, now), now=now)
+
+    assert [e.key for e in at(81)] == ["budget:local:None:50:1", "budget:local:None:80:1"]
+    assert at(80 - BUDGET_REARM_MARGIN / 2) == [] and at(81) == []  # a wobble: no message
+    assert at(80 - 2 * BUDGET_REARM_MARGIN) == []  # clearly below 80: re-armed (50 stays)
+    assert [e.key for e in at(81)] == ["budget:local:None:80:2"]
+    assert [e.key for e in at(100)] == ["budget:local:None:100:1"]
+
+
+def test_legacy_budget_event_counts_as_the_first_crossing(sink, tmp_path: Path):
+    from qcourier.collect.notify import Event, notify_events
+
+    ledger_dir = tmp_path / "ledger"
+    ledger_dir.mkdir()
+    (ledger_dir / SENT_FILE).write_text(json.dumps(
+        {"event": "budget:ibm:1:80", "phase": "sent", "at": "2026-11-01T00:00:00Z"}) + "\n")
+    crossing = Event("budget:ibm:1:80", "budget: ibm key 1 passed 80%", "crossing")
+    assert notify_events(ledger_dir, [sink.url], [crossing]) == []  # sent before the upgrade
+    assert notify_events(ledger_dir, [sink.url], [Event("budget:ibm:1:80", "", "below")]) == []
+    assert [e.key for e in notify_events(ledger_dir, [sink.url], [crossing])] == [
+        "budget:ibm:1:80:1"]
+
+
+def test_budget_crossings_exactly_once_with_two_collectors(sink, tmp_path: Path):
+    """Real qcollect processes, two at a time, over three phases: the budget passed (each
+    threshold notified once), the limit raised (re-armed, nothing sent), lowered again
+    (each threshold notified once more)."""
+    import subprocess
+
+    from conftest import cli_env, script, submit_process
+
+    submit_process(tmp_path, "--experiment", "bell", "--shots", "100")
+
+    def two_collectors(budget: str) -> None:
+        env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url, QCOURIER_BUDGET_SECONDS=budget)
+        procs = [subprocess.Popen([script("qcollect"), "--quiet"], env=env, cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        for p in procs:
+            _out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+            assert "notification" not in err, err
+
+    for budget in ("0.000001", "0.000001"):
+        two_collectors(budget)
+    assert sorted(ln.split(" passed ")[1][:3] for ln in _passed(sink)) == ["100", "50%", "80%"]
+    count = len(sink.bodies)
+    two_collectors("1000000")  # far below every threshold: re-armed, no message
+    assert len(sink.bodies) == count
+    for budget in ("0.000001", "0.000001"):
+        two_collectors(budget)
+    passed = _passed(sink)
+    for threshold in (50, 80, 100):
+        assert sum(f"passed {threshold}%" in ln for ln in passed) == 2, passed
+    phases = [(e["event"], e["phase"]) for e in _sent_lines(tmp_path)
+              if e["event"].startswith("budget:")]
+    for threshold in (50, 80, 100):
+        for n in (1, 2):
+            key = f"budget:local:None:{threshold}:{n}"
+            assert phases.count((key, "intent")) == 1 and phases.count((key, "sent")) == 1
+        assert phases.count((f"budget:local:None:{threshold}:1", "rearm")) == 1
+
+
+# -- the stuck deferred queue ----------------------------------------------------------------
+
+def test_stuck_hours_is_a_setting(invoke, sink, monkeypatch):
+    import time
+
+    monkeypatch.setenv("QCOURIER_NOTIFY", sink.url)
+    monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "600")  # the first job stays queued
+    invoke(submit.main, ["--experiment", "bell", "--shots", "10", "--repeat", "2",
+                         "--max-pending", "1"])
+    assert invoke(collect.main, ["--max-pending", "1"]).exit_code == 0
+    assert not any("stuck" in b["message"] for b in sink.bodies)  # 24 h by default
+    monkeypatch.setenv("QCOURIER_NOTIFY_STUCK_HOURS", "0.0001")  # 0.36 s
+    time.sleep(0.5)
+    assert invoke(collect.main, ["--max-pending", "1"]).exit_code == 0
+    assert invoke(collect.main, ["--max-pending", "1"]).exit_code == 0
+    stuck = [ln for b in sink.bodies for ln in b["message"].splitlines() if "stuck" in ln]
+    assert len(stuck) == 1 and "the deferred queue of local" in stuck[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "abc", "inf", "nan"])
+def test_bad_stuck_hours_is_a_one_line_error(invoke, monkeypatch, value):
+    monkeypatch.setenv("QCOURIER_NOTIFY_STUCK_HOURS", value)
+    result = invoke(collect.main, [])
+    assert result.exit_code != 0
+    assert result.stderr.strip().splitlines() == [
+        ln for ln in result.stderr.strip().splitlines() if ln.startswith("Error: ")]
+    assert "bad setting QCOURIER_NOTIFY_STUCK_HOURS" in result.stderr
+
+
+# -- compaction of notifications.jsonl -------------------------------------------------------
+
+def _history(ledger_dir: Path, old_jobs: int = 300) -> dict[str, str]:
+    """A long notifications.jsonl: old sent job events, one recent, an old unsent intent, an
+    old stuck event still live, two crossings of a threshold (the first re-armed)."""
+    ledger_dir.mkdir(parents=True, exist_ok=True)
+    old, recent = "2026-01-01T00:00:00Z", "2026-12-01T00:00:00Z"
+    lines = []
+    for i in range(old_jobs):
+        for phase in ("intent", "sent"):
+            lines.append({"event": f"job:old{i}:completed", "phase": phase, "at": old}
+                         | ({"line": f"completed: old {i}"} if phase == "intent" else {}))
+    keys = {"recent": "job:recent:completed", "unsent": "job:unsent:failed",
+            "stuck": "stuck:ibm:1:r9", "cross1": "budget:ibm:1:80:1",
+            "cross2": "budget:ibm:1:80:2"}
+    for key, at in ((keys["recent"], recent), (keys["stuck"], old), (keys["cross1"], old),
+                    (keys["cross2"], old)):
+        lines += [{"event": key, "phase": "intent", "at": at, "line": key},
+                  {"event": key, "phase": "sent", "at": at}]
+        if key == keys["cross1"]:
+            lines.append({"event": key, "phase": "rearm", "at": old})
+    lines.insert(5, {"event": keys["unsent"], "phase": "intent", "at": old,
+                     "line": "failed: the unsent one"})
+    (ledger_dir / SENT_FILE).write_text(
+        "".join(json.dumps(x) + "\n" for x in lines) + '{"event": "torn\n')
+    return keys
+
+
+def test_compaction_keeps_what_matters_and_sends_nothing_twice(sink, tmp_path: Path,
+                                                                monkeypatch):
+    from datetime import UTC, datetime
+
+    from qcourier.collect import notify
+    from qcourier.collect.notify import Event, notify_events, sent_keys
+
+    monkeypatch.setattr(notify, "COMPACT_LINES", 100)
+    ledger_dir = tmp_path / "ledger"
+    keys = _history(ledger_dir)
+    now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+    live = [Event(keys["stuck"], "stuck: again", "once"),
+            Event("budget:ibm:1:80", "budget: passed 80% again", "crossing"),
+            Event("job:new:completed", "completed: new")]
+    sent = notify_events(ledger_dir, [sink.url], live, now=now)
+    assert [e.key for e in sent] == [keys["unsent"], "job:new:completed"]
+    entries = [json.loads(ln) for ln in (ledger_dir / SENT_FILE).read_text().splitlines()]
+    assert len(entries) < 20
+    assert sent_keys(ledger_dir) == {keys["recent"], keys["stuck"], keys["cross2"],
+                                     keys["unsent"], "job:new:completed"}
+    assert not any(e["event"].startswith("job:old") for e in entries)
+    # the same events again, and a rerun after compaction: nothing is sent twice
+    assert notify_events(ledger_dir, [sink.url], live, now=now) == []
+    assert len(sink.bodies) == 1
+    assert not list(ledger_dir.glob(".*.tmp"))
+
+
+def test_compaction_never_loses_an_unsent_intent_on_a_failed_send(sink, tmp_path: Path,
+                                                                   monkeypatch):
+    from qcourier.collect import notify
+    from qcourier.collect.notify import Event, NotifyError, notify_events
+
+    monkeypatch.setattr(notify, "COMPACT_LINES", 100)
+    ledger_dir = tmp_path / "ledger"
+    keys = _history(ledger_dir)
+    sink.fail = True
+    with pytest.raises(NotifyError):
+        notify_events(ledger_dir, [sink.url], [Event("job:new:completed", "completed: new")])
+    sink.fail = False
+    sent = notify_events(ledger_dir, [sink.url], [])
+    assert sorted(e.key for e in sent) == sorted([keys["unsent"], "job:new:completed"])
+    assert "failed: the unsent one" in sink.bodies[0]["message"]
+
+
+_KILLED_COMPACTION = """
+import os, signal, sys
+from pathlib import Path
+from qcourier.collect import notify
+
+notify.COMPACT_LINES = 100
+real_replace, real_fsync = os.replace, os.fsync
+die = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+stage = sys.argv[2]
+if stage == "writing":       # the temp file half written
+    def fsync(fd):
+        os.write(fd, b'{"event": "half')
+        die()
+    os.fsync = fsync
+elif stage == "before_rename":
+    os.replace = die
+elif stage == "after_rename":
+    os.replace = lambda a, b: (real_replace(a, b), die())
+notify.notify_events(Path(sys.argv[1]), ["json://127.0.0.1:9/never"], [])
+"""
+
+
+@pytest.mark.parametrize("stage", ["writing", "before_rename", "after_rename"])
+def test_kill_9_while_compacting_loses_nothing(sink, tmp_path: Path, stage):
+    import signal
+    import subprocess
+    import sys
+
+    from qcourier.collect.notify import notify_events, sent_keys
+    from qcourier.files import TEMP_FILE_PATTERN
+
+    ledger_dir = tmp_path / "ledger"
+    keys = _history(ledger_dir)
+    before = sent_keys(ledger_dir)
+    done = subprocess.run([sys.executable, "-c", _KILLED_COMPACTION, str(ledger_dir), stage],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    after = sent_keys(ledger_dir)
+    if stage == "after_rename":  # the compacted file: old events no run reports gone
+        assert after == {keys["recent"], keys["cross2"]}
+    else:  # the old file, whole
+        assert after == before
+        (temp,) = [p for p in ledger_dir.iterdir() if p.name.endswith(".tmp")]
+        assert TEMP_FILE_PATTERN.fullmatch(temp.name)  # qcollect removes it once stale
+    sent = notify_events(ledger_dir, [sink.url], [])
+    assert [e.key for e in sent] == [keys["unsent"]]  # the unsent intent survived
+    assert notify_events(ledger_dir, [sink.url], []) == []
+    assert len(sink.bodies) == 1
+
+
+def test_two_collectors_compacting_at_once_send_each_event_once(sink, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from qcourier.collect.notify import sent_keys
+
+    ledger_dir = tmp_path / "ledger"
+    keys = _history(ledger_dir, old_jobs=2000)
+    code = """
+import sys
+from pathlib import Path
+from qcourier.collect import notify
+notify.COMPACT_LINES = 100
+notify.notify_events(Path(sys.argv[1]), [sys.argv[2]],
+                     [notify.Event(f"job:{sys.argv[3]}:completed", f"completed: {sys.argv[3]}")])
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(ledger_dir), sink.url, name])
+             for name in ("alpha", "beta")]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    text = "\n".join(b["message"] for b in sink.bodies)
+    assert text.count("failed: the unsent one") == 1
+    assert text.count("completed: alpha") == 1 and text.count("completed: beta") == 1
+    assert {keys["unsent"], "job:alpha:completed", "job:beta:completed"} <= sent_keys(ledger_dir)
+    assert len((ledger_dir / SENT_FILE).read_text().splitlines()) < 30
+
+
+# -- a cold start ------------------------------------------------------------------------------
+
+def test_idle_qcollect_with_notify_set_does_not_import_apprise(sink, tmp_path: Path):
+    """QCOURIER_NOTIFY set and nothing to tell: qcollect's start does not pay for apprise
+    (measured with python -X importtime on the console script)."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env, script, submit_process
+
+    env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url)
+
+    def imported() -> set[str]:
+        done = subprocess.run([sys.executable, "-X", "importtime", script("qcollect"), "--quiet"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {ln.rsplit("|", 1)[1].strip().split(".")[0]
+                for ln in done.stderr.splitlines() if ln.startswith("import time:")}
+
+    assert "apprise" not in imported()  # an empty ledger
+    submit_process(tmp_path, "--experiment", "bell", "--shots", "100")
+    assert "apprise" in imported()  # the job finished: sent (the measure sees apprise)
+    assert len(sink.bodies) == 1
+    assert "apprise" not in imported()  # everything already told
+    assert len(sink.bodies) == 1

@@ -81,18 +81,21 @@ _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
 
 def _number(kind: type, *, gt: float | None = None, ge: float | None = None,
-            le: float | None = None) -> Callable[[str], Any]:
-    """A parser of an int or float within bounds (NaN is never within them)."""
+            le: float | None = None, finite: bool = False) -> Callable[[str], Any]:
+    """A parser of an int or float within bounds (NaN is never within them; with ``finite``,
+    neither is infinity)."""
     bounds = [f"{op} {bound:g}" for op, bound in ((">", gt), (">=", ge), ("<=", le))
               if bound is not None]
-    what = " ".join(["an integer" if kind is int else "a number", " and ".join(bounds)]).strip()
+    noun = "an integer" if kind is int else "a finite number" if finite else "a number"
+    what = " ".join([noun, " and ".join(bounds)]).strip()
 
     def parse(raw: str) -> Any:
         try:
             value = kind(raw.strip())
         except ValueError:
             raise ValueError(f"is not {what}") from None
-        if ((kind is float and math.isnan(value)) or (gt is not None and not value > gt)
+        if ((kind is float and (math.isnan(value) or (finite and math.isinf(value))))
+                or (gt is not None and not value > gt)
                 or (ge is not None and not value >= ge) or (le is not None and not value <= le)):
             raise ValueError(f"is not {what}")
         return value
@@ -170,6 +173,10 @@ class Settings:
 
     #: apprise URLs (spaces or commas between them) qcollect notifies; unset: no notifications.
     notify: str | None = _setting("QCOURIER_NOTIFY", None, _optional(str))
+    #: Hours a key's oldest deferred job may wait unsubmitted before qcollect notifies that
+    #: its deferred queue is stuck (a positive, finite number; 24 by default).
+    notify_stuck_hours: float = _setting("QCOURIER_NOTIFY_STUCK_HOURS", 24.0,
+                                         _number(float, gt=0, finite=True))
     local_service_dir: Path = _setting("QCOURIER_LOCAL_SERVICE_DIR", DEFAULT_LOCAL_SERVICE_DIR,
                                        Path)
     local_queue_seconds: float = _setting("QCOURIER_LOCAL_QUEUE_SECONDS", 2.0,

@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: The temporary files :func:`atomic_write_bytes` makes: ``.<name>.<8 random chars>.tmp``.
@@ -15,7 +16,9 @@ TEMP_FILE_PATTERN = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 STALE_TEMP_SECONDS = 3600.0
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True,
+                       temp_dir: Path | None = None,
+                       rename: Callable[[str, Path], None] | None = None) -> str:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename); return its sha256.
 
     The file gets the mode a plain ``open`` would give it (0666 less the umask), not the
@@ -24,12 +27,18 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
 
     ``durable=False`` skips the fsyncs: after a power cut the file may be old or absent,
     but never half-written (for caches, which can always be rebuilt).
+
+    ``temp_dir`` (on the same file system) holds the temp file instead of ``path``'s
+    directory, so that only the ``rename`` (default ``os.replace``) changes that directory.
     """
     import tempfile  # here, not at the top: a run that writes nothing starts faster
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if temp_dir is not None:
+        Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=temp_dir or path.parent, prefix=f".{path.name}.",
+                               suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -37,7 +46,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> str:
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        (rename or os.replace)(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -94,7 +94,7 @@ def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = Non
             + (f" ± {x['lambda_stderr']:.2f}" if x.get("lambda_stderr") is not None else "")
             for x in lambdas) + "</p>")
     hb = exp.get("deployment", [])
-    parts.append("<h2>Heartbeat</h2>" + (_table(
+    parts.append("<h2 id='heartbeat'>Heartbeat</h2>" + (_table(
         ["job id", "width", "shots", "marginal fidelity", "± stderr", "mean abs. deviation"],
         [[f"<code>{_e(x.get('job_id'))}</code>", _e(x.get("width")), _e(x.get("shots")),
           _num(x.get("marginal_fidelity"), "{:.5f}"),

@@ -38,7 +38,7 @@ Examples:
   qcollect --watch --interval 10
   qcollect --jobs-file results/ibm_experiments/submitted_jobs_20261121_101500.jsonl
   qcollect --job-id d4k2v9x0abcd1234efgh --json
-  qcollect --watch --html study.html
+  qcollect --watch --html study.html --plan qcourier-plan.toml
 {exit_codes_help(
     "every job was polled (also: another qcollect was busy, so nothing was done)",
     "a job could not be polled or collected, an I/O error")}"""
@@ -81,6 +81,9 @@ Examples:
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="After each run, refresh the study page (qcourier report "
               "--html) in this file, atomically.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="With --html: the study plan (TOML) the page shows progress "
+              "against [default: ./qcourier-plan.toml if present].")
 @ledger_dir_option
 @service_option
 @json_option
@@ -89,7 +92,8 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
          resubmit_failed: bool, max_retries: int, max_pending: int | None,
          workers: int | None, verify_results: bool, quiet: bool,
          log_file: Path | None, prometheus: Path | None, html_file: Path | None,
-         ledger_dir: Path | None, service: str | None, as_json: bool) -> None:
+         plan_file: Path | None, ledger_dir: Path | None, service: str | None,
+         as_json: bool) -> None:
     from qcourier.collect.run import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
     from qcourier.errors import UsageError
     from qcourier.ledger.store import Ledger, check_ledger_file
@@ -99,6 +103,12 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
         raise UsageError("give at most one of --jobs-file, --poll-all and --job-id")
     if interval <= 0:
         raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}")
+    if plan_file is not None:
+        if html_file is None:
+            raise UsageError("--plan is for the page: give it with --html FILE")
+        from qcourier.accounting.plan import load_plan
+
+        load_plan(plan_file)  # a missing or bad plan given by name: an error before collecting
     state = get_state()
     state.quiet = quiet
     if jobs_file is not None:
@@ -137,7 +147,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             if prometheus is not None:
                 _write_metrics(prometheus, ledger, settings, report)
             if html_file is not None:
-                _write_html(html_file, ledger, settings)
+                _write_html(html_file, ledger, settings, plan_file)
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break
             time.sleep(interval)
@@ -214,7 +224,7 @@ class _Output:
             self.state.info(text)
 
 
-def _write_html(path: Path, ledger, settings) -> None:
+def _write_html(path: Path, ledger, settings, plan_file: Path | None = None) -> None:
     from qcourier.accounting.page import write_html
     from qcourier.accounting.plan import lines, load_plan, progress
     from qcourier.accounting.report import study_report
@@ -225,7 +235,7 @@ def _write_html(path: Path, ledger, settings) -> None:
     from qcourier.errors import QcourierError
 
     try:
-        plan = load_plan(None)  # ./qcourier-plan.toml, when present
+        plan = load_plan(plan_file)  # --plan, else ./qcourier-plan.toml when present
     except QcourierError as exc:  # the page is still written, without the plan
         click.echo(f"Warning: {exc}", err=True)
         plan = None
@@ -251,7 +261,7 @@ def _notify(ledger, settings, report) -> None:
     try:
         records, now = ledger.fold().summaries, utc_now()
         events = (job_events(report) + budget_events(records, settings.budget_limit, now)
-                  + stuck_events(records, now))
+                  + stuck_events(records, now, settings.notify_stuck_hours))
         notify_events(ledger.directory, urls_of(settings.notify), events)
     except QcourierError as exc:
         click.echo(f"Warning: notification not sent: {exc}", err=True)

@@ -97,7 +97,7 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
     from qcourier.ledger.store import Ledger, check_ledger_file
     from qcourier.submit.dispatch import queue_policy
     from qcourier.submit.plan import ExecutionLimits
-    from qcourier.submit.run import submit_everywhere
+    from qcourier.submit.run import SubmitOptions, submit_everywhere
 
     state = get_state()
     resolved = resolve(experiment, list(params), shots)
@@ -108,13 +108,13 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
     services = state.get_services(service, api_key_index, submit_all)
     settings = state.get_settings()
     with state.progress() as progress:
-        report = submit_everywhere(
-            services, ledger, resolved, backend=backend, repeat=repeat, repo_path=repo,
-            jobs_file=jobs_file, dry_run=dry_run, progress=progress, force=force,
+        report = submit_everywhere(services, ledger, resolved, SubmitOptions(
+            backend=backend, repeat=repeat, repo_path=repo, jobs_file=jobs_file,
+            dry_run=dry_run, progress=progress, force=force,
             limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap),
             policy=queue_policy(settings, max_pending),
             guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace),
-            transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory))
+            transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory)))
     if not (dry_run or no_transpile_cache):
         from qcourier.circuits.cache import prune
 

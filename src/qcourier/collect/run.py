@@ -3,8 +3,10 @@ what changed, and submit deferred jobs as the queue frees up.
 
 One ``collect_pending`` run:
 
-1. folds the ledger; records that are final are counted, and a completed record whose result
-   file is missing or no longer matches its sha256 gets its result downloaded again;
+1. takes the ledger's working set (:mod:`qcourier.ledger.working`: the records that are not
+   final or may still count, and how many there are of each status; never every record);
+   a completed record whose result file is missing or no longer matches its sha256 gets
+   its result downloaded again (:class:`~qcourier.ledger.results.ResultCheck`);
 2. settles ``submitting`` intents left by a process that died (``dispatch.resolve_intent``);
 3. polls every pending job with the service and key that submitted it; a finished job gets
    its result file (written atomically) and a new ledger line; a job with fewer shots than
@@ -48,25 +50,32 @@ from qcourier.ledger.results import ResultCheck
 from qcourier.ledger.status import JobStatus, new_record_id, utc_now
 from qcourier.ledger.store import Ledger
 from qcourier.ledger.summary import Entry, LedgerProblem
+from qcourier.ledger.working import may_be_retried, working_set
 from qcourier.provenance import load_snapshot
 from qcourier.services import ServicePool
 from qcourier.services.base import (
     AuthenticationError,
+    CallTime,
+    DeadlineExceededError,
     InvalidJobIdError,
+    JobMetrics,
     JobNotFoundError,
+    JobResult,
     JobState,
     JobStatusReport,
     QuantumService,
     ServiceError,
     call_time_scope,
     check_job_id,
+    scoped_call_time,
 )
 from qcourier.services.workers import (
     CPU_LOCK,
     DEFAULT_WORKERS,
     RateGate,
-    call_with_backoff,
+    RetryPolicy,
     map_unordered,
+    retry_call,
 )
 from qcourier.submit.dispatch import (
     QueuePolicy,
@@ -181,8 +190,9 @@ class CollectReport:
 
 
 #: Where atomic writes happen in a ledger directory (a killed writer's temp files are removed).
-TEMP_FILE_DIRS = (".", "jobs", "circuits", "snapshots", "cache", "cache/index",
-                  "cache/transpiled")
+#: ``jobs/`` is not listed here: the result check lists it when it changed (it may hold
+#: 100,000 files), and removes them then (:class:`ResultCheck`).
+TEMP_FILE_DIRS = (".", "circuits", "snapshots", "cache", "cache/index", "cache/transpiled")
 
 
 def collector_lock(ledger: Ledger) -> FileLock:
@@ -248,38 +258,71 @@ class _Run:
         self.report = CollectReport()
         self.results = results
         self.workers = workers
-        self._gates: dict[int, RateGate] = {}
-        self._gates_lock = threading.Lock()
+        self._gated: dict[int, GatedService] = {}
+        self._gated_lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
+        self.retried: set[str] = set()  # record ids some record retries
         self.unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
 
     def collect(self, paths: list[Path] | None, job_id: str | None, default_service: str,
                 resubmit_failed: bool, max_retries: int) -> CollectReport:
-        fold = self.ledger.fold(paths)
-        self.report.problems = fold.problems
-        self.entries = dict(fold.entries)
-        selected = list(self.entries.values())
         if job_id is not None:
-            selected = [e for e in selected if e.summary.job_id == job_id]
-            if not selected:
-                self.report.unrecorded = poll_unrecorded(self.pool.get(default_service), job_id)
-                return self.report
+            return self._collect_job(paths, job_id, default_service)
+        # Only what is not final, or may still count (the working set): never every record.
+        working = working_set(self.ledger, utc_now(), paths)
+        self.report.problems = working.problems
+        self.entries = dict(working.entries)
+        self.retried = set(working.retried)
+        self.report.already_final = working.final
+        self.report.already_final_completed = working.counts.get(JobStatus.COMPLETED, 0)
+        redone = set()
+        for entry, problem in self.results.scan(working):
+            self.report.already_final -= 1
+            self.report.already_final_completed -= 1
+            redone.add(entry.summary.record_id)
+            self._download_again(entry, problem)
         deferred, open_, no_usage = [], [], []
-        for entry in selected:
+        for entry in working.entries.values():
             status = entry.summary.status
             if status is JobStatus.DEFERRED:
                 deferred.append(entry)
             elif status.is_final:
+                if entry.summary.record_id not in redone and usage_pending(entry.summary):
+                    no_usage.append(entry)
+            else:
+                open_.append(entry)
+        self._poll(open_)
+        self._ask_usage(no_usage)
+        if resubmit_failed:
+            deferred += self._plan_retries(max_retries)
+        self._drain(deferred)
+        return self._close()
+
+    def _collect_job(self, paths: list[Path] | None, job_id: str,
+                     default_service: str) -> CollectReport:
+        """``--job-id``: that job's records only, recorded (found in a full fold) or not."""
+        fold = self.ledger.fold(paths)
+        self.report.problems = fold.problems
+        self.entries = dict(fold.entries)
+        selected = [e for e in self.entries.values() if e.summary.job_id == job_id]
+        if not selected:
+            self.report.unrecorded = poll_unrecorded(self.pool.get(default_service), job_id)
+            return self.report
+        open_, no_usage = [], []
+        for entry in selected:
+            status = entry.summary.status
+            if status is JobStatus.DEFERRED:
+                continue
+            if status.is_final:
                 if self._check_final(entry) and usage_pending(entry.summary):
                     no_usage.append(entry)
             else:
                 open_.append(entry)
         self._poll(open_)
         self._ask_usage(no_usage)
-        if job_id is None:
-            if resubmit_failed:
-                deferred += self._plan_retries(max_retries)
-            self._drain(deferred)
+        return self._close()
+
+    def _close(self) -> CollectReport:
         if self.report.newly_final:
             self.report.collected_path = _write_collected(self.ledger, self.report.newly_final)
         self.results.save()
@@ -312,19 +355,24 @@ class _Run:
             self.report.already_final += 1
             self.report.already_final_completed += entry.summary.status is JobStatus.COMPLETED
             return True
+        self._download_again(entry, problem)
+        return False
+
+    def _download_again(self, entry: Entry, problem: str) -> None:
+        """Download a completed record's result again: its file is missing or damaged."""
         record = entry.record
         service = self._service(record)
         if service is None:
             self._not_reachable(entry)
-            return False
+            return
         self.progress(f"downloading the result of {record.job_id} again ({problem})")
         try:
-            outcome = _finish(service, self.ledger, entry, JobStatusReport(record.job_id, JobState.DONE))
+            outcome = _finish(service, self.ledger, entry,
+                              JobStatusReport(record.job_id, JobState.DONE), self.results)
             outcome.message = f"result downloaded again: {problem}"
         except ServiceError as exc:
             outcome = JobOutcome(record, None, False, f"not collected: {exc}", failed=True)
         self._outcome(outcome, entry.path)
-        return False
 
     def _ask_usage(self, entries: list[Entry]) -> None:
         """Ask again for the usage of final jobs recorded without it (see the module, step 5).
@@ -368,7 +416,7 @@ class _Run:
         try:
             with call_time_scope():
                 job_id = check_job_id(record.job_id, f"ledger file {entry.path.name}")
-                metrics = _Gated(service, self._gate(service)).job_metrics(job_id)
+                metrics = self._gated_service(service).job_metrics(job_id)
         except ServiceError as exc:
             return UsageOutcome(record, False, f"usage not fetched ({exc}); the budget counts "
                                 "its estimate until a later run gets the figure")
@@ -462,8 +510,7 @@ class _Run:
             ids = [r.job_id for r in records if r.job_id]
             self.progress(f"listing the states of {len(ids)} jobs on {service.name}")
             try:
-                known.update(call_with_backoff(self._gate(service),
-                                               lambda: service.job_states(ids, after)))
+                known.update(self._gated_service(service).job_states(ids, after))
             except ServiceError:
                 pass  # each job is asked about on its own instead
         return known
@@ -476,21 +523,26 @@ class _Run:
         if reason is not None:  # its key was rejected while this job waited for a worker
             return JobOutcome(entry.record, None, False, reason, failed=True)
         with call_time_scope():  # ...and per job
-            return _poll_one(_Gated(service, self._gate(service)), self.ledger, entry, state)
+            return _poll_one(self._gated_service(service), self.ledger, entry, state,
+                             self.results)
 
-    def _gate(self, service: QuantumService) -> RateGate:
-        with self._gates_lock:
-            return self._gates.setdefault(id(service), RateGate())
+    def _gated_service(self, service: QuantumService) -> GatedService:
+        """The run's one :class:`GatedService` for ``service`` (one rate gate per service)."""
+        with self._gated_lock:
+            gated = self._gated.get(id(service))
+            if gated is None:
+                gated = self._gated[id(service)] = GatedService(service)
+            return gated
 
     def _plan_retries(self, max_retries: int) -> list[Entry]:
         """Deferred retry records for failed (system) and partial jobs not yet retried."""
-        retried = {e.summary.retry_of for e in self.entries.values() if e.summary.retry_of}
+        retried = self.retried | {e.summary.retry_of for e in self.entries.values()
+                                  if e.summary.retry_of}
         retries = []
         for entry in list(self.entries.values()):
             summary = entry.summary
-            eligible = (summary.status is JobStatus.PARTIAL
-                        or (summary.status is JobStatus.FAILED and summary.failure_class == "system"))
-            if not eligible or summary.record_id in retried or summary.retry_count >= max_retries:
+            if (not may_be_retried(summary) or summary.record_id in retried
+                    or summary.retry_count >= max_retries):
                 continue
             from qcourier.ledger.record import LedgerRecord
 
@@ -512,8 +564,8 @@ class _Run:
     def _drain(self, deferred: list[Entry]) -> None:
         """Submit deferred jobs, oldest first, while their key has room.
 
-        Each one is decided and submitted under its key's lock on a fresh fold, as ``qsubmit``
-        does, so a ``qsubmit`` running meanwhile cannot overspend against this run.
+        Each one is decided and submitted under its key's lock on a fresh working set, as
+        ``qsubmit`` does, so a ``qsubmit`` running meanwhile cannot overspend against this run.
         """
         for entry in deferred:
             record = self.entries[entry.record.record_id].record
@@ -529,7 +581,7 @@ class _Run:
                                          "submitting for this key"), entry.path)
 
     def _drain_one(self, entry: Entry, service: QuantumService) -> None:
-        self.entries.update(self.ledger.fold().entries)
+        self.entries.update(working_set(self.ledger, utc_now()).entries)
         record = self.entries[entry.record.record_id].record
         if record.status is not JobStatus.DEFERRED:
             return
@@ -553,24 +605,62 @@ class _Run:
                       entry.path)
 
 
-class _Gated:
-    """A service whose every call waits behind a rate gate and backs off on HTTP 429."""
-
-    def __init__(self, service: QuantumService, gate: RateGate):
-        self._service = service
-        self._gate = gate
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._service, name)
-        if not callable(attribute):
-            return attribute
-        return lambda *args, **kwargs: call_with_backoff(
-            self._gate, lambda: attribute(*args, **kwargs))
+#: The retries of a service that does not retry its own calls (the local service, whose
+#: ``QCOURIER_LOCAL_RATE_LIMIT`` answers 429 with a ``retry_after``): 429s only (any other
+#: failure is polled again next time), for as long as :data:`RATE_LIMIT_DEADLINE_SECONDS`
+#: per job allows: threads sharing a limit can lose the race for a freed slot many times.
+RATE_LIMIT_POLICY = RetryPolicy(attempts=None, backoff_seconds=0.5, max_wait_seconds=60.0,
+                                jitter_seconds=0.02, statuses=frozenset({429}))
+RATE_LIMIT_DEADLINE_SECONDS = 120.0
 
 
-def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry,
-              status: JobStatusReport | None = None) -> JobOutcome:
-    """Poll one job (unless its ``status`` is known) and record what changed."""
+class GatedService:
+    """The service calls a collection makes, each through exactly one retry loop.
+
+    A service that retries its own calls (``retries_calls``: the IBM adapter, which knows the
+    HTTP status and ``Retry-After``, with its own rate gate) is called as it is. Any other is
+    retried here by :func:`~qcourier.services.workers.retry_call` with :data:`RATE_LIMIT_POLICY`,
+    behind one :class:`RateGate` for the service, so every worker waits out a 429's
+    ``Retry-After`` together. Inside a :func:`call_time_scope` (one job), the job's calls
+    share :data:`RATE_LIMIT_DEADLINE_SECONDS`.
+    """
+
+    def __init__(self, service: QuantumService):
+        self.service = service
+        self.name = service.name
+        self._gate = None if service.retries_calls else RateGate()
+
+    def job_status(self, job_id: str) -> JobStatusReport:
+        return self._call(f"status of job {job_id}", self.service.job_status, job_id)
+
+    def job_states(self, job_ids: list[str], created_after: Any = None
+                   ) -> dict[str, JobStatusReport]:
+        return self._call(f"states of {len(job_ids)} jobs", self.service.job_states, job_ids,
+                          created_after)
+
+    def job_result(self, job_id: str) -> JobResult:
+        return self._call(f"result of job {job_id}", self.service.job_result, job_id)
+
+    def job_metrics(self, job_id: str) -> JobMetrics:
+        return self._call(f"metrics of job {job_id}", self.service.job_metrics, job_id)
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        if self._gate is None:  # the service's own loop retries it
+            return method(*args)
+        seconds = RATE_LIMIT_DEADLINE_SECONDS
+        budget = scoped_call_time(self, seconds, CallTime(seconds))
+        return retry_call(
+            lambda _: method(*args), what=f"{self.name} service: {what}",
+            policy=RATE_LIMIT_POLICY, gate=self._gate, budget=budget,
+            deadline_error=lambda last: last or DeadlineExceededError(
+                f"{self.name} service: gave up on {what} after {seconds:g} s of rate limiting"))
+
+
+def _poll_one(service: QuantumService | GatedService, ledger: Ledger, entry: Entry,
+              status: JobStatusReport | None = None,
+              results: ResultCheck | None = None) -> JobOutcome:
+    """Poll one job (unless its ``status`` is known) and record what changed (a result file
+    through ``results``, if given)."""
     record = entry.record
     if record.job_id is None:
         raise QcourierError(f"record {record.record_id} has no job id to poll")
@@ -586,21 +676,22 @@ def _poll_one(service: QuantumService, ledger: Ledger, entry: Entry,
         return JobOutcome(record, None, False, f"not polled: {exc}",
                           rejected_credentials=isinstance(exc, AuthenticationError), failed=True)
     try:
-        return _apply_status(service, ledger, entry, status)
+        return _apply_status(service, ledger, entry, status, results)
     except ServiceError as exc:  # the result or metrics could not be fetched this time
         return JobOutcome(record, None, False, f"not collected: {exc}",
                           rejected_credentials=isinstance(exc, AuthenticationError), failed=True)
 
 
 def _apply_status(
-    service: QuantumService, ledger: Ledger, entry: Entry, status: JobStatusReport
+    service: QuantumService | GatedService, ledger: Ledger, entry: Entry, status: JobStatusReport,
+    results: ResultCheck | None = None,
 ) -> JobOutcome:
     record = entry.record
     if record.job_id is None:
         raise QcourierError(f"record {record.record_id} has no job id to poll")
     new_status = STATUS_FOR_STATE[status.state]
     if new_status is JobStatus.COMPLETED:
-        return _finish(service, ledger, entry, status)
+        return _finish(service, ledger, entry, status, results)
     if new_status is JobStatus.FAILED or new_status is JobStatus.CANCELLED:
         metrics = service.job_metrics(record.job_id)
         updated = record.evolve(
@@ -658,7 +749,8 @@ def classify_failure(status: JobStatusReport) -> str:
 
 
 def _finish(
-    service: QuantumService, ledger: Ledger, entry: Entry, status: JobStatusReport
+    service: QuantumService | GatedService, ledger: Ledger, entry: Entry, status: JobStatusReport,
+    results: ResultCheck | None = None,
 ) -> JobOutcome:
     record = entry.record
     if record.job_id is None:
@@ -684,7 +776,8 @@ def _finish(
     }
     target = path_under(ledger.results_dir, check_job_id(record.job_id, "the ledger"), ".json")
     relative = Path("jobs") / target.name
-    sha = atomic_write_bytes(target, json.dumps(payload, indent=1).encode())
+    body = json.dumps(payload, indent=1).encode()
+    sha = atomic_write_bytes(target, body) if results is None else results.write(target, body)
     short = [(i, n) for i, n in enumerate(result.shots) if n < record.shots]
     partial = (f"partial result: circuit {short[0][0]} has {short[0][1]} of {record.shots} shots"
                if short else None)

@@ -81,112 +81,172 @@ def memory_circuit(d: int, rounds: int, basis: str, p: float = 0.0,
     Returns:
         ``(circuit, num_qubits)``.
     """
-    data, anc, zg, n = hhc_layout(d)
-    import stim
-
-    c = stim.Circuit()
-    meas = [0]
-    def M(qs, tag, store):
-        c.append("X_ERROR", qs, p); c.append("M", qs)
-        for q in qs:
-            store.append((tag, q, meas[0])); meas[0] += 1
-    def op(g, qs):
-        c.append(g, qs)
-        if g == "CX": c.append("DEPOLARIZE2", qs, p)
-        elif g == "R": c.append("X_ERROR", qs, p)
-        else: c.append("DEPOLARIZE1", qs, p)
-    D = list(data.values())
-    op("R", D)
-    if basis == "x": op("H", D)
-    if flip: op("X" if basis == "z" else "Z", D)
-    recs = []  # per round: dict
-    def xround(store):
-        A = list(anc.values())
-        op("R", A); op("H", A)
-        op("CX", [x for (i, j), a in anc.items() for x in (a, data[i, j])])
-        op("CX", [x for (i, j), a in anc.items() for x in (a, data[i + 1, j])])
-        op("H", A); M(A, "x", store)
-    def zround(store):
-        L = [g[2] for g in zg]; Mi = [g[3] for g in zg]; Rr = [g[4] for g in zg]
-        op("R", Mi + Rr); op("H", Rr)
-        op("CX", [x for g in zg for x in (g[4], g[3])]); op("R", L); op("H", L)
-        s2 = [x for g in zg for x in (g[2], g[3])]
-        s2 += [x for g in zg if g[0] in ("bulk", "bottom") for x in (g[1][1], g[4])]
-        op("CX", s2)
-        s3 = []
-        for g in zg:
-            if g[0] == "bulk": s3 += [g[1][2], g[2], g[1][3], g[4]]
-            elif g[0] == "top": s3 += [g[1][0], g[2], g[1][1], g[4]]
-        op("CX", s3)
-        s4 = [x for g in zg for x in (g[4], g[3])]
-        s4 += [x for g in zg if g[0] in ("bulk", "bottom") for x in (g[1][0], g[2])]
-        op("CX", s4)
-        op("CX", [x for g in zg for x in (g[2], g[3])]); op("H", Rr)
-        M(Rr, "fr", store)
-        op("H", L); M(Mi, "z", store); M(L, "fl", store)
-    for r in range(rounds):
-        store = []
-        if basis == "z": zround(store); xround(store)
-        else: xround(store); zround(store)
-        c.append("TICK")
-        recs.append(store)
-    final = []
-    if basis == "x": op("H", D)
-    M(D, "d", final)
-    total = meas[0]
-    def rec(k): return stim.target_rec(k - total)
-    def det(ks, xy, t, flag=0):
-        c.append("DETECTOR", [rec(k) for k in ks], [xy[0], xy[1], t, flag])
-    def centre(cells):  # (x, y) of a list of data (i, j)
-        return (sum(2 * j for _, j in cells) / len(cells), sum(2 * i for i, _ in cells) / len(cells))
-    flag_gauge = {}  # flag qubit -> centre of its Z gauge
-    for g in zg:
-        xy = centre([divmod(q, d) for q in g[1]])
-        flag_gauge[g[2]] = flag_gauge[g[4]] = xy
-    dq = {q: k for _, q, k in final}
+    builder = _MemoryBuilder(d, p)
+    builder.prepare(basis, flip)
+    rounds_records = [builder.round(basis) for _ in range(rounds)]
+    final = builder.read_data(basis)
     if basis == "z":
-        # strips: Z gauges per column pair
-        strips = {}
-        for gi, g in enumerate(zg):
-            j = min(q % d for q in g[1])
-            strips.setdefault(j, []).append(g[3])
-        def values(store):
-            m = {q: k for t, q, k in store if t == "z"}
-            return {j: [m[q] for q in mids] for j, mids in strips.items()}
-        def strip_xy(j): return (2 * j + 1, d - 1)
-        prev = None
-        for t, store in enumerate(recs):
-            v = values(store)
-            for j in strips:
-                det(v[j] + (prev[j] if prev else []), strip_xy(j), t)
-            prev = v
-        for j in strips:
-            sup = [dq[data[i, jj]] for i in range(d) for jj in (j, j + 1)]
-            det(sup + prev[j], strip_xy(j), rounds)
-        c.append("OBSERVABLE_INCLUDE", [rec(dq[data[i, 0]]) for i in range(d)], 0)
+        builder.strip_detectors(rounds_records, final, rounds)
     else:
+        builder.x_detectors(rounds_records, final, rounds, flag_detectors)
+    return builder.circuit, builder.num_qubits
+
+
+class _MemoryBuilder:
+    """Builds :func:`memory_circuit`: gates with their noise, the measurement record, and
+    the detectors (each measurement is stored as ``(tag, qubit, record index)``)."""
+
+    def __init__(self, d: int, p: float):
+        import stim
+
+        self.d, self.p = d, p
+        self.data, self.anc, self.zg, self.num_qubits = hhc_layout(d)
+        self.circuit = stim.Circuit()
+        self.measured = 0
+        self.data_qubits = list(self.data.values())
+        self.flag_gauge = {}  # flag qubit -> centre of its Z gauge
+        for g in self.zg:
+            self.flag_gauge[g[2]] = self.flag_gauge[g[4]] = self.centre(
+                [divmod(q, d) for q in g[1]])
+
+    # -- gates and measurements -------------------------------------------------------------
+
+    def op(self, gate: str, qubits: list[int]) -> None:
+        self.circuit.append(gate, qubits)
+        channel = {"CX": "DEPOLARIZE2", "R": "X_ERROR"}.get(gate, "DEPOLARIZE1")
+        self.circuit.append(channel, qubits, self.p)
+
+    def measure(self, qubits: list[int], tag: str, store: list) -> None:
+        self.circuit.append("X_ERROR", qubits, self.p)
+        self.circuit.append("M", qubits)
+        for q in qubits:
+            store.append((tag, q, self.measured))
+            self.measured += 1
+
+    def prepare(self, basis: str, flip: bool) -> None:
+        self.op("R", self.data_qubits)
+        if basis == "x":
+            self.op("H", self.data_qubits)
+        if flip:
+            self.op("X" if basis == "z" else "Z", self.data_qubits)
+
+    def round(self, basis: str) -> list:
+        store: list = []
+        if basis == "z":
+            self.z_gauges(store)
+            self.x_gauges(store)
+        else:
+            self.x_gauges(store)
+            self.z_gauges(store)
+        self.circuit.append("TICK")
+        return store
+
+    def x_gauges(self, store: list) -> None:
+        anc, data = self.anc, self.data
+        ancillas = list(anc.values())
+        self.op("R", ancillas)
+        self.op("H", ancillas)
+        self.op("CX", [x for (i, j), a in anc.items() for x in (a, data[i, j])])
+        self.op("CX", [x for (i, j), a in anc.items() for x in (a, data[i + 1, j])])
+        self.op("H", ancillas)
+        self.measure(ancillas, "x", store)
+
+    def z_gauges(self, store: list) -> None:
+        """The 7-step flag schedule (Chamberland Fig. 2b, conjugated by H)."""
+        zg = self.zg
+        lefts, middles, rights = [g[2] for g in zg], [g[3] for g in zg], [g[4] for g in zg]
+        self.op("R", middles + rights)
+        self.op("H", rights)
+        self.op("CX", [x for g in zg for x in (g[4], g[3])])
+        self.op("R", lefts)
+        self.op("H", lefts)
+        step2 = [x for g in zg for x in (g[2], g[3])]
+        step2 += [x for g in zg if g[0] in ("bulk", "bottom") for x in (g[1][1], g[4])]
+        self.op("CX", step2)
+        step3 = []
+        for g in zg:
+            if g[0] == "bulk":
+                step3 += [g[1][2], g[2], g[1][3], g[4]]
+            elif g[0] == "top":
+                step3 += [g[1][0], g[2], g[1][1], g[4]]
+        self.op("CX", step3)
+        step4 = [x for g in zg for x in (g[4], g[3])]
+        step4 += [x for g in zg if g[0] in ("bulk", "bottom") for x in (g[1][0], g[2])]
+        self.op("CX", step4)
+        self.op("CX", [x for g in zg for x in (g[2], g[3])])
+        self.op("H", rights)
+        self.measure(rights, "fr", store)
+        self.op("H", lefts)
+        self.measure(middles, "z", store)
+        self.measure(lefts, "fl", store)
+
+    def read_data(self, basis: str) -> dict[int, int]:
+        """Measure the data (in the memory's basis); data qubit -> record index."""
+        final: list = []
+        if basis == "x":
+            self.op("H", self.data_qubits)
+        self.measure(self.data_qubits, "d", final)
+        return {q: k for _, q, k in final}
+
+    # -- detectors ---------------------------------------------------------------------------
+
+    def rec(self, k: int):
+        import stim
+
+        return stim.target_rec(k - self.measured)
+
+    def detector(self, ks: list[int], xy: tuple[float, float], t: int, flag: int = 0) -> None:
+        self.circuit.append("DETECTOR", [self.rec(k) for k in ks], [xy[0], xy[1], t, flag])
+
+    @staticmethod
+    def centre(cells: list[tuple[int, int]]) -> tuple[float, float]:
+        """``(x, y)`` of a list of data ``(i, j)`` on the grid ``(2j, 2i)``."""
+        return (sum(2 * j for _, j in cells) / len(cells), sum(2 * i for i, _ in cells) / len(cells))
+
+    def strip_detectors(self, records: list, final: dict[int, int], rounds: int) -> None:
+        """Z basis: Bacon-Shor strips (the Z gauges between columns j, j+1), observable Z on
+        column 0."""
+        d, data = self.d, self.data
+        strips: dict[int, list[int]] = {}
+        for g in self.zg:
+            strips.setdefault(min(q % d for q in g[1]), []).append(g[3])
+        prev = None
+        for t, store in enumerate(records):
+            m = {q: k for tag, q, k in store if tag == "z"}
+            values = {j: [m[q] for q in mids] for j, mids in strips.items()}
+            for j in strips:
+                self.detector(values[j] + (prev[j] if prev else []), (2 * j + 1, d - 1), t)
+            prev = values
+        for j in strips:
+            support = [final[data[i, jj]] for i in range(d) for jj in (j, j + 1)]
+            self.detector(support + prev[j], (2 * j + 1, d - 1), rounds)
+        self.circuit.append("OBSERVABLE_INCLUDE", [self.rec(final[data[i, 0]]) for i in range(d)], 0)
+
+    def x_detectors(self, records: list, final: dict[int, int], rounds: int,
+                    flag_detectors: bool) -> None:
+        """X basis: surface-like X stabilizers and every flag, observable X on row 0."""
+        d, data, anc = self.d, self.data, self.anc
         stabs = []
         for i in range(d - 1):
             for j in range(d):
                 if i % 2 == j % 2:
-                    if j == d - 1: stabs.append([(i, j)])
-                    else: stabs.append([(i, j), (i, j + 1)])
-                elif j == 0: stabs.append([(i, j)])
-        def stab_xy(s): return centre([(i + di, j) for (i, j) in s for di in (0, 1)])
+                    stabs.append([(i, j)] if j == d - 1 else [(i, j), (i, j + 1)])
+                elif j == 0:
+                    stabs.append([(i, j)])
+        def where(s):
+            return self.centre([(i + di, j) for (i, j) in s for di in (0, 1)])
         prev = None
-        for r, store in enumerate(recs):
-            m = {q: k for t, q, k in store if t == "x"}
-            v = [[m[anc[a]] for a in s] for s in stabs]
+        for r, store in enumerate(records):
+            m = {q: k for tag, q, k in store if tag == "x"}
+            values = [[m[anc[a]] for a in s] for s in stabs]
             for si in range(len(stabs)):
-                det(v[si] + (prev[si] if prev else []), stab_xy(stabs[si]), r)
-            for t, q, k in store:
-                if flag_detectors and t in ("fl", "fr"):
-                    x, y = flag_gauge[q]
-                    det([k], (x + (-0.5 if t == "fl" else 0.5), y), r, 1)
-            prev = v
+                self.detector(values[si] + (prev[si] if prev else []), where(stabs[si]), r)
+            for tag, q, k in store:
+                if flag_detectors and tag in ("fl", "fr"):
+                    x, y = self.flag_gauge[q]
+                    self.detector([k], (x + (-0.5 if tag == "fl" else 0.5), y), r, 1)
+            prev = values
         for si, s in enumerate(stabs):
-            sup = [dq[data[i + di, j]] for (i, j) in s for di in (0, 1)]
-            det(sup + prev[si], stab_xy(s), rounds)
-        c.append("OBSERVABLE_INCLUDE", [rec(dq[data[0, j]]) for j in range(d)], 0)
-    return c, n
-
+            support = [final[data[i + di, j]] for (i, j) in s for di in (0, 1)]
+            self.detector(support + prev[si], where(s), rounds)
+        self.circuit.append("OBSERVABLE_INCLUDE", [self.rec(final[data[0, j]]) for j in range(d)], 0)

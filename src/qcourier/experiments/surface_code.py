@@ -390,6 +390,35 @@ def counts_to_measurements(
     return bits[:, ::-1].astype(np.bool_), weights
 
 
+
+def _decode(circuit: stim.Circuit, counts: dict[str, int]) -> dict[str, Any]:
+    """One PUB: detection fraction, raw and decoded logical error (PyMatching) of its counts."""
+    import numpy as np
+    import pymatching
+
+    records, weights = counts_to_measurements(counts, circuit.num_measurements)
+    shots = int(weights.sum())
+    if shots == 0:
+        return {"shots": 0, "detection_event_fraction": None, "raw_logical_flip_rate": None,
+                "logical_error_rate": None, "logical_error_ci95": [0.0, 1.0], "logical_errors": 0}
+    dets, obs = circuit.compile_m2d_converter().convert(measurements=records,
+                                                        separate_observables=True)
+    matching = pymatching.Matching.from_detector_error_model(
+        circuit.detector_error_model(decompose_errors=True))
+    wrong = np.any(matching.decode_batch(dets).astype(np.bool_) != obs, axis=1)
+    errors = int(weights[wrong].sum())
+    n_det = dets.shape[1]
+    lo, hi = wilson_interval(errors, shots)
+    return {
+        "shots": shots,
+        "detection_event_fraction": (float((dets.sum(axis=1) * weights).sum()) / (shots * n_det)
+                                     if n_det else 0.0),
+        "raw_logical_flip_rate": (int(weights[obs[:, 0]].sum()) if obs.shape[1] else 0) / shots,
+        "logical_error_rate": errors / shots,
+        "logical_error_ci95": [lo, hi],
+        "logical_errors": errors,
+    }
+
 class SurfaceCodeExperiment(Experiment):
     """Rotated surface-code memory: logical error vs rounds, decoded with PyMatching."""
 
@@ -429,8 +458,6 @@ class SurfaceCodeExperiment(Experiment):
         counts: list[dict[str, int]],
         calibration: Calibration | None,
     ) -> dict[str, Any]:
-        import numpy as np
-        import pymatching
 
         try:
             logical_state = str(metadata["logical_state"])
@@ -450,52 +477,12 @@ class SurfaceCodeExperiment(Experiment):
         per_round: list[dict[str, Any]] = []
         for i, (rounds, pub_counts) in enumerate(zip(rounds_list, counts, strict=True)):
             circuit = stim_circuit(distance, rounds, logical_state, noise)
-            n_meas = circuit.num_measurements
-            if recorded_m is not None and int(recorded_m[i]) != n_meas:
+            if recorded_m is not None and int(recorded_m[i]) != circuit.num_measurements:
                 raise ValueError(
                     f"circuit {i}: metadata records {recorded_m[i]} measurements, "
-                    f"the rebuilt circuit has {n_meas}"
+                    f"the rebuilt circuit has {circuit.num_measurements}"
                 )
-            records, weights = counts_to_measurements(pub_counts, n_meas)
-            shots = int(weights.sum())
-            if shots == 0:
-                per_round.append(
-                    {
-                        "rounds": rounds,
-                        "shots": 0,
-                        "detection_event_fraction": None,
-                        "raw_logical_flip_rate": None,
-                        "logical_error_rate": None,
-                        "logical_error_ci95": [0.0, 1.0],
-                        "logical_errors": 0,
-                    }
-                )
-                continue
-            dets, obs = circuit.compile_m2d_converter().convert(
-                measurements=records, separate_observables=True
-            )
-            dem = circuit.detector_error_model(decompose_errors=True)
-            matching = pymatching.Matching.from_detector_error_model(dem)
-            predicted = matching.decode_batch(dets)
-            wrong = np.any(predicted.astype(np.bool_) != obs, axis=1)
-            errors = int(weights[wrong].sum())
-            n_det = dets.shape[1]
-            det_fraction = (
-                float((dets.sum(axis=1) * weights).sum()) / (shots * n_det) if n_det else 0.0
-            )
-            raw_flips = int(weights[obs[:, 0]].sum()) if obs.shape[1] else 0
-            lo, hi = wilson_interval(errors, shots)
-            per_round.append(
-                {
-                    "rounds": rounds,
-                    "shots": shots,
-                    "detection_event_fraction": det_fraction,
-                    "raw_logical_flip_rate": raw_flips / shots,
-                    "logical_error_rate": errors / shots,
-                    "logical_error_ci95": [lo, hi],
-                    "logical_errors": errors,
-                }
-            )
+            per_round.append({"rounds": rounds} | _decode(circuit, pub_counts))
 
         eps, stderr = fit_logical_error_per_round(
             (p["rounds"], p["logical_errors"], p["shots"]) for p in per_round

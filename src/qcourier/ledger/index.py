@@ -46,10 +46,33 @@ def index_path(index_dir: Path, ledger_file: Path) -> Path:
     return index_dir / f"{ledger_file.name}.json"
 
 
+#: How a ledger file looked when it was folded: inode, the bytes of complete lines read,
+#: and the modification and change times (ns) seen before reading. A file that still shows
+#: the same four (as ``os.stat`` gives them) has not changed since: qcourier only appends,
+#: and an append changes the size.
+Stamp = tuple[int, int, int, int]
+
+
+def stamp_of(st: os.stat_result, size: int | None = None) -> Stamp:
+    """The stamp of a file as ``st`` shows it (``size``: of its complete lines, if fewer)."""
+    return (st.st_ino, st.st_size if size is None else size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def fold_file(path: Path, index_dir: Path | None) -> tuple[dict[str, Entry], list[LedgerProblem]]:
     """The latest entry of every record in one ledger file, and its unreadable lines.
 
     Uses and refreshes the file's index in ``index_dir`` (``None``: no index).
+
+    Raises:
+        OSError: the ledger file cannot be read.
+    """
+    entries, problems, _stamp = fold_file_stamped(path, index_dir)
+    return entries, problems
+
+
+def fold_file_stamped(path: Path, index_dir: Path | None
+                      ) -> tuple[dict[str, Entry], list[LedgerProblem], Stamp]:
+    """:func:`fold_file`, and the stamp of the file as it was folded (:data:`Stamp`).
 
     Raises:
         OSError: the ledger file cannot be read.
@@ -97,7 +120,7 @@ def fold_file(path: Path, index_dir: Path | None) -> tuple[dict[str, Entry], lis
             problem_list.append(LedgerProblem(path, number + 1, summarise_error(exc), torn=True))
     if index_dir is not None and (known is None or end > 0):
         _save(index_dir, path, st.st_ino, start + end, number, rows, problems)
-    return entries, problem_list
+    return entries, problem_list, stamp_of(st, start + end)
 
 
 def _row(summary: RecordSummary, offset: int, length: int) -> list[Any]:

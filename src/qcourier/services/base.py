@@ -257,6 +257,11 @@ class QuantumService(ABC):
     #: Whether results are simulated (then calibration snapshots are fixed device data, and
     #: their age means nothing).
     simulated: ClassVar[bool] = False
+    #: Whether every method already retries its transient failures (in
+    #: ``concurrency.retry_call``, behind a rate gate of its own): a caller then adds no
+    #: retry loop, so each call goes through exactly one. ``False``: a caller that wants
+    #: 429s waited out (the collector) retries them itself, with one gate for the service.
+    retries_calls: ClassVar[bool] = False
 
     @abstractmethod
     def backends(self) -> list[BackendInfo]:

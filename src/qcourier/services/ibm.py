@@ -10,13 +10,21 @@ Every call to the service is bounded: it runs on a pool of long-lived daemon thr
 (``IBMConnection.workers``, default 8, shared by the process) and is abandoned after
 ``timeout_seconds`` (the client has no read timeout of its own), which makes a hung server a
 :class:`TransientServiceError` — the job is simply polled again next time. Several threads
-(a concurrent collector) can call one :class:`IBMService` at once. Transient failures
-(connection errors, HTTP 5xx after the client's own retries, 429, timeouts) are retried a
-few times with exponential backoff. A 429 holds every call of that service, from any thread,
-until its ``Retry-After`` has passed (a :class:`~qcourier.services.workers.RateGate`), so eight
-threads do not keep hammering a rate-limited server; the error carries ``retry_after``. A
-rejected token is an :class:`AuthenticationError` at once, without retries. Error messages
-name the key by its index and variable, and any text from the client is scrubbed of the token.
+(a concurrent collector) can call one :class:`IBMService` at once.
+
+This adapter owns the retries of its calls (it knows the HTTP status and ``Retry-After``):
+one loop, :func:`qcourier.services.workers.retry_call` with the connection's
+:class:`~qcourier.services.workers.RetryPolicy`, and no other — the client's own transport
+retries are turned off, and the collector does not retry a service that retries itself.
+Transient failures (connection errors, HTTP 5xx, 429, timeouts) are retried
+``retries`` times with exponential backoff and jitter, within ``QCOURIER_IBM_DEADLINE``; a
+submission only when nothing can have been made. A 429 holds every call of that service,
+from any thread, until its ``Retry-After`` has passed (a
+:class:`~qcourier.services.workers.RateGate`), so eight threads do not keep hammering a
+rate-limited server; the error carries ``retry_after``. Each retry is logged on
+``qcourier.retry``. A rejected token is an :class:`AuthenticationError` at once, without
+retries. Error messages name the key by its index and variable, and any text from the client
+is scrubbed of the token.
 
 ``job_states`` reads many jobs' states from one listing (``GET /jobs``, 100 a page) instead of
 one ``GET /jobs/{id}`` each.
@@ -28,7 +36,6 @@ import json
 import logging
 import re
 import threading
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -57,7 +64,7 @@ from qcourier.services.base import (
     check_job_id,
     scoped_call_time,
 )
-from qcourier.services.workers import RateGate, WorkerPool
+from qcourier.services.workers import RateGate, RetryPolicy, WorkerPool, retry_call
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -83,9 +90,10 @@ class IBMConnection:
         url: a Runtime-compatible API base URL used verbatim (private endpoints, emulators);
             ``None`` for IBM's own.
         timeout_seconds: the longest any one call may take.
-        retries: how many times a transient failure is retried.
-        backoff_seconds: the first retry's delay; each next one doubles it.
-        max_retry_after_seconds: the longest ``Retry-After`` honoured.
+        retries: how many times a transient failure is retried (see :attr:`retry_policy`).
+        backoff_seconds: the first retry's delay when the service named none; each next one
+            doubles it (plus a little random jitter).
+        max_retry_after_seconds: the longest ``Retry-After`` (or backoff) honoured.
         workers: how many client calls may run at once (the threads that run them are
             shared by the process, which keeps the largest number any connection asked for).
         deadline_seconds: the most time one command (``qsubmit``), or one job of a
@@ -102,6 +110,12 @@ class IBMConnection:
     workers: int = 8
     deadline_seconds: float = 120.0
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The one retry policy of this connection's calls."""
+        return RetryPolicy(attempts=self.retries + 1, backoff_seconds=self.backoff_seconds,
+                           max_wait_seconds=self.max_retry_after_seconds)
+
 
 @contextmanager
 def _quiet() -> Any:
@@ -114,6 +128,7 @@ class IBMService(QuantumService):
     """IBM Quantum for one API key (or the saved qiskit account when ``key`` is ``None``)."""
 
     name = "ibm"
+    retries_calls = True
 
     def __init__(self, key: ApiKey | None, connection: IBMConnection | None = None):
         self.key = key
@@ -151,7 +166,7 @@ class IBMService(QuantumService):
             with self._connect_lock:  # threads polling at once must not connect twice
                 if self._client is None:
                     self._client = self._connect()
-        _without_post_retries(self._client, pool_size=self.connection.workers)
+        _without_client_retries(self._client, pool_size=self.connection.workers)
         return self._client
 
     def _connect(self) -> Any:
@@ -172,63 +187,48 @@ class IBMService(QuantumService):
             return QiskitRuntimeService(**kwargs)
 
     def _call(self, what: str, func: Callable[..., T], *args: Any,
-              retry_statuses: frozenset[int] | None = None, **kwargs: Any) -> T:
+              idempotent: bool = True, **kwargs: Any) -> T:
         """Run one client call, bounded in time, retried when transient, errors translated.
 
-        Waits first while the service's gate is held: a 429 holds it, for every thread, for
-        the ``Retry-After`` given (else the backoff), at most ``max_retry_after_seconds``.
-        Every attempt, wait and backoff is paid from the scope's :class:`CallTime`
-        (``deadline_seconds``); when it is spent, the call gives up.
+        The one retry loop of every IBM call (:func:`~qcourier.services.workers.retry_call`, with
+        :attr:`IBMConnection.retry_policy`): each attempt waits first while the service's gate
+        is held (a 429 holds it, for every thread, for the ``Retry-After`` given, else the
+        backoff, at most ``max_retry_after_seconds``). Every attempt, wait and backoff is
+        paid from the scope's :class:`CallTime` (``deadline_seconds``); when it is spent, the
+        call gives up.
 
         Args:
-            retry_statuses: retry only transient failures with these HTTP statuses
-                (default: every transient failure, timeouts included).
+            idempotent: whether the call may be retried after a failure that leaves it unknown
+                whether the service acted (a 5xx or a timeout); a submission may not.
 
         Raises:
             ServiceError: the translated failure, once retries are spent or not allowed.
             DeadlineExceededError: the deadline passed before the call succeeded.
         """
         budget = scoped_call_time(self, self.connection.deadline_seconds, self._call_time)
-        attempt = 0
-        last: ServiceError | None = None
-        while True:
-            if budget.remaining() <= 0:
-                raise self._deadline_error(what, last)
-            started = time.monotonic()
+
+        def attempt(seconds_left: float) -> T:
+            timeout = min(self.connection.timeout_seconds, max(seconds_left, 0.01))
             try:
-                self._gate.wait()  # another thread's 429 holds this call too
-                timeout = min(self.connection.timeout_seconds, max(budget.remaining(), 0.01))
                 return _bounded(timeout, self.connection.workers, func, *args, **kwargs)
             except TimeoutError:
-                if timeout < self.connection.timeout_seconds:  # cut short by the deadline
-                    budget.spend(time.monotonic() - started)
-                    started = time.monotonic()
-                    raise self._deadline_error(what, last) from None
-                error: ServiceError = TransientServiceError(
-                    f"{self.label}: IBM Quantum did not answer ({what}) within {timeout:g} s")
+                if timeout < self.connection.timeout_seconds:
+                    raise  # cut short by the deadline: retry_call gives up
+                raise TransientServiceError(
+                    f"{self.label}: IBM Quantum did not answer ({what}) within {timeout:g} s"
+                ) from None
             except ServiceError:
                 raise
-            except Exception as exc:  # the client's exceptions, translated below
+            except Exception as exc:  # the client's exceptions, translated
                 error = self._translate(what, exc)
-            finally:
-                budget.spend(time.monotonic() - started)
-            last = error
-            delay = (error.retry_after if error.retry_after is not None
-                     else self.connection.backoff_seconds * 2**attempt)
-            delay = min(delay, self.connection.max_retry_after_seconds)
-            if error.http_status == 429:
-                self._gate.back_off(delay)
-            retryable = isinstance(error, TransientServiceError) and (
-                retry_statuses is None or error.http_status in retry_statuses)
-            if not retryable or attempt >= self.connection.retries:
-                raise error
-            if budget.remaining() <= 0:
-                raise self._deadline_error(what, last)
-            if error.http_status != 429:  # a 429's wait is the gate's, at the top
-                pause = min(delay, budget.remaining())
-                time.sleep(pause)
-                budget.spend(pause)
-            attempt += 1
+                if not error.nothing_done and _failed_method(exc) in ("GET", "HEAD"):
+                    # A read failed: a submission sends its POST last, so none was sent.
+                    error.nothing_done = True
+                raise error from None
+
+        return retry_call(attempt, what=what, policy=self.connection.retry_policy,
+                          gate=self._gate, budget=budget, idempotent=idempotent,
+                          deadline_error=lambda last: self._deadline_error(what, last))
 
     def _deadline_error(self, what: str, last: ServiceError | None) -> DeadlineExceededError:
         seconds = self.connection.deadline_seconds
@@ -274,7 +274,7 @@ class IBMService(QuantumService):
                 f"{label}: cannot reach {where} ({what}): {kind} {host}; check the network, "
                 "proxy settings (HTTPS_PROXY) and QCOURIER_IBM_URL",
                 http_status=-1, nothing_done=kind != "no answer from")
-        if status == -1:  # the client's retries of 5xx ran out
+        if status == -1:  # retries of 5xx ran out in a transport still retrying on its own
             statuses = _retried_statuses(chain)
             shown = f"HTTP {statuses}" if statuses else "server errors"
             return TransientServiceError(
@@ -370,20 +370,28 @@ class IBMService(QuantumService):
         return [str(d.get("name")) for d in lister() if isinstance(d, dict)]
 
     def backend(self, name: str) -> BackendV2:
-        with _quiet():
+        def lookup() -> BackendV2:
+            from qiskit.providers.exceptions import QiskitBackendNotFoundError
+
             try:
-                return self._call(f"backend {name}", lambda: self._service().backend(name))
-            except ServiceError as exc:
-                if isinstance(exc, (AuthenticationError, TransientServiceError)):
+                return self._service().backend(name)
+            except QiskitBackendNotFoundError:
+                # The client says "not found" both for a backend it does not know and when it
+                # could not fetch the configuration (it swallows that 5xx or lost connection):
+                # only a listing that really worked tells the two apart.
+                names = self._check_listing()
+                if names is None:
                     raise
-                lookup = exc
-            # Only a listing that really worked says the backend does not exist.
-            names = self._call("list backends", self._check_listing)
-            if names is None or name in names:
-                raise lookup
-            raise ServiceError(
-                f"unknown backend {name!r} for {self.label}; choose one of: "
-                f"{', '.join(sorted(names)) or '(the listing is empty)'}") from None
+                if name in names:  # it exists: its configuration did not come, for now
+                    raise TransientServiceError(
+                        f"{self.label}: IBM Quantum lists backend {name} but did not send its "
+                        f"configuration (backend {name}); try again later") from None
+                raise ServiceError(
+                    f"unknown backend {name!r} for {self.label}; choose one of: "
+                    f"{', '.join(sorted(names)) or '(the listing is empty)'}") from None
+
+        with _quiet():
+            return self._call(f"backend {name}", lookup)
 
     def calibration(self, backend: str) -> dict[str, Any]:
         def read() -> dict[str, Any]:
@@ -416,9 +424,10 @@ class IBMService(QuantumService):
             self._remember(job)
             return job_id
 
-        # Only a 429 is retried: it means the job was not created. After a 5xx or a timeout
-        # the job may exist, and a retry could create a second one.
-        return self._call(f"submit to {backend}", run, retry_statuses=frozenset({429}))
+        # Retried only after a failure that proves no job was made (a 429, a connection never
+        # made, a failed request before the POST): after a 5xx or a timeout of the POST the
+        # job may exist, and a retry could create a second one.
+        return self._call(f"submit to {backend}", run, idempotent=False)
 
     def job_status(self, job_id: str) -> JobStatusReport:
         def read() -> JobStatusReport:
@@ -606,39 +615,33 @@ def _bounded(timeout: float, workers: int, func: Callable[..., T], *args: Any, *
     return _WORKERS.call(lambda: func(*args, **kwargs), timeout, workers)
 
 
-def _without_post_retries(client: Any, pool_size: int = 10) -> None:
-    """Stop the client from retrying POSTs, and 429s, itself.
+def _without_client_retries(client: Any, pool_size: int = 10) -> None:
+    """Stop the client's transport from retrying anything itself: qcourier's one retry loop
+    (``IBMService._call``) decides, knowing the status, ``Retry-After`` and the deadline.
 
-    POST: the client retries it on 5xx by default. A server that created a job and then
-    failed to answer would otherwise get the same job twice, spending budget twice. Without
-    the retry, the submission fails, its intent line stays, and qcollect finds the one job by
-    its request tag. Other requests keep the client's retries.
-
-    429: urllib3 would sleep out a GET's ``Retry-After`` and retry, five times, inside the
-    bounded call (eating its timeout) and in each thread on its own. qcourier handles it
-    instead, holding every thread of the service until the time has passed.
+    The client's session retries 5xx five times (0-8 s apart, POST included), connections
+    three times, and sleeps out a GET's 429 ``Retry-After`` five times, inside the bounded
+    call (eating its timeout) and in each thread on its own; nested in qcourier's retries a
+    503 storm was sent ~6x as often as intended, and a POST whose job was created before
+    the 5xx made a second job. Without them a POST is never repeated after it may have
+    reached the service (its intent line stays, and qcollect finds the one job by its
+    request tag), and a 429 holds every thread of the service until the time has passed.
 
     The connection pool holds ``pool_size`` connections (at least urllib3's 10), so that the
     worker threads' calls do not open and drop connections.
     """
     api = getattr(client, "_active_api_client", None)
     session = getattr(api, "_session", None)
-    if session is None or getattr(session, "_qcourier_no_post_retry", False):
+    if session is None or getattr(session, "_qcourier_no_retries", False):
         return
-    from qiskit_ibm_runtime.api.session import STATUS_FORCELIST
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
-    class RetryBut429(Retry):
-        RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES - {429}
-
-    retry = RetryBut429(total=5, connect=3, backoff_factor=0.5,
-                        status_forcelist=[s for s in STATUS_FORCELIST if s != 429],
-                        allowed_methods=Retry.DEFAULT_ALLOWED_METHODS)  # every method but POST
     size = max(10, pool_size)
     for prefix in ("http://", "https://"):
-        session.mount(prefix, HTTPAdapter(max_retries=retry, pool_maxsize=size))
-    session._qcourier_no_post_retry = True
+        # requests' own default: no retry, no read retry.
+        session.mount(prefix, HTTPAdapter(max_retries=Retry(0, read=False), pool_maxsize=size))
+    session._qcourier_no_retries = True
 
 
 def _chain(exc: BaseException | None) -> Any:
@@ -667,6 +670,17 @@ def _http_status(exc: BaseException) -> tuple[int | None, float | None]:
         if isinstance(code, int) and status is None:
             status = code
     return status, retry_after
+
+
+def _failed_method(exc: BaseException) -> str | None:
+    """The HTTP method of the request that failed, where the exception's chain says."""
+    for err in _chain(exc):
+        request = getattr(err, "request", None) or getattr(
+            getattr(err, "response", None), "request", None)
+        method = getattr(request, "method", None)
+        if isinstance(method, str):
+            return method.upper()
+    return None
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -9,9 +9,14 @@
   socket must not keep the process from exiting.
 - :func:`map_unordered` runs a function over many items on the process-wide pool, at most
   ``workers`` at once, yielding each result as it completes.
-- :class:`RateGate` and :func:`call_with_backoff`: when a service answers 429 ("too many
-  requests"), every thread waits until the time it named has passed, instead of each
-  retrying on its own and keeping the service overloaded.
+- :class:`RateGate`: when a service answers 429 ("too many requests"), every thread waits
+  until the time it named has passed, instead of each retrying on its own and keeping the
+  service overloaded. One gate per service.
+- :class:`RetryPolicy` and :func:`retry_call`: the one retry loop a service call goes
+  through (the IBM adapter runs every call in it; the collector runs a service that does not
+  retry on its own, the local one, in it), driven by tenacity. Each back-off and retry is
+  logged on the ``qcourier.retry`` logger (INFO; waits at a gate DEBUG), silent unless the
+  application configures logging.
 
 No click and no qiskit here: the core and the service adapters both use this module.
 """
@@ -19,15 +24,25 @@ No click and no qiskit here: the core and the service adapters both use this mod
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from queue import SimpleQueue
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from qcourier.services.base import TransientServiceError
+from qcourier.services.base import (
+    CallTime,
+    DeadlineExceededError,
+    ServiceError,
+    TransientServiceError,
+)
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -278,48 +293,180 @@ class RateGate:
             self._open_at = max(self._open_at, self._clock() + max(0.0, seconds))
 
 
-def is_rate_limited(error: BaseException) -> bool:
-    """Whether ``error`` is a service's HTTP 429 ("too many requests")."""
-    return isinstance(error, TransientServiceError) and error.http_status == 429
+
+#: Every back-off and retry of a service call: INFO for a retry and a give-up, DEBUG for a
+#: wait at a rate gate that another call closed. Nothing here names a token: only the call
+#: ("status of job x"), the attempt, the wait, the HTTP status and the error's type.
+retry_log = logging.getLogger("qcourier.retry")
 
 
-def call_with_backoff(gate: RateGate, func: Callable[[], R], *, retries: int | None = None,
-                      max_wait: float = 120.0, base_delay: float = 0.5,
-                      max_delay: float = 60.0) -> R:
-    """``func()`` once ``gate`` is open; on HTTP 429, hold the gate and try again.
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Which failed service calls are tried again, how often, and after how long.
 
-    The gate is held for the error's ``retry_after`` when the service named one, else for
-    ``base_delay`` doubled on each attempt, at most ``max_delay``. Threads released together
-    by the gate start a few milliseconds apart, at random, so they do not all meet the limit
-    again at once. Only 429 is retried: other transient failures are the caller's to handle
-    ("poll again next time").
+    The one policy of qcourier's one retry loop (:func:`retry_call`), driven by tenacity
+    rather than stamina: the loop needs a stop that reads a shared, per-scope time budget
+    (``QCOURIER_IBM_DEADLINE``), a wait taken from the failure (``Retry-After``) and, for a
+    429, spent at a gate shared by every thread; tenacity's stop, wait, sleep and hook
+    callables give exactly that, where stamina (built on tenacity) fixes its own backoff and
+    wall-clock timeout per call.
+
+    Retried: a :class:`TransientServiceError` — HTTP 429, 5xx, a connection that failed, a
+    call that timed out — but not a spent deadline; with ``statuses``, only those HTTP
+    statuses. A call that is not idempotent (a submission) is retried only after a failure
+    that proves nothing was done (``nothing_done``: a 429, a connection never made, a failed
+    request before the POST): after a 5xx or a timeout of the POST the job may exist, and a
+    retry could make a second one. Never retried: 401/403 and every other 4xx (plain
+    :class:`ServiceError` and :class:`~qcourier.services.base.AuthenticationError`).
+
+    The wait before a retry is the failure's ``retry_after`` when the service named one, else
+    ``backoff_seconds`` doubled on each retry plus up to ``jitter_seconds`` at random; either
+    at most ``max_wait_seconds``. A 429's wait is spent at the service's :class:`RateGate`,
+    which holds every thread calling that service; the threads it releases together start
+    up to ``jitter_seconds`` apart, so they do not all meet the limit again at once.
+
+    Attributes:
+        attempts: the most attempts in all, the first one included; ``None``: as many as
+            the time budget allows (threads sharing a rate limit can lose the race for a
+            freed slot many times in a row).
+        backoff_seconds: the first retry's wait when the service named none.
+        max_wait_seconds: the longest wait, ``Retry-After`` included.
+        jitter_seconds: the most random time added to a back-off, and between threads
+            released by a gate.
+        statuses: retry only failures with these HTTP statuses (``None``: every transient
+            failure).
+    """
+
+    attempts: int | None = 4
+    backoff_seconds: float = 1.0
+    max_wait_seconds: float = 60.0
+    jitter_seconds: float = 0.05
+    statuses: frozenset[int] | None = None
+
+    def retryable(self, error: BaseException, idempotent: bool = True) -> bool:
+        """Whether ``error`` is worth another attempt under this policy."""
+        if not isinstance(error, TransientServiceError) or isinstance(error, DeadlineExceededError):
+            return False
+        if self.statuses is not None and error.http_status not in self.statuses:
+            return False
+        return idempotent or error.nothing_done
+
+    def wait_seconds(self, error: ServiceError, retry_state: RetryCallState) -> float:
+        """The wait after ``error``: its ``retry_after``, else the jittered back-off."""
+        if error.retry_after is not None:
+            return min(error.retry_after, self.max_wait_seconds)
+        from tenacity import wait_exponential, wait_random
+
+        backoff = (wait_exponential(multiplier=self.backoff_seconds, max=self.max_wait_seconds)
+                   + wait_random(0, self.jitter_seconds))
+        return min(backoff(retry_state), self.max_wait_seconds)
+
+
+def retry_call(func: Callable[[float], R], *, what: str, policy: RetryPolicy, gate: RateGate,
+               budget: CallTime,
+               deadline_error: Callable[[ServiceError | None], ServiceError],
+               idempotent: bool = True, sleep: Callable[[float], None] = time.sleep,
+               clock: Callable[[], float] = time.monotonic) -> R:
+    """``func(seconds_left)`` until it succeeds or ``policy`` says stop: the one retry loop.
+
+    Each attempt first waits while ``gate`` is held (another thread's 429), then runs. A 429
+    holds the gate for its wait (see :class:`RetryPolicy`), whether or not it is retried.
+    Every attempt, gate wait and back-off is paid from ``budget``; the loop never waits past
+    it, and once it is spent the call fails with ``deadline_error(last failure)``.
 
     Args:
-        gate: shared by every thread calling the same service.
-        func: the call.
-        retries: how many times a 429 is retried before it is raised; ``None``: as many as
-            fit in ``max_wait`` seconds (with several threads sharing a limit, one thread can
-            lose the race for a freed slot many times in a row).
-        max_wait: with ``retries=None``, how long to keep retrying (seconds).
-        base_delay: the first back-off when the service named no delay (seconds).
-        max_delay: the longest back-off honoured (seconds).
+        func: one attempt, given the seconds left in ``budget`` so it can bound itself. It
+            raises a :class:`ServiceError` when it fails, or ``TimeoutError`` when it ran out
+            of those seconds.
+        what: the call, for the log ("status of job x").
+        policy: which failures are retried, how often, and the waits.
+        gate: the service's rate gate.
+        budget: the time the call may take, shared by every call of the scope.
+        deadline_error: the error raised when ``budget`` runs out, given the last failure.
+        idempotent: whether a retry after an ambiguous failure is safe (a submission's is not).
+        sleep, clock: for tests.
 
     Raises:
-        TransientServiceError: still 429 after the retries or ``max_wait``.
-        Exception: whatever else ``func`` raised.
+        ServiceError: the last failure, once retries are spent or not allowed; or
+            ``deadline_error(...)``.
     """
-    deadline = time.monotonic() + max_wait
-    attempt = 0
-    while True:
-        if gate.wait() > 0:
-            time.sleep(random.uniform(0.0, 0.02))
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_never
+
+    last: list[ServiceError] = []  # the latest failure, for the deadline's message
+
+    def attempt() -> R:
+        if budget.remaining() <= 0:
+            raise _OutOfTime
+        started = clock()
         try:
-            return func()
-        except TransientServiceError as err:
-            out_of_tries = (attempt >= retries if retries is not None
-                            else time.monotonic() >= deadline)
-            if not is_rate_limited(err) or out_of_tries:
-                raise
-            delay = err.retry_after if err.retry_after is not None else base_delay * 2**min(attempt, 10)
-            gate.back_off(min(delay, max_delay))
-            attempt += 1
+            held = gate.remaining()
+            if held > 0:
+                if held >= budget.remaining():  # the gate opens after the deadline
+                    sleep(max(budget.remaining(), 0.0))
+                    raise _OutOfTime
+                retry_log.debug("%s: waiting %.2f s at the rate gate", what, held)
+                if gate.wait() > 0:
+                    sleep(random.uniform(0.0, policy.jitter_seconds))
+            return func(max(budget.remaining() - (clock() - started), 0.0))
+        except TimeoutError:  # the seconds left ran out
+            raise _OutOfTime from None
+        except ServiceError as error:
+            last[:] = [error]
+            if error.http_status == 429:  # every thread of this service waits it out
+                gate.back_off(min(error.retry_after if error.retry_after is not None
+                                  else policy.backoff_seconds, policy.max_wait_seconds))
+            raise
+        finally:
+            budget.spend(clock() - started)
+
+    def wait(retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception()  # type: ignore[union-attr]
+        if getattr(error, "http_status", None) == 429:
+            return 0.0  # the gate holds the next attempt (and every other thread's)
+        return min(policy.wait_seconds(error, retry_state), max(budget.remaining(), 0.0))
+
+    def pause(seconds: float) -> None:
+        if seconds > 0:
+            sleep(seconds)
+            budget.spend(seconds)
+
+    def announce(retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception()  # type: ignore[union-attr]
+        seconds = retry_state.next_action.sleep  # type: ignore[union-attr]
+        if getattr(error, "http_status", None) == 429:
+            seconds = max(seconds, gate.remaining())
+        retry_log.info("%s: attempt %d of %s failed (%s, HTTP %s); retrying in %.2f s%s",
+                       what, retry_state.attempt_number, policy.attempts or "unlimited",
+                       type(error).__name__, getattr(error, "http_status", None), seconds,
+                       " (Retry-After)" if getattr(error, "retry_after", None) is not None
+                       else "")
+
+    def give_up(retry_state: RetryCallState) -> R:
+        error = retry_state.outcome.exception()  # type: ignore[union-attr]
+        if not isinstance(error, ServiceError):  # only ServiceErrors are retried
+            raise error  # type: ignore[misc]
+        spent = policy.attempts is not None and retry_state.attempt_number >= policy.attempts
+        retry_log.info("%s: giving up after %d attempt(s) (%s, HTTP %s): %s", what,
+                       retry_state.attempt_number, type(error).__name__, error.http_status,
+                       "attempts spent" if spent else "deadline reached")
+        if spent:
+            raise error
+        raise deadline_error(error) from None
+
+    attempts = stop_after_attempt(policy.attempts) if policy.attempts is not None else stop_never
+    retrying = Retrying(
+        retry=retry_if_exception(lambda error: policy.retryable(error, idempotent)),
+        stop=attempts | (lambda _: budget.remaining() <= 0),
+        wait=wait,
+        sleep=pause,
+        before_sleep=announce,
+        retry_error_callback=give_up,
+    )
+    try:
+        return retrying(attempt)
+    except _OutOfTime:
+        raise deadline_error(last[0] if last else None) from None
+
+
+class _OutOfTime(Exception):
+    """Inside :func:`retry_call`: the budget ran out before or during an attempt."""

@@ -153,20 +153,7 @@ def plan_submission(
         progress(f"building {experiment.name}")
         built.extend((experiment, params, unit) for unit in experiment.build(params))
     width = max(c.num_qubits for _, _, unit in built for c in unit.circuits)
-    try:
-        backend_name = backend or service.least_busy(width)
-        target = service.backend(backend_name)
-    except (AuthenticationError, TransientServiceError):
-        raise
-    except ServiceError as exc:  # no such backend, or none large enough
-        if exc.http_status is not None:  # the service failed: not the user's choice
-            raise
-        raise UsageError(str(exc)) from None
-    if width > target.num_qubits:
-        raise UsageError(
-            f"the circuits need {width} qubits but backend {backend_name} has "
-            f"{target.num_qubits}; lower the width or choose a larger backend"
-        )
+    backend_name, target = _choose_backend(service, backend, width)
     calibration = service.calibration(backend_name)
     snapshot = snapshot_sha256(calibration)
     age = calibration_age_hours(calibration)
@@ -191,15 +178,7 @@ def plan_submission(
         isa = transpiled.circuits
         template = _record_for(service, backend_name, experiment, params, unit, transpiled,
                                logical_hash, git, snapshot)
-        stored_metadata = isa[0].metadata
-        # Travels with the job (QPY keeps circuit metadata; the hashes ignore it), so that
-        # `qcourier recover` can rebuild the ledger record of a job whose ledger file is lost.
-        isa[0].metadata = {"qcourier": {"experiment": experiment.name,
-                                        "params": template.params,
-                                        "unit": unit.metadata,
-                                        "circuit_hash": template.circuit_hash,
-                                        "backend_snapshot_sha256": snapshot}}
-        _check_planned_input_size(transpiled, stored_metadata, experiment.name)
+        _attach_provenance(transpiled, experiment.name, template, unit, snapshot)
         estimate = estimate_qpu_seconds(isa, unit.shots, target)
         template = template.model_copy(update={
             "calibration_age_hours": age,
@@ -214,6 +193,47 @@ def plan_submission(
     if cache is not None:
         plan.warnings.extend(cache.warnings)
     return plan
+
+
+def _choose_backend(service: QuantumService, backend: str | None, width: int) -> tuple[str, Any]:
+    """The backend's name and object: the one asked for, else the least busy wide enough.
+
+    Raises:
+        UsageError: no such backend, none wide enough, or it is narrower than ``width``.
+    """
+    try:
+        name = backend or service.least_busy(width)
+        target = service.backend(name)
+    except (AuthenticationError, TransientServiceError):
+        raise
+    except ServiceError as exc:  # no such backend, or none large enough
+        if exc.http_status is not None:  # the service failed: not the user's choice
+            raise
+        raise UsageError(str(exc)) from None
+    if width > target.num_qubits:
+        raise UsageError(
+            f"the circuits need {width} qubits but backend {name} has "
+            f"{target.num_qubits}; lower the width or choose a larger backend"
+        )
+    return name, target
+
+
+def _attach_provenance(transpiled: TranspiledUnit, experiment: str, template: LedgerRecord,
+                       unit: JobUnit, snapshot: str) -> None:
+    """Put what the ledger record is built from into the first ISA circuit's metadata, and
+    check the job's input size with it.
+
+    It travels with the job (QPY keeps circuit metadata; the hashes ignore it), so that
+    ``qcourier recover`` can rebuild the ledger record of a job whose ledger file is lost.
+    """
+    isa = transpiled.circuits
+    stored_metadata = isa[0].metadata
+    isa[0].metadata = {"qcourier": {"experiment": experiment,
+                                    "params": template.params,
+                                    "unit": unit.metadata,
+                                    "circuit_hash": template.circuit_hash,
+                                    "backend_snapshot_sha256": snapshot}}
+    _check_planned_input_size(transpiled, stored_metadata, experiment)
 
 
 def _open_cache(

@@ -14,6 +14,7 @@ from qcourier.ledger import store as ledger_mod
 from qcourier.ledger.record import LedgerRecord
 from qcourier.ledger.status import JobStatus, utc_now
 from qcourier.ledger.store import Ledger
+from qcourier.ledger.working import working_set
 from qcourier.provenance import save_snapshot
 from qcourier.services.base import (
     QuantumService,
@@ -106,13 +107,15 @@ def submit_plan(
     if that call fails the guard counts the ledger's alone, and a warning says so).
 
     Everything from the dedupe to the last job's line runs under the key's lock
-    (:func:`~qcourier.submit.dispatch.key_lock`) on a fold made inside it, so processes submitting
-    for one key at once see each other's intents: together they spend at most the budget
-    and keep the pending and per-minute caps.
+    (:func:`~qcourier.submit.dispatch.key_lock`) on a working set made inside it, so processes
+    submitting for one key at once see each other's intents: together they spend at most the
+    budget and keep the pending and per-minute caps.
 
     Args:
-        existing: every record of the ledger (the fold); it is replaced by the fold made
-            under the lock, and this run's records are added to it.
+        existing: the ledger's records that the checks read (a working set: those not final
+            or in the budget window, and — unless ``force`` — the completed ones of the
+            plan's circuits); it is replaced by the working set made under the lock, and
+            this run's records are added to it.
     """
     from filelock import Timeout
 
@@ -128,7 +131,8 @@ def submit_plan(
                      "another qsubmit or qcollect submitting for this key")
             lock.acquire()
         try:
-            existing[:] = target.ledger.fold().summaries
+            circuits = None if force else {job.record.circuit_hash for job in plan.jobs}
+            existing[:] = working_set(target.ledger, utc_now(), circuits=circuits).summaries
             _submit_locked(target, plan, existing, policy, force, guard, progress, outcome,
                            service_used)
         finally:
@@ -163,7 +167,7 @@ def _submit_locked(target: LedgerTarget, plan: Plan, existing: list[RecordView],
                    policy: QueuePolicy, force: bool, guard: BudgetGuard | None,
                    progress: Progress, outcome: SubmissionOutcome,
                    service_used: float | None) -> None:
-    """:func:`submit_plan`'s work under the key's lock, on ``existing`` folded inside it."""
+    """:func:`submit_plan`'s work under the key's lock, on ``existing`` made inside it."""
     earlier = {dedupe_key(r): r for r in existing if r.status in _DUPLICATE_STATUSES}
     jobs = []
     for job in plan.jobs:
@@ -261,48 +265,67 @@ def dry_run_budget_line(plan: Plan, existing: list[RecordView], guard: BudgetGua
             f"(used {state.used_seconds:.1f} s, reserved {state.reserved_seconds:.1f} s): {fits}")
 
 
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How to submit (``qsubmit``'s options, validated by the command).
+
+    Attributes:
+        backend: backend name; None: the least busy big enough.
+        repeat: identical jobs per unit.
+        repo_path: the experiment repository whose commit is recorded.
+        jobs_file: append to this ledger file instead of a new one.
+        dry_run: plan only, write nothing.
+        limits: max_execution_time policy.
+        policy: pending and per-minute caps, intent grace.
+        force: submit even what dedupe would skip.
+        guard: the budget guard; None: no budget check.
+        progress: called with each step's description.
+        transpile_cache: directory of the transpile cache, or None to transpile afresh. A
+            dry run reads it but does not write it.
+    """
+
+    backend: str | None = None
+    repeat: int = 1
+    repo_path: Path | None = None
+    jobs_file: Path | None = None
+    dry_run: bool = False
+    limits: ExecutionLimits = ExecutionLimits()
+    policy: QueuePolicy = QueuePolicy()
+    force: bool = False
+    guard: BudgetGuard | None = None
+    progress: Progress = _quiet
+    transpile_cache: Path | None = None
+
+
 def submit_everywhere(
     services: list[QuantumService],
     ledger: Ledger,
     experiments: list[tuple[Experiment, ExperimentParams]],
-    *,
-    backend: str | None = None,
-    repeat: int = 1,
-    repo_path: Path | None = None,
-    jobs_file: Path | None = None,
-    dry_run: bool = False,
-    limits: ExecutionLimits = ExecutionLimits(),
-    policy: QueuePolicy = QueuePolicy(),
-    force: bool = False,
-    guard: BudgetGuard | None = None,
-    progress: Progress = _quiet,
-    transpile_cache: Path | None = None,
+    options: SubmitOptions = SubmitOptions(),
 ) -> SubmissionReport:
     """Plan and submit the same experiments to each service, into one ledger file.
 
     A service that fails (rejected key, exhausted budget, unreachable) is reported and the
     others go on. Bad usage (an unknown backend, say) raises before that service submits.
-
-    Args:
-        transpile_cache: directory of the transpile cache, or None to transpile afresh. A dry
-            run reads it but does not write it.
     """
     report = SubmissionReport()
-    target = LedgerTarget(ledger, jobs_file)
-    existing: list[RecordView] = ledger.fold().summaries
+    target = LedgerTarget(ledger, options.jobs_file)
+    existing: list[RecordView] = working_set(ledger).summaries  # the dry run's budget lines
     for service in services:
         try:
-            plan = plan_submission(service, experiments, backend=backend, repeat=repeat,
-                                   repo_path=repo_path, limits=limits, progress=progress,
-                                   transpile_cache=transpile_cache, update_cache=not dry_run,
-                                   output_dirs=[ledger.directory, *_service_dirs(services)])
-            if dry_run:
+            plan = plan_submission(
+                service, experiments, backend=options.backend, repeat=options.repeat,
+                repo_path=options.repo_path, limits=options.limits, progress=options.progress,
+                transpile_cache=options.transpile_cache, update_cache=not options.dry_run,
+                output_dirs=[ledger.directory, *_service_dirs(services)])
+            if options.dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
-                if guard is not None:
-                    report.budget_lines.append(dry_run_budget_line(plan, existing, guard))
+                if options.guard is not None:
+                    report.budget_lines.append(dry_run_budget_line(plan, existing, options.guard))
                 continue
-            outcome = submit_plan(target, plan, existing=existing, policy=policy, force=force,
-                                  guard=guard, progress=progress)
+            outcome = submit_plan(target, plan, existing=existing, policy=options.policy,
+                                  force=options.force, guard=options.guard,
+                                  progress=options.progress)
             report.outcomes.append(outcome)
             if outcome.error:
                 report.failures.append(outcome.error)
