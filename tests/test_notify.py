@@ -332,9 +332,9 @@ def test_budget_crossings_exactly_once_with_two_collectors(sink, tmp_path: Path)
     (each threshold notified once more)."""
     import subprocess
 
-    from conftest import cli_env, script, submit_process
+    from conftest import cli_env, script, submit_jobs
 
-    submit_process(tmp_path, "--experiment", "bell", "--shots", "100")
+    submit_jobs(tmp_path, "--experiment", "bell", "--shots", "100")
 
     def two_collectors(budget: str) -> None:
         env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url, QCOURIER_BUDGET_SECONDS=budget)
@@ -552,7 +552,7 @@ def test_idle_qcollect_with_notify_set_does_not_import_apprise(sink, tmp_path: P
     import subprocess
     import sys
 
-    from conftest import cli_env, script, submit_process
+    from conftest import cli_env, script, submit_jobs
 
     env = cli_env(tmp_path, QCOURIER_NOTIFY=sink.url)
 
@@ -564,7 +564,7 @@ def test_idle_qcollect_with_notify_set_does_not_import_apprise(sink, tmp_path: P
                 for ln in done.stderr.splitlines() if ln.startswith("import time:")}
 
     assert "apprise" not in imported()  # an empty ledger
-    submit_process(tmp_path, "--experiment", "bell", "--shots", "100")
+    submit_jobs(tmp_path, "--experiment", "bell", "--shots", "100")
     assert "apprise" in imported()  # the job finished: sent (the measure sees apprise)
     assert len(sink.bodies) == 1
     assert "apprise" not in imported()  # everything already told
