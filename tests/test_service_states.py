@@ -276,6 +276,6 @@ def test_a_hung_call_is_abandoned_while_others_go_on(emu: IBMEmulator):
     emu.hang("GET", rf"/api/v1/jobs/{slow}$", seconds=5)
     with pytest.raises(TransientServiceError, match="did not answer"):
         service.job_status(slow)
-    start = time.monotonic()
+    # Answered within the call timeout (0.5 s, no retries) while the abandoned call still
+    # hangs: had it waited behind that one, it would have raised "did not answer".
     assert service.job_status(fast).state is JobState.DONE
-    assert time.monotonic() - start < 2
