@@ -287,13 +287,14 @@ def test_non_isa_circuits_and_sessions_never_reach_a_job(emu: IBMEmulator):
 
 
 def test_bad_token_fails_fast_at_construction(emu: IBMEmulator):
-    start = time.monotonic()
+    before = len(emu.requests)
     with pytest.raises(InvalidAccountError):
         connect(emu, "bad-token", instance=emu.instance_crn("instance-0"))
     with pytest.raises(InvalidAccountError):
         QiskitRuntimeService(channel="ibm_quantum_platform", token="bad-token", url=emu.url,
                              url_resolver=emu.service_kwargs()["url_resolver"])
-    assert time.monotonic() - start < 5
+    # Fast: each refusal is final at its first token exchange, neither retried nor followed.
+    assert [r[:2] for r in emu.requests[before:]] == [("POST", "/identity/token")] * 2
     # another key's instance is refused too; an instance given by name is resolved
     with pytest.raises(IBMInputValueError):
         connect(emu, "good-token-1", instance=emu.instance_crn("instance-0"))
@@ -351,18 +352,15 @@ def test_429_rate_limit_is_not_retried(monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(name, value)
         backend = connect(emu).backend("ibm_fez")
         sampler(backend).run([bell(backend)], shots=10)
-        start = time.monotonic()
         with pytest.raises(IBMRuntimeError, match="429 Client Error"):
             sampler(backend).run([bell(backend)], shots=10)
-        assert time.monotonic() - start < 2 and len(posts(emu)) == 2 and len(emu.jobs) == 1
+        assert len(posts(emu)) == 2 and len(emu.jobs) == 1  # the 429 was not retried
 
 
 def test_hang_delays_the_answer(emu: IBMEmulator):
     emu.hang("GET", r"/api/v1/instances/usage$", seconds=3)
-    start = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError):  # the answer was not there within 0.5 s: it hung
         raw(emu, "GET", "/api/v1/instances/usage", timeout=0.5)
-    assert time.monotonic() - start < 2
     status, body = raw(emu, "GET", "/api/v1/instances/usage", timeout=2)  # used up: answers at once
     assert status == 200 and "usage_consumed_seconds" in body
 
