@@ -319,6 +319,8 @@ class IBMEmulator:
         self._posts: dict[str, list[float]] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        #: Requests held by a hang right now.
+        self.hanging = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -395,11 +397,28 @@ class IBMEmulator:
                                  "count": count, "status": status, "body": body,
                                  "headers": headers or {}, "after": after})
 
-    def hang(self, method: str, path_regex: str, seconds: float, count: int = 1) -> None:
-        """Delay the answer to the next ``count`` matching requests by ``seconds``."""
+    def hang(self, method: str, path_regex: str, seconds: float, count: int = 1,
+             until: threading.Event | None = None) -> None:
+        """Delay the answer to the next ``count`` matching requests by ``seconds``, or until
+        ``until`` is set if that comes first (``hanging`` counts the requests held now)."""
         with self._lock:
             self._faults.append({"method": method.upper(), "regex": re.compile(path_regex),
-                                 "count": count, "hang": seconds})
+                                 "count": count, "hang": seconds, "until": until})
+
+    def _hold(self, seconds: float, until: threading.Event | None) -> None:
+        """Hold a request ``seconds``, or until ``until`` is set, or the server stops."""
+        with self._lock:
+            self.hanging += 1
+        try:
+            deadline = time.monotonic() + seconds
+            while not self._stopping.is_set() and not (until is not None and until.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                (until or self._stopping).wait(min(left, 0.05))
+        finally:
+            with self._lock:
+                self.hanging -= 1
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -874,9 +893,10 @@ class IBMEmulator:
             return 204, None, {}
         raise _Reply(405, ibm_error(405, f"{method} not allowed here."))
 
-    def _take_faults(self, method: str, path: str) -> tuple[float, dict[str, Any] | None]:
-        """The hang (seconds) and the failure that apply to this request, consuming them."""
-        hang, failure = 0.0, None
+    def _take_faults(self, method: str, path: str) -> tuple[dict[str, Any] | None,
+                                                           dict[str, Any] | None]:
+        """The hang and the failure that apply to this request, consuming them."""
+        hang, failure = None, None
         with self._lock:
             for fault in list(self._faults):
                 if fault["method"] != method or not fault["regex"].search(path):
@@ -884,7 +904,7 @@ class IBMEmulator:
                 if "hang" in fault:
                     if hang:
                         continue
-                    hang = fault["hang"]
+                    hang = fault
                 elif failure is None:
                     failure = fault
                 else:
@@ -931,7 +951,7 @@ class _Handler(BaseHTTPRequestHandler):
         emu.request_times.append((method, path, time.monotonic()))
         hang, failure = emu._take_faults(method, path)
         if hang:
-            emu._stopping.wait(hang)
+            emu._hold(hang["hang"], hang["until"])
         try:
             if failure is not None and failure["after"]:
                 try:

@@ -261,10 +261,20 @@ def test_threads_call_one_ibm_service_at_once(emu: IBMEmulator):
     ids = [emu.add_job(tags=["qcourier"]) for _ in range(8)]
     service = ibm(emu)
     service.usage()
-    emu.hang("GET", r"/api/v1/jobs/[a-z0-9]+$", seconds=0.4, count=8)
-    start = time.monotonic()
-    results = dict(map_unordered(service.job_status, ids, workers=8))
-    assert time.monotonic() - start < 2.5  # one at a time: 3.2 s and more
+    release = threading.Event()
+    emu.hang("GET", r"/api/v1/jobs/[a-z0-9]+$", seconds=50, count=8, until=release)
+    results: dict = {}
+    caller = threading.Thread(target=lambda: results.update(
+        map_unordered(service.job_status, ids, workers=8)))
+    caller.start()
+    # Observed: all eight requests are held at the server at once (one at a time, the first
+    # would be held alone until its 50 s ran out).
+    deadline = time.monotonic() + 40
+    while emu.hanging < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert emu.hanging == 8
+    release.set()
+    caller.join(60)
     assert all(results[job_id].state is JobState.DONE for job_id in ids)
     assert set(service._jobs) == set(ids)
 
