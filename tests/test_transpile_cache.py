@@ -231,9 +231,13 @@ def test_qsubmit_force_reuses_the_cache(invoke, tmp_path: Path):
 
 
 def test_no_transpile_cache_flag_writes_no_cache(invoke, tmp_path: Path):
+    from qcourier.circuits.cache import cache_directory
+
     result = invoke(submit.main, ["-e", "bell", "--shots", "10", "--no-transpile-cache"])
     assert result.exit_code == 0, result.output
-    assert not (tmp_path / "ledger" / "cache").exists()
+    # (the ledger's own derived index under cache/index may exist; the transpile cache not)
+    assert not cache_directory(tmp_path / "ledger").exists()
+    assert [p.name for p in (tmp_path / "ledger" / "cache").iterdir()] == ["index"]
 
 
 def test_a_backend_that_cannot_be_fingerprinted_plans_without_the_cache(service, tmp_path: Path,
