@@ -15,11 +15,13 @@ chi2/dof, the fault distance stim finds, and the published d=3 values of Sundare
 our convention (their Z basis is our X basis). Then the time of the local ``both`` demo.
 
     python scripts/bench_heavy_hex_memory.py [--shots 20000] [--rounds 6]
+    python scripts/bench_heavy_hex_memory.py --idle-check   # how much of eps is idle error
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import sys
@@ -107,12 +109,48 @@ def demo_seconds() -> float:
         return time.perf_counter() - started
 
 
+def idle_check(backend: str, shots: int, rounds: int) -> None:
+    """eps per round with the snapshot's T1/T2 as calibrated, with T2 = 2 T1 (no pure
+    dephasing), and with no idle error, on the same ISA circuits (stim reference sampling)."""
+    exp = HeavyHexCodeExperiment()
+    be = fake_backend(backend)
+    snapshot = be.properties().to_dict()
+    print(f"{backend}, d=3, {shots} shots, rounds 1..{rounds} (stim reference)\n")
+    print("| idle model | X basis (+) | Z basis (0) |\n|---|---|---|")
+    rows: dict[str, list[str]] = {}
+    for state in ("+", "0"):
+        unit = exp.build(HeavyHexCodeParams(rounds=rounds, logical_state=state))[0]
+        unit = exp.place(unit, Device(backend, be.target, be.num_qubits, snapshot))
+        isa = transpile(unit.circuits, be, unit.initial_layout, "bench")
+        for label, mode in (("T1, T2 as calibrated", None), ("T2 = 2 T1", "t2"),
+                            ("no idle error", "none")):
+            edited = copy.deepcopy(snapshot)
+            for qubit in edited["qubits"]:
+                t1 = next(e["value"] for e in qubit if e["name"] == "T1")
+                for entry in qubit:
+                    if entry["name"] == "T2" and mode == "t2":
+                        entry["value"] = 2 * t1
+                    if entry["name"] in ("T1", "T2") and mode == "none":
+                        entry["value"] = 1e9
+            noise = DeviceNoise.from_snapshot(edited, unit.metadata["layout"])
+            counts = [reference_counts(c, noise, shots, 1 + i) for i, c in enumerate(isa)]
+            fit = exp.analyse(dict(unit.metadata), counts, None, run=RunContext(isa, edited))["fit"]
+            rows.setdefault(label, []).append(f"{fit['eps']:.3f}")
+    for label, values in rows.items():
+        print(f"| {label} | {values[0]} | {values[1]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--backends", default="fake_peekskill,fake_fez")
+    parser.add_argument("--idle-check", action="store_true",
+                        help="only the idle-error table on fake_peekskill")
     args = parser.parse_args()
+    if args.idle_check:
+        idle_check("fake_peekskill", args.shots, args.rounds)
+        return
     print(f"{args.shots} shots per round count, rounds 1..{args.rounds}\n")
     print("| backend | d | state | local service: eps per round | stim reference (decoder's model) "
           "| fault distance | published | local run + analysis s |")
