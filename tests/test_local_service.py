@@ -172,7 +172,7 @@ def test_latency_and_rate_limit_come_from_the_environment(monkeypatch: pytest.Mo
     assert pool_from_settings(Settings()).get("local").config.rate_limit_per_second is None
     for name, bad in (("QCOURIER_LOCAL_LATENCY_SECONDS", "-1"), ("QCOURIER_LOCAL_RATE_LIMIT", "0")):
         monkeypatch.setenv(name, bad)
-        with pytest.raises(QcourierError, match=f"^bad setting {name}: '{bad}' is not a number"):
+        with pytest.raises(QcourierError, match=f"^bad setting {name}: '{bad}' is not valid \\(input should be greater"):
             Settings()
         monkeypatch.delenv(name)
 

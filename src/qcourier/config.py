@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from qcourier.errors import QcourierError
 
 if TYPE_CHECKING:
     pass
@@ -123,6 +125,18 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    def __init__(self, **values: object) -> None:
+        """Read the settings; a bad value raises :class:`QcourierError` ("bad setting NAME:
+        ...", naming the variable, never echoing a token)."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
+            given = f"{err['input']!r} " if isinstance(err.get("input"), str) else ""
+            raise QcourierError(f"bad setting {name}: {given}is not valid "
+                                f"({err['msg'][0].lower()}{err['msg'][1:]})") from None
+
     def api_keys(self) -> list[ApiKey]:
         """Every configured API key, by index (environment over ``.env``)."""
         values = {**_dotenv_values(), **os.environ}
@@ -156,8 +170,6 @@ class Settings(BaseSettings):
         except ValueError:
             value = -1.0
         if not value >= 0 or value == float("inf"):
-            from qcourier.errors import QcourierError
-
             raise QcourierError(f"bad setting {name}: {raw!r} is not a number of seconds >= 0")
         return value
 

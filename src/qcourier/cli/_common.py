@@ -82,16 +82,9 @@ class AppState:
     def get_settings(self) -> Any:
         """Settings from the environment and ``.env``, read once."""
         if self.settings is None:
-            from pydantic import ValidationError
-
             from qcourier.config import Settings
 
-            try:
-                self.settings = Settings()
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
-                raise QcourierError(f"bad setting {name}: {err['msg']}") from None
+            self.settings = Settings()  # a bad value: QcourierError("bad setting NAME: ...")
         return self.settings
 
     def get_pool(self) -> Any:
