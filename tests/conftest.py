@@ -12,12 +12,17 @@ from click.testing import CliRunner
 from qcourier.cli._common import AppState
 from qcourier.ledger.store import Ledger
 from qcourier.services.local import LocalService, LocalServiceConfig
+from s3server import s3_server, s3_study  # noqa: F401 - fixtures of the store's tests
 
 CLEARED = [
     "QCOURIER_LEDGER_DIR", "QCOURIER_SERVICE", "QCOURIER_LOCAL_SERVICE_DIR",
     "QCOURIER_LOCAL_QUEUE_SECONDS", "QCOURIER_LOCAL_RUN_SECONDS", "QCOURIER_LOCAL_FAILURE_RATE",
     "QCOURIER_LOCAL_SEED", "QCOURIER_LOCAL_NOISE", "QCOURIER_LOCAL_CLIFFORD_ENGINE", "IBM_QUANTUM_TOKEN",
     "QCOURIER_LOCAL_LATENCY_SECONDS", "QCOURIER_LOCAL_RATE_LIMIT",
+    # the team store: never the user's bucket, profile or key
+    "QCOURIER_STORE", "QCOURIER_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
 ]
 
 

@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "qcourier"
 SHARED = ("qcourier.errors", "qcourier.files", "qcourier.config", "qcourier.provenance",
           "qcourier.circuits")
 LOWER = ("qcourier.services", "qcourier.experiments")
-CORE = ("qcourier.ledger", "qcourier.submit", "qcourier.collect", "qcourier.accounting")
+CORE = ("qcourier.ledger", "qcourier.store", "qcourier.submit", "qcourier.collect",
+        "qcourier.accounting")
 TOP = ("qcourier.cli", "qcourier.__main__")
 
 

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     local_usage_factor: float = Field(1.0, gt=0, le=100, validation_alias="QCOURIER_LOCAL_USAGE_FACTOR")
     local_usage_delay_seconds: float = Field(
         0.0, ge=0, validation_alias="QCOURIER_LOCAL_USAGE_DELAY_SECONDS")
+    #: The team store (``qcourier.store``): ``s3://BUCKET/PREFIX``; unset, only the local
+    #: ledger is used. Credentials come from boto3's own chain, never from here.
+    store: str | None = Field(None, validation_alias="QCOURIER_STORE")
+    s3_endpoint: str | None = Field(None, validation_alias="QCOURIER_S3_ENDPOINT")
+    store_timeout_seconds: float = Field(10.0, gt=0, le=300,
+                                         validation_alias="QCOURIER_STORE_TIMEOUT")
     #: What can be rebuilt: the local service's descriptions of its fake devices.
     cache_dir: Path = Field(default_factory=lambda: user_cache_dir(),
                             validation_alias="QCOURIER_CACHE_DIR")
@@ -120,7 +126,8 @@ class Settings(BaseSettings):
     def _empty_is_default(cls, value: object) -> object:
         return user_cache_dir() if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("service", "local_seed", "ibm_url", "local_rate_limit", mode="before")
+    @field_validator("service", "local_seed", "ibm_url", "local_rate_limit", "store", "s3_endpoint",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -1,0 +1,110 @@
+"""The object layer of the team store against a real S3 server (SeaweedFS on loopback)."""
+
+from __future__ import annotations
+
+import pytest
+from s3server import ACCESS_KEY, S3Study, SeaweedS3
+
+from qcourier.errors import UsageError
+from qcourier.store.objects import (
+    ObjectStore,
+    StoreError,
+    StoreLocation,
+    StoreUnavailable,
+    check_key_part,
+)
+
+
+def store_of(study: S3Study, **options) -> ObjectStore:
+    return ObjectStore(StoreLocation.parse(study.url, study.server.endpoint), **options)
+
+
+def test_create_only_writes_never_overwrite(s3_study: S3Study):
+    store = store_of(s3_study)
+    assert store.put_new("ledger/a.jsonl", b"one\n") is True
+    assert store.put_new("ledger/a.jsonl", b"two\n") is False
+    data, etag = store.get("ledger/a.jsonl")
+    assert data == b"one\n" and etag
+    assert s3_study.keys() == ["ledger/a.jsonl"]  # below the prefix, nowhere else
+
+
+def test_compare_and_swap_loses_to_a_writer_in_between(s3_study: S3Study):
+    store = store_of(s3_study)
+    store.put_new("lease", b"free")
+    _data, etag = store.get("lease")
+    mine = store.put_if_match("lease", b"mine", etag)
+    assert mine is not None
+    assert store.put_if_match("lease", b"theirs", etag) is None  # stale ETag: refused
+    assert store.get("lease")[0] == b"mine"
+    assert store.delete_if_match("lease", etag) is False
+    assert store.delete_if_match("lease", mine) is True
+    assert store.get("lease") is None and store.head("lease") is None
+
+
+def test_listing_pages_and_stays_below_the_prefix(s3_study: S3Study):
+    store = store_of(s3_study)
+    s3_study.client().put_object(Bucket=s3_study.bucket, Key="elsewhere/x", Body=b"x")
+    for n in range(5):
+        store.put_new(f"blobs/{n}", bytes(n))
+    store._client.meta.events.register(  # pages of two: the continuation must be followed
+        "before-parameter-build.s3.ListObjectsV2",
+        lambda params, **_: params.setdefault("MaxKeys", 2))
+    listed = list(store.list("blobs/"))
+    assert [o.key for o in listed] == [f"blobs/{n}" for n in range(5)]
+    assert [o.size for o in listed] == list(range(5))
+
+
+@pytest.mark.parametrize("url", ["s3:/x", "http://bucket/p", "s3://B/p", "s3://ab/p/../q",
+                                 "s3://bucket/p q"])
+def test_a_bad_store_url_is_a_usage_error(url: str):
+    with pytest.raises(UsageError, match="QCOURIER_STORE"):
+        StoreLocation.parse(url)
+
+
+def test_a_location_names_bucket_prefix_and_endpoint():
+    where = StoreLocation.parse("s3://team-study/qec/2026/", "https://s3.example.org")
+    assert (where.bucket, where.prefix) == ("team-study", "qec/2026")
+    assert str(where) == "s3://team-study/qec/2026 at https://s3.example.org"
+    assert where.key("ledger/x") == "qec/2026/ledger/x"
+    with pytest.raises(UsageError, match="QCOURIER_S3_ENDPOINT"):
+        StoreLocation.parse("s3://team-study", "s3.example.org")
+
+
+def test_refused_credentials_name_the_store_never_the_key(s3_study: S3Study,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+    with pytest.raises(StoreError) as caught:
+        store_of(s3_study).check()
+    message = str(caught.value)
+    assert not isinstance(caught.value, StoreUnavailable)
+    assert s3_study.url in message and "credentials refused" in message
+    assert "wrong-secret-value" not in message and ACCESS_KEY not in message
+
+
+def test_a_missing_bucket_says_so(s3_study: S3Study):
+    store = ObjectStore(StoreLocation.parse("s3://no-such-bucket/x", s3_study.server.endpoint))
+    with pytest.raises(StoreError, match="no such bucket 'no-such-bucket'"):
+        store.check()
+
+
+def test_a_server_that_is_down_is_unavailable_not_misconfigured(tmp_path, monkeypatch):
+    down = SeaweedS3(tmp_path)  # ports chosen, never started
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    store = ObjectStore(StoreLocation.parse("s3://bucket/x", down.endpoint), timeout=1,
+                        attempts=1)
+    with pytest.raises(StoreUnavailable, match="cannot be reached.*local ledger"):
+        store.put_new("k", b"v")
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "x\n", "-x", "a" * 201,
+                                  "job id"])
+def test_unsafe_names_from_a_store_are_refused(name: str):
+    with pytest.raises(StoreError, match="not a safe object or file name"):
+        check_key_part(name, "job id")
+
+
+def test_safe_names_pass():
+    assert check_key_part("d4q5kz0r3f7c73a3pkv0", "job id") == "d4q5kz0r3f7c73a3pkv0"
+    assert check_key_part("submitted_jobs_20261203_101500.jsonl") == \
+        "submitted_jobs_20261203_101500.jsonl"
