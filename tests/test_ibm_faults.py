@@ -124,8 +124,10 @@ def test_a_503_storm_stops_at_the_deadline_in_one_short_line(emu, invoke, monkey
 
 def test_a_hung_submission_is_bounded_and_may_have_been_submitted(emu, invoke, tmp_path: Path,
                                                                    monkeypatch):
-    monkeypatch.setenv("QCOURIER_IBM_TIMEOUT", "1")
-    emu.hang("POST", r"/jobs$", seconds=30)
+    # 5 s: every call before the POST (the backend listing above all) must answer within it on
+    # a loaded machine too; the POST is held until the emulator stops.
+    monkeypatch.setenv("QCOURIER_IBM_TIMEOUT", "5")
+    emu.hang("POST", r"/jobs$", seconds=120)
     result = invoke(submit.main, BELL)
     assert result.exit_code == 1
     assert "may have been submitted — the next `qcollect` will find out" in result.stderr
