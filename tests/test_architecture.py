@@ -189,3 +189,46 @@ def test_importing_every_module_changes_no_environment_variable():
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+#: The longest a function's or method's body may be, in lines (README, Development).
+MAX_BODY_LINES = 60
+
+
+def long_functions(source: str) -> list[tuple[str, int]]:
+    """(name, lines) of each function in ``source`` whose body is over MAX_BODY_LINES lines
+    (from its first statement after the docstring to its last line, nested functions
+    included)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if (len(body) > 1 and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                body = body[1:]
+            lines = node.end_lineno - body[0].lineno + 1
+            if lines > MAX_BODY_LINES:
+                found.append((node.name, lines))
+    return found
+
+
+def test_no_function_body_is_over_sixty_lines():
+    too_long = [f"{name}.{function} ({lines} lines)" for name, path in sorted(MODULES.items())
+                for function, lines in long_functions(path.read_text())]
+    assert too_long == []
+
+
+def test_the_length_check_sees_a_long_function():
+    body = "".join(f"    x{n} = {n}\n" for n in range(MAX_BODY_LINES + 1))
+    assert long_functions(f"def f():\n{body}") == [("f", MAX_BODY_LINES + 1)]
+    shorter = body[body.index("\n") + 1:]
+    assert long_functions(f"def f():\n{shorter}") == []
+    assert long_functions(f'def f():\n    """Doc."""\n{shorter}') == []
+
+
+def test_no_process_wide_warning_filters_are_swapped_per_call():
+    """``warnings.catch_warnings()`` swaps the process's filter list; from worker threads it
+    loses or leaks filters. Filters are installed once instead."""
+    users = [name for name, path in MODULES.items() if "catch_warnings" in path.read_text()]
+    assert users == []

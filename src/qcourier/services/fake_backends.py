@@ -42,12 +42,25 @@ DEVICES_DIR = "fake_backends"
 _CATALOGUE = "catalogue"
 
 
+def silence_client_warnings() -> None:
+    """Ignore, from now on in this process, the warnings qiskit-ibm-runtime issues (routine
+    notes, deprecations of its own internals): users see qcourier's one-line messages instead.
+
+    A filter installed once, by the adapter that is about to use the client, rather than
+    a context manager around each call: the warnings module's one swaps the
+    process-wide filter list and is not thread-safe, and the client is called from worker
+    threads. It matches the warnings issued in the client's modules and those attributed
+    (by ``stacklevel``) to qcourier's two modules that call it.
+    """
+    warnings.filterwarnings(
+        "ignore", module=r"(qiskit_ibm_runtime|qcourier\.services\.(ibm|fake_backends))(\.|$)")
+
+
 @cache
 def _fake_backend_classes() -> dict[str, type]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from qiskit_ibm_runtime import fake_provider
-        from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+    silence_client_warnings()
+    from qiskit_ibm_runtime import fake_provider
+    from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
 
     found = {}
     for attr in dir(fake_provider):
@@ -74,9 +87,7 @@ def fake_backend(name: str) -> BackendV2:
     classes = _fake_backend_classes()
     if name not in classes:
         raise _unknown(name, classes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return classes[name]()
+    return classes[name]()
 
 
 @cache
