@@ -241,11 +241,15 @@ class IBMService(QuantumService):
         exchange's answer, then a connection that could not be made, then the client's own
         types.
         """
-        from qiskit_ibm_runtime.accounts.exceptions import AccountsError
-        from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError, RuntimeJobNotFound
-
         chain = list(_chain(exc))
         status, retry_after = _http_status(exc)
+        return (self._connection_failure(what, chain, status, retry_after)
+                or self._answer_failure(what, exc, chain, status, retry_after))
+
+    def _connection_failure(self, what: str, chain: list[BaseException], status: int | None,
+                            retry_after: float | None) -> ServiceError | None:
+        """What went wrong before IBM Quantum answered: the IAM exchange, the network, or 5xx
+        answers retried by the transport until it gave up; None if none of these."""
         label = self.label
         iam = _iam_failure(chain)
         if iam is not None:
@@ -272,6 +276,15 @@ class IBMService(QuantumService):
             return TransientServiceError(
                 f"{label}: IBM Quantum service error ({what}: {shown}, after the client's "
                 "retries); try again later", http_status=-1, retry_after=retry_after)
+        return None
+
+    def _answer_failure(self, what: str, exc: BaseException, chain: list[BaseException],
+                        status: int | None, retry_after: float | None) -> ServiceError:
+        """What IBM Quantum's answer (its HTTP status, or the client's exception) means."""
+        from qiskit_ibm_runtime.accounts.exceptions import AccountsError
+        from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError, RuntimeJobNotFound
+
+        label = self.label
         if status in (401, 403) or any(isinstance(e, IBMNotAuthorizedError) for e in chain):
             return AuthenticationError(
                 f"{label}: IBM Quantum refused the credentials ({what}, HTTP {status or 401}); "
