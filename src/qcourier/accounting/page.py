@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qcourier.accounting.report import PlotsUnavailable
+
 _CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;
 margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
 th{background:#eee}h2{margin-top:1.5em;border-bottom:1px solid #ccc}.ind{display:inline-block;
@@ -54,8 +56,11 @@ def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = Non
     if plan_lines:
         parts.append("<h2>Plan</h2><ul id='plan'>" + "".join(
             f"<li>{_e(line)}</li>" for line in plan_lines) + "</ul>")
-    parts += [_jobs(records), *_codes(d), _heartbeat(d), _budget(d),
-              _figures(_plots(report, records, ledger_dir)), "</body></html>"]
+    try:
+        figures = _figures(_plots(report, records, ledger_dir))
+    except PlotsUnavailable as exc:  # the page stays useful without the plots extra
+        figures = f"<h2>Plots</h2><p class='muted' id='no-plots'>{_e(exc)}</p>"
+    parts += [_jobs(records), *_codes(d), _heartbeat(d), _budget(d), figures, "</body></html>"]
     return "\n".join(part for part in parts if part)
 
 

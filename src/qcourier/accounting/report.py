@@ -47,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from qcourier.errors import QcourierError
 from qcourier.accounting.budget import (
     WINDOW,
     BudgetState,
@@ -431,6 +432,23 @@ class PlotFiles:
         return {"written": [str(p) for p in self.written], "skipped": list(self.skipped)}
 
 
+class PlotsUnavailable(QcourierError):
+    """Plots were asked for, and matplotlib (the ``plots`` extra) is not installed."""
+
+
+def require_matplotlib() -> None:
+    """Check that matplotlib can be imported.
+
+    Raises:
+        PlotsUnavailable: it cannot (one line saying how to install it).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PlotsUnavailable("plots need matplotlib, which is not installed; "
+                               "run: pip install 'qcourier[plots]'")
+
+
 def write_plots(report: StudyReport, records: Iterable[LedgerRecord], ledger_dir: Path,
                 out_dir: Path) -> PlotFiles:
     """Draw the report as PNG files in ``out_dir`` (created if needed; files overwritten).
@@ -457,7 +475,11 @@ def write_plots(report: StudyReport, records: Iterable[LedgerRecord], ledger_dir
     Figures are :class:`matplotlib.figure.Figure` objects on an Agg canvas, never pyplot: no
     GUI backend, no global figure registry and no change to the caller's backend; each
     figure is cleared once saved.
+
+    Raises:
+        PlotsUnavailable: matplotlib is not installed (it is the ``plots`` extra).
     """
+    require_matplotlib()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = PlotFiles()
