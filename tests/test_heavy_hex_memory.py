@@ -20,7 +20,7 @@ from qcourier.experiments.heavy_hex_memory import (
     HeavyHexCodeExperiment,
     HeavyHexCodeParams,
     abstract_circuit,
-    annotations,
+    circuit_annotations,
     attach_annotations,
     decode_pub,
     fit_memory_decay,
@@ -176,7 +176,7 @@ def test_detectors_follow_the_clbits_not_the_measurement_order(d3_z):
     transpiler emits the measurements in."""
     unit, isa = d3_z
     abstract = abstract_circuit(3, 3, "0")
-    detectors, observable = annotations(abstract)
+    detectors, observable = circuit_annotations(abstract)
     program, record_clbit = isa_to_stim(isa[2], None)
     model = attach_annotations(program, record_clbit, detectors, observable)
     assert model.num_detectors == abstract.num_detectors

@@ -421,9 +421,9 @@ def model_accuracy(records: Iterable[RecordView], *, service: str | None = None
     for r in records:
         if service is not None and r.service != service:
             continue
-        if r.status.is_final and (r.estimated_qpu_seconds or 0) > 0 and (r.usage_seconds or 0) > 0:
-            pairs.setdefault(r.experiment_type, []).append((r.estimated_qpu_seconds,
-                                                            r.usage_seconds))
+        estimate, usage = r.estimated_qpu_seconds or 0.0, r.usage_seconds or 0.0
+        if r.status.is_final and estimate > 0 and usage > 0:
+            pairs.setdefault(r.experiment_type, []).append((estimate, usage))
     every = [p for group in pairs.values() for p in group]
     by_experiment = {name: _accuracy(group) for name, group in sorted(pairs.items())}
     overall = _accuracy(every)

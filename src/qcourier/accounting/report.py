@@ -359,8 +359,8 @@ def _series(records: list[LedgerRecord], ledger_dir: Path
         payload, reason = read_result(ledger_dir, r)
         analysis = payload.get("analysis") if payload else None
         if reason is None and not isinstance(analysis, dict):
-            reason = f"no analysis ({payload.get('analysis_error') or 'none recorded'})"
-        if reason is not None:
+            reason = f"no analysis ({(payload or {}).get('analysis_error') or 'none recorded'})"
+        if reason is not None or not isinstance(analysis, dict):
             skipped.append({"job_id": r.job_id, "result_path": r.result_path, "reason": reason})
             continue
         base = {"job_id": r.job_id, "record_id": r.record_id, "submission_time": _submitted_at(r)}
@@ -530,8 +530,8 @@ def _plot_counts(result: PlotFiles, report: StudyReport, records: list[LedgerRec
         if reason is None and not (isinstance(counts, list) and counts
                                    and isinstance(counts[-1], dict) and counts[-1]):
             reason = "the result file has no counts"
-        if reason is not None:
-            result.skipped.append({"plot": name, "reason": reason})
+        if reason is not None or not isinstance(counts, list):
+            result.skipped.append({"plot": name, "reason": reason or "no counts"})
             continue
         _save(result, _counts_figure(r, counts), out_dir / name)
 
@@ -598,7 +598,7 @@ def _plot_surface_code(result: PlotFiles, report: StudyReport, out_dir: Path,
         colour = f"C{i % 10}" if per_job else _STATE_COLOURS.get(state, "tab:gray")
         if per_job:
             eps = p["logical_error_per_round"]
-            label = (f"|{state}> d={p['distance']}, job {str(p['job_id'])[:10]}, "
+            label: str | None = (f"|{state}> d={p['distance']}, job {str(p['job_id'])[:10]}, "
                      f"{p['submission_time']:%m-%d %H:%M}"
                      + (f": eps = {eps:.4f}" if eps is not None else ": no fit"))
         else:

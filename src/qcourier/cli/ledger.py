@@ -46,8 +46,8 @@ def check(ledger_dir: Path | None, as_json: bool) -> None:
     for item in report.files:
         for problem in item.problems:
             click.echo(f"Damaged: {problem}")
-    for problem in report.result_problems:
-        click.echo(f"Damaged: {problem}")
+    for result_problem in report.result_problems:
+        click.echo(f"Damaged: {result_problem}")
     if report.problems:
         click.echo(f"{report.problems} problem(s). Damaged lines are skipped by every command "
                    "(the ledger is never rewritten); fix a file by hand only with a backup.")

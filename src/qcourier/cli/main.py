@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -126,7 +127,7 @@ def experiments(as_json: bool) -> None:
     """
     from qcourier.experiments import GROUPS, available
 
-    listing = []
+    listing: list[dict[str, Any]] = []
     for name, cls in sorted(available().items()):
         params = []
         for field_name, info in cls.Params.model_fields.items():

@@ -50,6 +50,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from qcourier.errors import QcourierError
 from qcourier.ledger.status import as_utc
@@ -131,7 +132,7 @@ def stuck_events(records, now, hours: float = STUCK_HOURS) -> list[Event]:
     """One event per key whose oldest deferred job has waited ``hours`` or more."""
     from qcourier.ledger.status import JobStatus
 
-    oldest: dict[tuple, object] = {}
+    oldest: dict[tuple, Any] = {}
     for r in records:
         if r.status is JobStatus.DEFERRED:
             key = (r.service, r.api_key_index)
@@ -323,7 +324,7 @@ def notify_events(directory: Path, urls: list[str], events: list[Event],
         for e in events:
             if e.kind == "below":
                 armed, _n, last = state.armed(e.key)
-                if not armed:
+                if not armed and last is not None:  # (not armed: there is a last one)
                     rearm.append(Event(last, ""))
                 continue
             if e.kind == "crossing":

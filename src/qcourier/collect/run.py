@@ -368,7 +368,7 @@ class _Run:
         self.progress(f"downloading the result of {record.job_id} again ({problem})")
         try:
             outcome = _finish(service, self.ledger, entry,
-                              JobStatusReport(record.job_id, JobState.DONE), self.results)
+                              JobStatusReport(str(record.job_id), JobState.DONE), self.results)
             outcome.message = f"result downloaded again: {problem}"
         except ServiceError as exc:
             outcome = JobOutcome(record, None, False, f"not collected: {exc}", failed=True)
@@ -585,7 +585,7 @@ class _Run:
         record = self.entries[entry.record.record_id].record
         if record.status is not JobStatus.DEFERRED:
             return
-        summaries = [e.summary for e in self.entries.values()]
+        summaries: list[RecordView] = [e.summary for e in self.entries.values()]
         mine = [s for s in summaries if queue_key(s) == queue_key(record)]
         reason = None if open_slots(mine, self.policy, utc_now()) else "waiting for a free slot"
         reason = reason or self.admit(record, summaries)

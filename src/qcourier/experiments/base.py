@@ -21,8 +21,6 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
 
-    from qcourier.experiments.base import Calibration
-
 if TYPE_CHECKING:  # qiskit is heavy: imported only by the functions that build circuits
     from qiskit import QuantumCircuit
 

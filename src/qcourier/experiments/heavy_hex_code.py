@@ -18,7 +18,7 @@ Qiskit circuits submitted, decoding from the ISA circuit with ``qcourier.circuit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import stim
@@ -210,7 +210,7 @@ class _MemoryBuilder:
         strips: dict[int, list[int]] = {}
         for g in self.zg:
             strips.setdefault(min(q % d for q in g[1]), []).append(g[3])
-        prev = None
+        prev: Any = None  # the previous round's values (every round count is >= 1)
         for t, store in enumerate(records):
             m = {q: k for tag, q, k in store if tag == "z"}
             values = {j: [m[q] for q in mids] for j, mids in strips.items()}
@@ -235,7 +235,7 @@ class _MemoryBuilder:
                     stabs.append([(i, j)])
         def where(s):
             return self.centre([(i + di, j) for (i, j) in s for di in (0, 1)])
-        prev = None
+        prev: Any = None  # the previous round's values (every round count is >= 1)
         for r, store in enumerate(records):
             m = {q: k for tag, q, k in store if tag == "x"}
             values = [[m[anc[a]] for a in s] for s in stabs]

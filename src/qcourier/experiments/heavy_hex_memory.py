@@ -157,7 +157,7 @@ def to_qiskit(circuit: stim.Circuit, name: str | None = None) -> QuantumCircuit:
     return qc
 
 
-def annotations(circuit: stim.Circuit) -> tuple[list[list[int]], list[int]]:
+def circuit_annotations(circuit: stim.Circuit) -> tuple[list[list[int]], list[int]]:
     """Detectors and observable 0 of a flat stim circuit, as absolute measurement indices."""
     detectors: list[list[int]] = []
     observable: list[int] = []
@@ -313,7 +313,7 @@ def decode_pub(isa: QuantumCircuit, abstract: stim.Circuit, noise: Any,
     from qcourier.circuits.noise import isa_to_stim
     from qcourier.experiments.decoding import flag_detector_indices, make_decoder
 
-    detectors, observable = annotations(abstract)
+    detectors, observable = circuit_annotations(abstract)
     if isa.num_clbits != abstract.num_measurements:
         raise ValueError(f"ISA circuit has {isa.num_clbits} clbits, the code circuit "
                          f"{abstract.num_measurements} measurements")

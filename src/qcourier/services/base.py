@@ -350,6 +350,7 @@ class QuantumService(ABC):
         """
         raise ServiceError(f"the {self.name} service cannot cancel jobs")
 
+    @abstractmethod
     def usage(self) -> InstanceUsage:
         """QPU usage of the instance."""
 

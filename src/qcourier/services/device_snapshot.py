@@ -45,11 +45,12 @@ def describe(backend: Any) -> dict[str, Any]:
     standard = get_standard_gate_name_mapping()
     operations = []
     for name in target.operation_names:
-        operation = target.operation_from_name(name)
-        if isinstance(operation, type):
-            if _CONTROL_FLOW.get(operation.__name__) is not operation:
-                raise DescriptionError(f"operation {name}: class {operation.__name__}")
-            entry: dict[str, Any] = {"name": name, "control_flow": operation.__name__}
+        operation: Any = target.operation_from_name(name)
+        if isinstance(operation, type):  # a control-flow class, not an instruction
+            kind = operation.__name__
+            if _CONTROL_FLOW.get(kind) is not operation:
+                raise DescriptionError(f"operation {name}: class {kind}")
+            entry: dict[str, Any] = {"name": name, "control_flow": kind}
         elif name in standard and type(standard[name]) is type(operation):
             entry = {"name": name}
         elif type(operation) is Instruction and not operation.params:

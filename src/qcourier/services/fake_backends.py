@@ -106,7 +106,7 @@ def local_calibration(name: str) -> dict[str, Any]:
     return json.loads(_calibration_text(name))
 
 
-def _backend_size(cls: type) -> int:
+def _backend_size(cls: Any) -> int:
     conf = Path(cls.dirname) / cls.conf_filename
     return int(json.loads(conf.read_text())["n_qubits"])
 

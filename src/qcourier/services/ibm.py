@@ -561,7 +561,8 @@ class IBMService(QuantumService):
 
     def find_jobs(self, tags: Sequence[str], created_after: datetime | None = None) -> list[str]:
         def search() -> list[str]:
-            found, skip = [], 0
+            found: list[str] = []
+            skip = 0
             while True:
                 page = self._service().jobs(limit=100, skip=skip, job_tags=list(tags),
                                             created_after=created_after)

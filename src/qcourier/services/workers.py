@@ -23,6 +23,7 @@ No click and no qiskit here: the core and the service adapters both use this mod
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -239,7 +240,7 @@ def map_unordered(func: Callable[[T], R], items: Iterable[T],
 
     def start_next() -> bool:
         for item in pending:
-            _POOL.submit(lambda item=item: func(item), workers, finished.put, tag=item)
+            _POOL.submit(functools.partial(func, item), workers, finished.put, tag=item)
             return True
         return False
 
@@ -390,13 +391,13 @@ def retry_call(func: Callable[[float], R], *, what: str, policy: RetryPolicy, ga
         ServiceError: the last failure, once retries are spent or not allowed; or
             ``deadline_error(...)``.
     """
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_never
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, stop_never
 
     loop = _RetryLoop(func, what, policy, gate, budget, deadline_error, sleep, clock)
     attempts = stop_after_attempt(policy.attempts) if policy.attempts is not None else stop_never
     retrying = Retrying(
         retry=retry_if_exception(lambda error: policy.retryable(error, idempotent)),
-        stop=attempts | (lambda _: budget.remaining() <= 0),
+        stop=stop_any(attempts, lambda _: budget.remaining() <= 0),  # type: ignore[arg-type]
         wait=loop.wait,
         sleep=loop.pause,
         before_sleep=loop.announce,
@@ -453,8 +454,8 @@ class _RetryLoop(Generic[R]):
 
     def wait(self, retry_state: RetryCallState) -> float:
         error = retry_state.outcome.exception()  # type: ignore[union-attr]
-        if getattr(error, "http_status", None) == 429:
-            return 0.0  # the gate holds the next attempt (and every other thread's)
+        if not isinstance(error, ServiceError) or error.http_status == 429:
+            return 0.0  # a 429: the gate holds the next attempt (and every other thread's)
         return min(self.policy.wait_seconds(error, retry_state),
                    max(self.budget.remaining(), 0.0))
 

@@ -291,7 +291,7 @@ def _transpile_unit(
     qpy.dump(isa, buffer)
     payload = buffer.getvalue()
     transpiled = describe_transpiled(isa, len(payload))
-    if cache is not None:
+    if cache is not None and key is not None and inputs is not None:
         cache.store(key, inputs, transpiled, payload)
     return transpiled
 

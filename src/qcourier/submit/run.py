@@ -310,7 +310,8 @@ def submit_everywhere(
     """
     report = SubmissionReport()
     target = LedgerTarget(ledger, options.jobs_file)
-    existing: list[RecordView] = working_set(ledger).summaries  # the dry run's budget lines
+    # (the dry run's budget lines; a list of views, to which records are appended)
+    existing: list[RecordView] = [*working_set(ledger).summaries]
     for service in services:
         try:
             plan = plan_submission(
