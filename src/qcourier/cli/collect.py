@@ -97,6 +97,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     from qcourier.collect.run import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
     from qcourier.errors import UsageError
     from qcourier.ledger.store import Ledger, check_ledger_file
+    from qcourier.store.lease import TeamLease
     from qcourier.submit.dispatch import queue_policy
 
     if sum(x is not None and x is not False for x in (jobs_file, job_id, poll_all or None)) > 1:
@@ -116,6 +117,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     else:
         ledger, paths = Ledger(state.ledger_dir(ledger_dir)), None
     pool, settings = state.get_pool(), state.get_settings()
+    team = TeamLease.from_settings(settings, "qcollect")
     output = _Output(state, ledger, paths, as_json=as_json, quiet=quiet, watch=watch,
                      log_file=log_file)
 
@@ -127,7 +129,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             resubmit_failed=resubmit_failed, max_retries=max_retries,
             admit=_budget_admission(settings, pool),
             verify_batch=None if verify_results else RESULT_CHECK_BATCH,
-            workers=workers or settings.poll_workers, progress=progress)
+            workers=workers or settings.poll_workers, progress=progress, team=team)
 
     with output:
         while True:
