@@ -253,13 +253,27 @@ class Ledger:
                               "restore it from a backup, or remove it to become a new writer")
         return text
 
-    def _create_writer_id(self, path: Path) -> None:
+    def set_writer_id(self, writer: str) -> None:
+        """Make ``writer`` this directory's writer id (a directory rebuilt from the store).
+
+        Raises:
+            LedgerError: it is not a writer id, or the directory already has another one.
+        """
+        if not WRITER_PATTERN.fullmatch(writer):
+            raise LedgerError(f"{writer!r} is not a writer id (w and 16 hex digits)")
+        path = self.directory / WRITER_FILE
+        self._create_writer_id(path, writer)
+        if self.writer_id() != writer:
+            raise LedgerError(f"{self.directory} already has writer id {self.writer_id()}, "
+                              f"not {writer}")
+
+    def _create_writer_id(self, path: Path, writer: str | None = None) -> None:
         from qcourier.files import atomic_write_bytes
 
         self.ensure_writable()
         temp = path.with_name(f".writer.{secrets.token_hex(4)}")
         try:
-            atomic_write_bytes(temp, f"w{secrets.token_hex(8)}\n".encode())
+            atomic_write_bytes(temp, f"{writer or 'w' + secrets.token_hex(8)}\n".encode())
             try:
                 os.link(temp, path)  # fails if another process made one first: keep that
             except FileExistsError:

@@ -70,7 +70,7 @@ SYNC_LOCK_FILE = "store/.sync.lock"
 SYNC_LOCK_SECONDS = 120.0
 #: Objects uploaded or downloaded at once.
 DEFAULT_WORKERS = 8
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 #: Called as objects are done: (what, done, total).
 Progress = Callable[[str, int, int], None]
@@ -154,23 +154,24 @@ class Segment:
 # -- the lock and what was pushed ------------------------------------------------------------
 
 @contextmanager
-def sync_lock(ledger: Ledger) -> Iterator[None]:
+def sync_lock(ledger: Ledger, timeout: float = SYNC_LOCK_SECONDS) -> Iterator[None]:
     """Hold the ledger directory's sync lock (one push or pull at a time).
 
     Raises:
-        SyncBusy: another sync held it for :data:`SYNC_LOCK_SECONDS`.
+        SyncBusy: another sync held it for ``timeout`` seconds.
     """
     from filelock import FileLock, Timeout
 
     path = ledger.directory / SYNC_LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(str(path), timeout=SYNC_LOCK_SECONDS):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path), timeout=timeout):
             yield
     except Timeout:
-        raise SyncBusy(f"another sync of {ledger.directory} has run for "
-                       f"{SYNC_LOCK_SECONDS:.0f} s; this one is skipped, the next catches up"
-                       ) from None
+        raise SyncBusy(f"another sync of {ledger.directory} has run for {timeout:.0f} s; "
+                       "this one is skipped, the next catches up") from None
+    except OSError as exc:
+        raise LedgerError(f"cannot lock {path}: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -233,7 +234,8 @@ def _chain_end(starts: dict[int, int]) -> int:
 # -- push ----------------------------------------------------------------------------------
 
 def push(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
-         progress: Progress | None = None) -> PushResult:
+         progress: Progress | None = None, lock_timeout: float = SYNC_LOCK_SECONDS
+         ) -> PushResult:
     """Upload the complete lines this machine appended since the last push, and the blobs
     they refer to (see the module).
 
@@ -246,7 +248,7 @@ def push(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
     """
     writer = ledger.writer_id(create=True)
     result = PushResult()
-    with sync_lock(ledger):
+    with sync_lock(ledger, lock_timeout):
         state = PushState.load(ledger, writer, store)
         segments = _segments_to_push(ledger, state, result)
         if not segments:
@@ -256,7 +258,7 @@ def push(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
         state.save(ledger)
         uploader = _Uploader(ledger, store, state, result)
         try:
-            for segment in _run(uploader.segment, segments, workers, "uploading", progress):
+            for segment in run_all(uploader.segment, segments, workers, "uploading", progress):
                 state.pushed[segment.name] = segment.end
                 if state.planned.get(segment.name, [0, 0])[1] <= segment.end:
                     state.planned.pop(segment.name, None)
@@ -425,16 +427,16 @@ def blobs_of(data: bytes) -> list[BlobRef]:
 
 def _refs(record: dict[str, Any]) -> Iterator[BlobRef]:
     result_path, result_sha = record.get("result_path"), record.get("result_sha256")
-    if isinstance(result_path, str) and isinstance(result_sha, str) and _SHA256.fullmatch(
+    if isinstance(result_path, str) and isinstance(result_sha, str) and SHA256_PATTERN.fullmatch(
             result_sha):
         name = result_name(result_path)
         if name is not None and _safe(name):
             yield BlobRef("jobs", name, result_sha)
     isa = record.get("isa_circuit_hash")
-    if isinstance(isa, str) and _SHA256.fullmatch(isa):
+    if isinstance(isa, str) and SHA256_PATTERN.fullmatch(isa):
         yield BlobRef("circuits", f"{isa}.qpy", isa)
     snapshot = record.get("backend_snapshot_sha256")
-    if isinstance(snapshot, str) and _SHA256.fullmatch(snapshot):
+    if isinstance(snapshot, str) and SHA256_PATTERN.fullmatch(snapshot):
         yield BlobRef("snapshots", f"{snapshot}.json.gz", snapshot)
 
 
@@ -449,7 +451,8 @@ def _safe(name: str) -> bool:
 # -- pull ----------------------------------------------------------------------------------
 
 def pull(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
-         progress: Progress | None = None) -> PullResult:
+         progress: Progress | None = None, lock_timeout: float = SYNC_LOCK_SECONDS
+         ) -> PullResult:
     """Download the other writers' segments not here yet, each after the blobs its lines refer
     to that are missing here (see the module).
 
@@ -461,7 +464,7 @@ def pull(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
     """
     writer = ledger.writer_id(create=True)
     result = PullResult()
-    with sync_lock(ledger):
+    with sync_lock(ledger, lock_timeout):
         todo, writers = [], set()
         for item in store.list(SEGMENTS):
             try:
@@ -480,8 +483,8 @@ def pull(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
                 continue
             todo.append(segment)
         result.writers = len(writers)
-        downloader = _Downloader(ledger, store, result)
-        for _ in _run(downloader.segment, todo, workers, "downloading", progress):
+        downloader = Downloader(ledger, store, result)
+        for _ in run_all(downloader.segment, todo, workers, "downloading", progress):
             pass
     return result
 
@@ -491,7 +494,7 @@ def _pulled_path(ledger: Ledger, segment: Segment) -> Path:
             / f"{segment.start}-{segment.end}.jsonl")
 
 
-class _Downloader:
+class Downloader:
     """Downloads segments and the blobs they refer to (on several threads)."""
 
     def __init__(self, ledger: Ledger, store: ObjectStore, result: PullResult):
@@ -509,7 +512,7 @@ class _Downloader:
             self.problem(f"object {segment.key!r} vanished from the store; skipped")
             return segment
         data = found[0]
-        reason = _not_ledger_lines(data, segment.end - segment.start)
+        reason = not_ledger_lines(data, segment.end - segment.start)
         if reason:
             self.problem(f"{reason} object {segment.key!r} in the store; skipped")
             return segment
@@ -545,7 +548,7 @@ def fetch_blob(store: ObjectStore, blob: BlobRef) -> bytes | str:
         if ref is None:
             return f"missing object {blob.key!r} in the store"
         sha = ref[0].decode("ascii", "replace").strip()
-        if not _SHA256.fullmatch(sha):
+        if not SHA256_PATTERN.fullmatch(sha):
             return f"damaged object {blob.key!r} in the store (not a sha256)"
     found = store.get(f"{BLOBS}{sha}")
     if found is None:
@@ -555,7 +558,7 @@ def fetch_blob(store: ObjectStore, blob: BlobRef) -> bytes | str:
     return found[0]
 
 
-def _not_ledger_lines(data: bytes, size: int) -> str | None:
+def not_ledger_lines(data: bytes, size: int) -> str | None:
     """Why ``data`` is not a segment of ``size`` bytes of ledger lines ("truncated",
     "foreign"), or None."""
     if len(data) != size or not data.endswith(b"\n"):
@@ -574,7 +577,7 @@ def _not_ledger_lines(data: bytes, size: int) -> str | None:
 
 # -- running many at once --------------------------------------------------------------------
 
-def _run(work: Callable[[Any], Any], items: Iterable[Any], workers: int, what: str,
+def run_all(work: Callable[[Any], Any], items: Iterable[Any], workers: int, what: str,
          progress: Progress | None) -> Iterator[Any]:
     """``work`` over ``items`` on ``workers`` threads, results as they finish; the first
     error stops what has not started and is raised once the running ones are done."""
