@@ -156,7 +156,8 @@ class AppState:
             from qcourier.store.team import EdgeSync, store_of
 
             self.edges = EdgeSync(store_of(settings),
-                                  lock_timeout=3 * settings.store_timeout_seconds)
+                                  lock_timeout=3 * settings.store_timeout_seconds,
+                                  workers=settings.store_workers)
         getattr(self.edges, what)(ledger)
         for line in self.edges.take_warnings():
             self.warn(line)

@@ -89,8 +89,9 @@ def sync(ledger_dir: Path | None, as_json: bool) -> None:
     store = team_store(state)
     ledger = Ledger(state.ledger_dir(ledger_dir))
     with progress_bar(state) as progress:
-        pushed = push(ledger, store, progress=progress)
-        pulled = pull(ledger, store, progress=progress)
+        workers = state.get_settings().store_workers
+        pushed = push(ledger, store, progress=progress, workers=workers)
+        pulled = pull(ledger, store, progress=progress, workers=workers)
     problems = pushed.problems + pulled.problems
     if as_json:
         state.emit_json({"store": str(store.location), "writer": ledger.writer_id(),
@@ -138,7 +139,8 @@ def check(ledger_dir: Path | None, as_json: bool) -> None:
     state = get_state()
     store = team_store(state)
     with progress_bar(state) as progress:
-        report = check_store(Ledger(state.ledger_dir(ledger_dir)), store, progress=progress)
+        report = check_store(Ledger(state.ledger_dir(ledger_dir)), store, progress=progress,
+                             workers=state.get_settings().store_workers)
     if as_json:
         state.emit_json({"store": str(store.location), "segments": report.segments,
                          "blobs": report.blobs, "circuit_refs": report.refs,
@@ -162,7 +164,8 @@ def recover_from_store(state: AppState, ledger_dir: Path | None, writer: str | N
     store = team_store(state)
     ledger = Ledger(state.ledger_dir(ledger_dir))
     with progress_bar(state) as progress:
-        report = rebuild(ledger, store, writer, progress=progress)
+        report = rebuild(ledger, store, writer, progress=progress,
+                         workers=state.get_settings().store_workers)
     pulled = report.pulled
     problems = report.problems + (pulled.problems if pulled else [])
     if as_json:

@@ -196,21 +196,35 @@ class PushState:
                            {str(x) for x in data["blobs"]})
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             pass
-        return cls.from_listing(writer, store)
+        return cls.from_listing(writer, store, ledger)
 
     @classmethod
-    def from_listing(cls, writer: str, store: ObjectStore) -> PushState:
+    def from_listing(cls, writer: str, store: ObjectStore, ledger: Ledger) -> PushState:
         """The state the store shows: per file, the end of its segments that follow on from
-        byte 0."""
-        ends: dict[str, dict[int, int]] = {}
+        byte 0, each file's last one checked against the local bytes.
+
+        Raises:
+            StoreError: the store holds other bytes (or more) of a file than this directory
+                (another directory with the same writer id).
+        """
+        by_name: dict[str, dict[int, Segment]] = {}
         for item in store.list(f"{SEGMENTS}{writer}/"):
             try:
                 segment = Segment.parse(item.key)
             except StoreError:
                 continue
-            starts = ends.setdefault(segment.name, {})
-            starts[segment.start] = max(starts.get(segment.start, 0), segment.end)
-        return cls(writer, {name: _chain_end(starts) for name, starts in ends.items()})
+            starts = by_name.setdefault(segment.name, {})
+            if segment.start not in starts or starts[segment.start].end < segment.end:
+                starts[segment.start] = segment
+        state = cls(writer)
+        for name, starts in by_name.items():
+            position, last = 0, None
+            while position in starts:
+                last, position = starts[position], starts[position].end
+            if last is not None:
+                _check_same_bytes(store, ledger, last)
+                state.pushed[name] = position
+        return state
 
     def save(self, ledger: Ledger) -> None:
         data = {"writer": self.writer, "pushed": self.pushed, "planned": self.planned,
@@ -223,12 +237,28 @@ class PushState:
                               f"{exc.strerror or exc}") from None
 
 
-def _chain_end(starts: dict[int, int]) -> int:
-    """The end of the run of ranges that starts at byte 0 (``starts``: start -> end)."""
-    position = 0
-    while starts.get(position, position) > position:
-        position = starts[position]
-    return position
+def _check_same_bytes(store: ObjectStore, ledger: Ledger, segment: Segment) -> None:
+    """Check that a segment of this writer holds the local file's bytes.
+
+    Raises:
+        StoreError: it does not (see :func:`_conflict`).
+    """
+    path = ledger.directory / segment.name
+    try:
+        with open(path, "rb") as fh:
+            mine = os.pread(fh.fileno(), segment.end - segment.start, segment.start)
+    except OSError:
+        mine = b""
+    found = store.get(segment.key)
+    if found is not None and found[0] != mine:
+        raise _conflict(store, segment, path)
+
+
+def _conflict(store: ObjectStore, segment: Segment, path: Path) -> StoreError:
+    return StoreError(
+        f"store {store.location}: {segment.key} holds other bytes than {path}: two ledger "
+        f"directories use writer id {segment.writer} (a copied directory?) — remove the "
+        "store/ directory of one of them to give it a new id")
 
 
 # -- push ----------------------------------------------------------------------------------
@@ -253,6 +283,7 @@ def push(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
         segments = _segments_to_push(ledger, state, result)
         if not segments:
             return result
+        _check_no_overlap(store, writer, segments)
         for segment in segments:
             state.planned.setdefault(segment.name, [segment.start, segment.end])
         state.save(ledger)
@@ -265,6 +296,35 @@ def push(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
         finally:
             state.save(ledger)
     return result
+
+
+def _check_no_overlap(store: ObjectStore, writer: str, segments: list[Segment]) -> None:
+    """Refuse to push a range that overlaps another range of this writer in the store.
+
+    By construction a writer's ranges of a file follow on from each other; an overlapping
+    one was pushed by another directory with the same writer id (a copied directory), and
+    pushing on would give readers two versions of the same bytes.
+
+    Raises:
+        StoreError: such a range is in the store.
+    """
+    wanted = {(s.name, s.start, s.end) for s in segments}
+    names = {s.name for s in segments}
+    for item in store.list(f"{SEGMENTS}{writer}/"):
+        try:
+            there = Segment.parse(item.key)
+        except StoreError:
+            continue
+        if there.name not in names or (there.name, there.start, there.end) in wanted:
+            continue
+        for segment in segments:
+            if (segment.name == there.name and segment.start < there.end
+                    and there.start < segment.end):
+                raise StoreError(
+                    f"store {store.location}: {there.key} overlaps the range "
+                    f"{segment.start}-{segment.end} of {segment.name} to be pushed: two "
+                    f"ledger directories use writer id {writer} (a copied directory?) — "
+                    "remove the store/ directory of one of them to give it a new id")
 
 
 def _segments_to_push(ledger: Ledger, state: PushState, result: PushResult) -> list[Segment]:
@@ -312,13 +372,10 @@ class _Uploader:
         for blob in blobs_of(data):
             self.blob(blob)
         created = self.store.put_new(segment.key, data, content_type="application/x-ndjson")
-        if not created:
+        if not created:  # a retried upload: the object there must be these bytes
             found = self.store.get(segment.key)
             if found is None or hashlib.sha256(found[0]).digest() != hashlib.sha256(data).digest():
-                raise StoreError(
-                    f"store {self.store.location}: {segment.key} holds other bytes than "
-                    f"{path}; two ledger directories use writer id {segment.writer} (a copied "
-                    f"directory?) — remove {self.ledger.directory / 'store'} in one of them")
+                raise _conflict(self.store, segment, path)
         with self.lock:
             self.result.segments += created
             self.result.present += not created

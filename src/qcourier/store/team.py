@@ -46,12 +46,14 @@ class EdgeSync:
     Attributes:
         store: the store, or None (none configured: every call does nothing).
         lock_timeout: how long a sync waits for another sync of the same ledger.
+        workers: objects uploaded or downloaded at once.
         failed: why the store could not be used in this run (then no further call is made).
         warnings: one line per problem met (the store's failure, objects skipped).
     """
 
     store: ObjectStore | None
     lock_timeout: float = 30.0
+    workers: int = 8
     failed: str | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -80,7 +82,8 @@ class EdgeSync:
         if need_directory and not ledger.local_files():
             return None  # nothing written here: nothing to push
         try:
-            return what(ledger, self.store, progress=progress, lock_timeout=self.lock_timeout)
+            return what(ledger, self.store, progress=progress, lock_timeout=self.lock_timeout,
+                        workers=self.workers)
         except StoreError as exc:
             self.failed = str(exc)
             self.warnings.append(_local_first(str(exc)))
