@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -73,3 +74,8 @@ def circuit_file(ledger: Ledger, isa_hash: str = "b" * 64, data: bytes = b"QISKI
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """A command as a real process (it must end within 5 minutes)."""
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)

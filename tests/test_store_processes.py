@@ -16,14 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import cli_env, script
 from s3server import ACCESS_KEY, SECRET_KEY, S3Study, SeaweedS3
-from store_machines import circuit_file, statuses, write_files
+from store_machines import circuit_file, run, statuses, write_files
 
 from qcourier.ledger.store import Ledger
 from qcourier.store.sync import Segment
-
-
-def run(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def env_for(tmp_path: Path, ledger: str, store: dict[str, str], **extra: str) -> dict[str, str]:
@@ -70,6 +66,31 @@ def test_kill_9_during_a_sync_then_a_sync_completes(tmp_path: Path, s3_study: S3
     one_segment_per_file(s3_study, a)
     c = Ledger(tmp_path / "c")
     assert sync_json(tmp_path, "c", s3_study.env)["problems"] == []
+    assert sorted(statuses(c)) == sorted(r.record_id for r in records)
+
+
+def test_kill_9_during_a_pull_then_a_pull_completes(tmp_path: Path, s3_study: S3Study):
+    a, c = Ledger(tmp_path / "a"), Ledger(tmp_path / "c")
+    records = write_files(a, 150, 2, "a")
+    circuit_file(a)
+    sync_json(tmp_path, "a", s3_study.env)
+    env = env_for(tmp_path, "c", s3_study.env, QCOURIER_STORE_WORKERS="1")
+    sync = subprocess.Popen([script("qcourier"), "sync"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(3000):  # until 20 segments have landed here (bounded)
+            if len(c.pulled_files()) >= 20 or sync.poll() is not None:
+                break
+            time.sleep(0.01)
+        os.kill(sync.pid, signal.SIGSTOP)
+        landed = len(c.pulled_files())
+        assert 20 <= landed < 150, "the pull was not caught half-way"
+        assert len(statuses(c)) == 2 * landed  # what landed is whole, and folds
+    finally:
+        sync.kill()
+        sync.wait()
+    report = sync_json(tmp_path, "c", s3_study.env)
+    assert (report["pulled"]["segments"], report["problems"]) == (150 - landed, [])
     assert sorted(statuses(c)) == sorted(r.record_id for r in records)
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from conftest import cli_env, script
 from s3server import S3Study
-from store_machines import circuit_file, make_record, put_raw
-from test_store_processes import run
+from store_machines import circuit_file, make_record, put_raw, run
 
 from qcourier.ledger import store as L
 from qcourier.ledger.store import Ledger
