@@ -270,3 +270,17 @@ def test_without_a_store_no_command_imports_boto3_or_writes_store_state(tmp_path
     assert not (tmp_path / "ledger" / "store").exists()
     sync = run([script("qcourier"), "sync"], env, tmp_path)
     assert sync.returncode == 2 and sync.stderr.startswith("Error: no team store is configured")
+
+
+def test_on_a_terminal_sync_shows_a_progress_bar_then_its_counts(tmp_path: Path,
+                                                                  s3_study: S3Study):
+    from terminal import run_on_pty
+
+    a = Ledger(tmp_path / "a")
+    write_files(a, 30, 1, "a")
+    circuit_file(a)
+    screen = run_on_pty([script("qcourier"), "sync"], env=env_for(tmp_path, "a", s3_study.env),
+                        cwd=tmp_path, columns=100)
+    assert screen.returncode == 0, screen.text
+    assert "uploading" in screen.stream_text and "30/30" in screen.stream_text
+    assert "Pushed 30 segment(s)" in screen.text
