@@ -131,10 +131,12 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             verify_batch=None if verify_results else RESULT_CHECK_BATCH,
             workers=workers or settings.poll_workers, progress=progress, team=team)
 
+    state.sync_edge(ledger, "pull")  # other machines' jobs and results, when a store is set
     with output:
         while True:
             try:
                 report = output.run(one_round)
+                state.sync_edge(ledger, "push")  # publish what this round recorded
             except CollectorBusy as exc:
                 if not watch:
                     raise

@@ -110,6 +110,7 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
                     else check_ledger_file(jobs_file).parent)
     if not dry_run:
         ledger.ensure_writable()
+        state.sync_edge(ledger, "pull")  # the team's jobs count for dedupe and the budget
     services = state.get_services(service, api_key_index, submit_all)
     settings = state.get_settings()
     team = None if dry_run or no_lease else TeamLease.from_settings(settings, "qsubmit")
@@ -130,6 +131,8 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
 
         prune(cache_directory(ledger.directory), settings.transpile_cache_max_age_days,
               int(settings.transpile_cache_max_mb * 1_000_000))
+    if not dry_run:
+        state.sync_edge(ledger, "push")  # publish what this run wrote
     for line in report.skipped:
         state.info(f"Skipped: {line}")
     for line in report.paced:

@@ -284,6 +284,8 @@ class _Run:
         self.report.already_final_completed = working.counts.get(JobStatus.COMPLETED, 0)
         redone = set()
         for entry, problem in self.results.scan(working):
+            if ledger_mod.is_pulled(entry.path) and not self._collects_theirs(entry):
+                continue  # another machine's result, not in the store yet: its pull brings it
             self.report.already_final -= 1
             self.report.already_final_completed -= 1
             redone.add(entry.summary.record_id)
@@ -291,6 +293,8 @@ class _Run:
         deferred, open_, no_usage = [], [], []
         for entry in working.entries.values():
             status = entry.summary.status
+            if ledger_mod.is_pulled(entry.path) and not self._collects_theirs(entry):
+                continue
             if status is JobStatus.DEFERRED:
                 deferred.append(entry)
             elif status.is_final:
@@ -304,6 +308,21 @@ class _Run:
             deferred += self._plan_retries(max_retries)
         self._drain(deferred)
         return self._close()
+
+    def _collects_theirs(self, entry: Entry) -> bool:
+        """Whether this run takes up a record another machine of the team wrote (pulled from
+        the store): a job submitted there, pending, or final with its usage unknown, when
+        its service and key are configured here. Submitting (deferred jobs, retries) and
+        settling intents stay with the machine that wrote the record, so that one record
+        never becomes two jobs."""
+        status = entry.summary.status
+        if status in (JobStatus.DEFERRED, JobStatus.SUBMITTING) or not entry.summary.job_id:
+            return False
+        try:
+            self.pool.for_record(entry.summary)
+        except QcourierError:
+            return False  # not configured here: left to a machine that has the key
+        return True
 
     def _collect_job(self, paths: list[Path] | None, job_id: str,
                      default_service: str) -> CollectReport:
@@ -549,6 +568,7 @@ class _Run:
         for entry in list(self.entries.values()):
             summary = entry.summary
             if (not may_be_retried(summary) or summary.record_id in retried
+                    or ledger_mod.is_pulled(entry.path)  # the writer's machine retries it
                     or summary.retry_count >= max_retries):
                 continue
             from qcourier.ledger.record import LedgerRecord
