@@ -5,11 +5,21 @@ loopback)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
+import pytest
 from conftest import cli_env, ledger_records, script
+from s3server import S3Study
+from store_machines import put_raw, store_of
 from test_ibm_faults import PENDING, Watched, service_jobs
+
+from qcourier.store.lease import MARGIN_SECONDS, Lease, LeaseBusy, LeaseLost
+from qcourier.store.objects import ObjectStore, StoreLocation, StoreUnavailable
 
 BELL = ["-e", "bell", "--shots", "50"]
 WAITING_FOR_THE_LOCK = "waiting up to 300 s for another qsubmit or qcollect submitting for this key"
@@ -51,3 +61,147 @@ def test_two_qsubmits_on_one_machine_racing_for_the_last_seconds_spend_one_job(t
     assert service_jobs(tmp_path / "service") == 1
     assert [r["status"] for r in ledger_records(tmp_path / "ledger")] == ["submitted"]
     assert all(r["status"] in PENDING for r in ledger_records(tmp_path / "ledger"))
+
+
+# -- the lease, against SeaweedFS ---------------------------------------------------------------
+
+def lease_of(study: S3Study, command: str = "test", ttl: float = 60.0, **options) -> Lease:
+    return Lease(store_of(study), "local", None, ttl=ttl, command=command, **options)
+
+
+def lease_body(study: S3Study, key: str = "leases/local/local.json") -> dict:
+    data = store_of(study).get(key)
+    assert data is not None, f"no lease object {key}"
+    return json.loads(data[0])
+
+
+def wait_until_aged(study: S3Study, seconds: float, key: str = "leases/local/local.json") -> None:
+    """Until the server's clock says the lease object is older than ``seconds`` (bounded)."""
+    store = store_of(study)
+    for _ in range(300):
+        found = store.get_aged(key)
+        assert found is not None and found.age_seconds is not None
+        if found.age_seconds > seconds:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the lease did not age past {seconds} s in 30 s")
+
+
+def test_a_lease_is_exclusive_and_names_its_holder(s3_study: S3Study):
+    first, second = lease_of(s3_study, "qsubmit"), lease_of(s3_study, "qcollect")
+    first.acquire(wait=0)
+    told = []
+    with pytest.raises(LeaseBusy) as busy:
+        second.acquire(wait=1, on_wait=told.append)
+    holder = f"qsubmit pid {os.getpid()} on {socket.gethostname()}"
+    assert holder in str(busy.value) and "gave up after 1 s" in str(busy.value)
+    assert told == [f"local: waiting up to 1 s for the budget lease in store "
+                    f"{store_of(s3_study).location}, held by {told[0].split('held by ')[1]}"]
+    assert holder in told[0] and "\n" not in told[0]
+    body = lease_body(s3_study)
+    assert body["holder"]["command"] == "qsubmit" and body["ttl_seconds"] == 60.0
+    assert first.release() is True
+    second.acquire(wait=0)  # free again
+    assert lease_body(s3_study)["holder"]["command"] == "qcollect"
+
+
+def test_only_the_holder_releases(s3_study: S3Study):
+    holder, other = lease_of(s3_study), lease_of(s3_study)
+    holder.acquire(wait=0)
+    assert other.release() is False  # never held it
+    assert s3_study.keys("leases/") == ["leases/local/local.json"]
+    assert holder.release() is True and s3_study.keys("leases/") == []
+    assert holder.release() is False  # twice: nothing to do
+
+
+def test_a_stale_lease_is_taken_over_by_exactly_one_of_two(s3_study: S3Study):
+    """A holder that died (its lease, stating a ttl of 0, not rewritten since): two
+    contenders read it, both see it stale, both try to take it over on its ETag at the same
+    moment (a barrier between the read and the write); one wins, the other is told who."""
+    dead = {"holder": {"command": "qsubmit", "pid": 1, "host": "gone", "token": "x"},
+            "ttl_seconds": 0, "acquired": "2026-01-01T00:00:00+00:00"}
+    put_raw(s3_study, "leases/local/local.json", json.dumps(dead).encode())
+    wait_until_aged(s3_study, MARGIN_SECONDS)
+    barrier = threading.Barrier(2, timeout=60)
+
+    class Racing(ObjectStore):
+        def put_if_match(self, key, data, etag):
+            barrier.wait()  # both have read the stale lease and judged it stale
+            return super().put_if_match(key, data, etag)
+
+    racers = [Lease(Racing(store_of(s3_study).location), "local", None, command=f"racer{n}")
+              for n in range(2)]
+    outcomes: list[str] = []
+
+    def race(lease: Lease) -> None:
+        try:
+            lease.acquire(wait=0)
+            outcomes.append(f"won {lease.holder.command}")
+        except LeaseBusy as exc:
+            outcomes.append(f"lost: {exc}")
+
+    threads = [threading.Thread(target=race, args=(lease,)) for lease in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    [won] = [o for o in outcomes if o.startswith("won")]
+    [lost] = [o for o in outcomes if o.startswith("lost")]
+    winner = won.removeprefix("won ")
+    assert f"held by {winner} pid" in lost
+    assert lease_body(s3_study)["holder"]["command"] == winner
+    assert [lease.took_over for lease in racers if lease.holder.command == winner] == [
+        "qsubmit pid 1 on gone since 2026-01-01 00:00:00 UTC"]
+
+
+def test_a_held_lease_is_renewed_and_never_stale(s3_study: S3Study):
+    """Held with a ttl of 5 s and renewed by its thread, the lease is rewritten (each time
+    with a new ETag) and a contender never finds it stale, however long it lasts."""
+    holder = lease_of(s3_study, ttl=5)
+    holder.acquire(wait=0)
+    store = store_of(s3_study)
+    with holder.renewed():
+        etags = set()
+        for _ in range(300):  # until four renewals are seen (about 4 s; bounded)
+            found = store.get_aged("leases/local/local.json")
+            etags.add(found.etag)
+            if json.loads(found.data)["renewals"] >= 4:
+                break
+            time.sleep(0.1)
+        assert len(etags) >= 4
+        with pytest.raises(LeaseBusy):
+            lease_of(s3_study).acquire(wait=0)
+        holder.confirm()
+    assert holder.release() is True
+
+
+def test_a_lease_taken_over_is_lost_for_good(s3_study: S3Study):
+    holder = lease_of(s3_study)
+    holder.acquire(wait=0)
+    holder.confirm()
+    _, etag = store_of(s3_study).get("leases/local/local.json")
+    assert store_of(s3_study).put_if_match("leases/local/local.json", b"{}", etag)
+    assert holder.renew() is False
+    with pytest.raises(LeaseLost, match="taken over by another holder"):
+        holder.confirm()
+    assert holder.release() is False
+    assert store_of(s3_study).get("leases/local/local.json")[0] == b"{}"  # not the holder's
+
+
+def test_an_unreadable_lease_object_is_held_until_the_longest_ttl(s3_study: S3Study):
+    put_raw(s3_study, "leases/local/local.json", b"\x00not json")
+    with pytest.raises(LeaseBusy, match="an unreadable lease object .it counts as stale once "
+                                        "300 s old"):
+        lease_of(s3_study).acquire(wait=0)
+
+
+def test_a_store_that_cannot_be_reached_gives_no_lease(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "some-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "some-secret")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there
+    store = ObjectStore(StoreLocation.parse("s3://nowhere/p", f"http://127.0.0.1:{port}"),
+                        timeout=1, attempts=1)
+    with pytest.raises(StoreUnavailable, match="cannot be reached"):
+        Lease(store, "local", None).acquire(wait=0)

@@ -77,19 +77,18 @@ def key_label(service: str, key_index: int | None) -> str:
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a lease: a command, its pid and host, and a token no one else has."""
+    """Who holds a lease: a command, its pid and host, the ledger's writer id in the team
+    store, and a token no one else has."""
 
     command: str
     pid: int
     host: str
+    writer: str | None
     token: str
 
     @classmethod
-    def here(cls, command: str) -> Holder:
-        return cls(command, os.getpid(), socket.gethostname(), secrets.token_hex(8))
-
-    def __str__(self) -> str:
-        return f"{self.command} pid {self.pid} on {self.host}"
+    def here(cls, command: str, writer: str | None = None) -> Holder:
+        return cls(command, os.getpid(), socket.gethostname(), writer, secrets.token_hex(8))
 
 
 class Lease:
@@ -100,19 +99,20 @@ class Lease:
         service, key_index: whose budget (``key_index`` None: the local service).
         ttl: how long each write keeps it valid, in seconds (at most
             :data:`MAX_LEASE_SECONDS`).
-        command: the holder's command, for the message others see.
+        command, writer: the holder's command and its ledger's writer id, for the message
+            others see.
         clock: a monotonic clock; ``sleep`` waits.
     """
 
     def __init__(self, store: ObjectStore, service: str, key_index: int | None, *,
                  ttl: float = DEFAULT_LEASE_SECONDS, command: str = "qcourier",
-                 clock: Callable[[], float] = time.monotonic,
+                 writer: str | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
         self.store = store
         self.key = lease_key(service, key_index)
         self.label = key_label(service, key_index)
         self.ttl = min(max(float(ttl), MIN_LEASE_SECONDS), MAX_LEASE_SECONDS)
-        self.holder = Holder.here(command)
+        self.holder = Holder.here(command, writer)
         self._clock, self._sleep = clock, sleep
         self._etag: str | None = None
         self._valid_until = 0.0
@@ -205,7 +205,8 @@ class Lease:
             self._acquired, self._renewals = now, 0
         return json.dumps({
             "holder": {"command": self.holder.command, "pid": self.holder.pid,
-                       "host": self.holder.host, "token": self.holder.token},
+                       "host": self.holder.host, "writer": self.holder.writer,
+                       "token": self.holder.token},
             "key": self.label, "ttl_seconds": self.ttl,
             "acquired": self._acquired.isoformat(timespec="seconds"),
             "renewed": now.isoformat(timespec="milliseconds"), "renewals": self._renewals,
@@ -286,6 +287,8 @@ def _describe(data: bytes) -> tuple[str, float]:
         body = json.loads(data)
         holder = body["holder"]
         who = f"{holder['command']} pid {int(holder['pid'])} on {holder['host']}"
+        if holder.get("writer"):
+            who += f" (writer {holder['writer']})"
         ttl = min(max(float(body["ttl_seconds"]), 0.0), MAX_LEASE_SECONDS)
         since = str(body.get("acquired", "?")).replace("T", " ").replace("+00:00", " UTC")
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -300,9 +303,10 @@ class TeamLease:
 
     def __init__(self, location: StoreLocation, *, ttl: float = DEFAULT_LEASE_SECONDS,
                  timeout: float = 10.0, command: str = "qcourier",
-                 wait: float = WAIT_SECONDS):
+                 wait: float = WAIT_SECONDS, workers: int = 8):
         self.location = location
         self.ttl, self.timeout, self.command, self.wait = ttl, timeout, command, wait
+        self.workers = workers
         self._store: ObjectStore | None = None
 
     @classmethod
@@ -316,7 +320,7 @@ class TeamLease:
             return None
         return cls(StoreLocation.parse(settings.store, settings.s3_endpoint),
                    ttl=settings.lease_seconds, timeout=settings.store_timeout_seconds,
-                   command=command)
+                   command=command, workers=settings.store_workers)
 
     @property
     def store(self) -> ObjectStore:
@@ -326,8 +330,9 @@ class TeamLease:
             self._store = ObjectStore(self.location, timeout=self.timeout)
         return self._store
 
-    def lease(self, service: str, key_index: int | None) -> Lease:
-        return Lease(self.store, service, key_index, ttl=self.ttl, command=self.command)
+    def lease(self, service: str, key_index: int | None, writer: str | None = None) -> Lease:
+        return Lease(self.store, service, key_index, ttl=self.ttl, command=self.command,
+                     writer=writer)
 
 
 __all__ = ["Lease", "LeaseBusy", "LeaseLost", "StoreUnavailable", "TeamLease", "lease_key"]

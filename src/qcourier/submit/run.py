@@ -149,7 +149,8 @@ def _not_entered(exc: QcourierError) -> str:
     if isinstance(exc, (KeyBusy, LeaseBusy)):
         return f"{exc}; nothing submitted, try again later"
     if isinstance(exc, LeaseUnavailable):
-        return str(exc)
+        return (f"{exc}: nothing submitted; to submit against this machine's ledger alone, "
+                "rerun with --no-lease")
     return (f"{exc}; nothing submitted (the budget lease needs the store; --no-lease submits "
             "against this machine's ledger alone)")
 

@@ -109,15 +109,13 @@ def _take(lock: FileLock, label: str, wait: bool, progress: Callable[[str], None
 @contextmanager
 def _leased(ledger: Ledger, service: str, key_index: int | None, team: TeamLease, wait: bool,
             progress: Callable[[str], None]) -> Iterator[Spending]:
-    lease = team.lease(service, key_index)
+    """Hold the key's lease: pull first (the guard sees what the team spent), push last
+    (the next holder sees what this one spent), release."""
+    lease = team.lease(service, key_index, writer=ledger.writer_id(create=True))
     try:
         lease.acquire(team.wait if wait else 0.0, progress)
     except StoreUnavailable:
-        raise LeaseUnavailable(
-            f"{lease.label}: nothing submitted: store {team.location} cannot be reached, so "
-            "the key's budget lease cannot be taken (another machine may be spending this "
-            "budget); to submit against this machine's ledger alone, rerun with --no-lease"
-        ) from None
+        raise _unreachable(lease, team) from None
     spending = Spending(lease)
     if lease.took_over:
         spending.notes.append(f"{lease.label}: took over the stale budget lease of "
@@ -125,6 +123,39 @@ def _leased(ledger: Ledger, service: str, key_index: int | None, team: TeamLease
                               "died or lost the store)")
     try:
         with lease.renewed():
-            yield spending
+            _pull(ledger, team, lease, spending)
+            try:
+                yield spending
+            finally:
+                _push(ledger, team, spending)
     finally:
         lease.release()
+
+
+def _pull(ledger: Ledger, team: TeamLease, lease: Lease, spending: Spending) -> None:
+    from qcourier.store.sync import pull
+
+    try:
+        result = pull(ledger, team.store, workers=team.workers)
+    except StoreUnavailable:
+        raise _unreachable(lease, team) from None
+    spending.notes.extend(result.problems)
+
+
+def _push(ledger: Ledger, team: TeamLease, spending: Spending) -> None:
+    """Publish this section's lines; a failure is a note, never an error (they are in the
+    local ledger, and the next push takes them)."""
+    from qcourier.store.sync import push
+
+    try:
+        spending.notes.extend(push(ledger, team.store, workers=team.workers).problems)
+    except QcourierError as exc:
+        spending.notes.append(f"{exc}; the jobs just recorded reach the team's budget with the "
+                              "next push (qcourier sync)")
+
+
+def _unreachable(lease: Lease, team: TeamLease) -> LeaseUnavailable:
+    return LeaseUnavailable(
+        f"{lease.label}: store {team.location} cannot be reached, so neither the key's budget "
+        "lease nor the team's ledger can be read, and another machine may be spending this "
+        "budget")
