@@ -16,7 +16,7 @@ import pytest
 from conftest import cli_env, ledger_records, script
 from s3server import S3Study
 from store_machines import put_raw, store_of
-from test_ibm_faults import PENDING, Watched, service_jobs
+from test_ibm_faults import PENDING, Watched, service_jobs, wait_for_a_reader
 
 from qcourier.store.lease import MARGIN_SECONDS, Lease, LeaseBusy, LeaseLost
 from qcourier.store.objects import ObjectStore, StoreLocation, StoreUnavailable
@@ -205,3 +205,112 @@ def test_a_store_that_cannot_be_reached_gives_no_lease(monkeypatch: pytest.Monke
                         timeout=1, attempts=1)
     with pytest.raises(StoreUnavailable, match="cannot be reached"):
         Lease(store, "local", None).acquire(wait=0)
+
+
+# -- the budget across machines: real processes -------------------------------------------------
+
+WAITING_FOR_THE_LEASE = "waiting up to 330 s for the budget lease in store"
+
+
+def machine(tmp_path: Path, name: str, study: S3Study, **extra: str) -> dict[str, str]:
+    """The environment of a "machine": its own ledger directory, the team's bucket."""
+    return cli_env(tmp_path, **{"QCOURIER_LEDGER_DIR": str(tmp_path / name), **study.env,
+                                **extra})
+
+
+def test_two_machines_racing_for_the_last_seconds_of_a_key_spend_one_job(tmp_path: Path,
+                                                                          s3_study: S3Study):
+    """Two machines (two ledger directories, one bucket, one local service whose budget
+    they share), room in the budget for one job. The test holds the key's lease; both
+    qsubmits plan and say they wait for it; it is let go. The one that takes it second
+    pulls the other's job inside the lease and is refused: one job, never two. A lease
+    without the pull (or no lease) lets both through."""
+    estimate = one_job_estimate(cli_env(tmp_path), tmp_path)
+    budget = {"QCOURIER_BUDGET_SECONDS": str(1.5 * estimate),
+              "QCOURIER_LOCAL_QUEUE_SECONDS": "600"}
+    held = lease_of(s3_study, "test")
+    held.acquire(wait=0)
+    try:
+        racers = [Watched([script("qsubmit"), *BELL, "--force"],
+                          machine(tmp_path, name, s3_study, **budget), tmp_path)
+                  for name in ("a", "b")]
+        for racer in racers:
+            assert racer.wait_for(WAITING_FOR_THE_LEASE), racer.finish()
+    finally:
+        held.release()
+    (ok, out, warned), (refused, _, why) = finish_both(*racers)
+    assert (ok, refused) == (0, 1), (out, warned, why)
+    assert REFUSED in why and "Error: local:" in why
+    assert "Warning: store" not in warned and "took over" not in warned, warned
+    assert service_jobs(tmp_path / "service") == 1
+    mine = [r for name in ("a", "b") for r in ledger_records(tmp_path / name)
+            if r["status"] in PENDING]
+    assert len(mine) == 1
+    assert s3_study.keys("leases/") == []  # released
+
+
+def test_a_killed_holders_lease_expires_and_the_next_qsubmit_proceeds(tmp_path: Path,
+                                                                       s3_study: S3Study):
+    """A qcollect draining its deferred queue holds the key's lease (ttl 5 s) and is held
+    where its budget check asks the service for its usage (a FIFO among the service's job
+    files); it is killed with SIGKILL there. Another machine's qsubmit finds the lease,
+    says who holds it, waits until it is stale (not renewed for 5 s), takes it over and
+    submits; it says so, and releases the lease."""
+    a = machine(tmp_path, "a", s3_study, QCOURIER_LOCAL_QUEUE_SECONDS="600",
+                QCOURIER_LEASE_SECONDS="5")
+    setup = subprocess.run([script("qsubmit"), *BELL, "--repeat", "2", "--max-pending", "1"],
+                           env=a, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert setup.returncode == 0, setup.stderr
+    fifo = tmp_path / "service" / "zzzzzzzzzzzzzzzzzzzz.json"
+    os.mkfifo(fifo)
+    drain = Watched([script("qcollect"), "--max-pending", "2"], a, tmp_path)
+    writer = wait_for_a_reader(fifo, drain)
+    try:
+        holder = lease_body(s3_study)["holder"]
+        assert (holder["command"], holder["pid"]) == ("qcollect", drain.proc.pid)
+    finally:
+        drain.proc.kill()
+        drain.finish()
+        os.close(writer)
+        fifo.unlink()
+    b = machine(tmp_path, "b", s3_study, QCOURIER_LOCAL_SERVICE_DIR=str(tmp_path / "service2"))
+    after = subprocess.run([script("qsubmit"), *BELL, "--force"], env=b, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert after.returncode == 0, after.stderr
+    dead = f"qcollect pid {drain.proc.pid} on {socket.gethostname()}"
+    assert f"held by {dead}" in after.stderr
+    assert f"Warning: local: took over the stale budget lease of {dead}" in after.stderr
+    assert service_jobs(tmp_path / "service2") == 1
+    assert s3_study.keys("leases/") == []
+
+
+def test_with_the_store_down_qsubmit_refuses_unless_told_and_the_drain_waits(
+        tmp_path: Path, s3_study: S3Study):
+    """No store, no lease: qsubmit submits nothing and says so in one line naming the store
+    and --no-lease; with --no-lease it submits on this machine's ledger, with a warning. A
+    qcollect leaves its deferred job deferred, saying why."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there: the store is down
+    down = machine(tmp_path, "a", s3_study, QCOURIER_S3_ENDPOINT=f"http://127.0.0.1:{port}",
+                   QCOURIER_STORE_TIMEOUT="1", QCOURIER_LOCAL_QUEUE_SECONDS="600")
+    refused = subprocess.run([script("qsubmit"), *BELL], env=down, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1, refused.stderr
+    [error] = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: local: store {s3_study.url} at http://127.0.0.1:{port} "
+                            "cannot be reached, so neither the key's budget lease")
+    assert error.endswith("nothing submitted; to submit against this machine's ledger alone, "
+                          "rerun with --no-lease")
+    assert service_jobs(tmp_path / "service") == 0 and ledger_records(tmp_path / "a") == []
+    local = subprocess.run([script("qsubmit"), *BELL, "--no-lease", "--repeat", "2",
+                            "--max-pending", "1"], env=down, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert local.returncode == 0, local.stderr
+    assert "Warning: --no-lease: the budget guard sees only this machine's ledger" in local.stderr
+    assert sorted(r["status"] for r in ledger_records(tmp_path / "a")) == ["deferred", "submitted"]
+    drain = subprocess.run([script("qcollect"), "--max-pending", "2"], env=down, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert drain.returncode == 0, drain.stderr
+    assert f"deferred: local: store {s3_study.url}" in drain.stdout
+    assert service_jobs(tmp_path / "service") == 1
