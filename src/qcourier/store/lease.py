@@ -307,6 +307,8 @@ class TeamLease:
         self.location = location
         self.ttl, self.timeout, self.command, self.wait = ttl, timeout, command, wait
         self.workers = workers
+        #: Set once the store could not be reached in this run: no further attempt is made.
+        self.unreachable = False
         self._store: ObjectStore | None = None
 
     @classmethod

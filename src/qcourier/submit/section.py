@@ -112,9 +112,12 @@ def _leased(ledger: Ledger, service: str, key_index: int | None, team: TeamLease
     """Hold the key's lease: pull first (the guard sees what the team spent), push last
     (the next holder sees what this one spent), release."""
     lease = team.lease(service, key_index, writer=ledger.writer_id(create=True))
+    if team.unreachable:  # once per run: a drain of many jobs does not wait out each
+        raise _unreachable(lease, team)
     try:
         lease.acquire(team.wait if wait else 0.0, progress)
     except StoreUnavailable:
+        team.unreachable = True
         raise _unreachable(lease, team) from None
     spending = Spending(lease)
     if lease.took_over:
@@ -133,11 +136,15 @@ def _leased(ledger: Ledger, service: str, key_index: int | None, team: TeamLease
 
 
 def _pull(ledger: Ledger, team: TeamLease, lease: Lease, spending: Spending) -> None:
-    from qcourier.store.sync import pull
+    from qcourier.store.sync import SYNC_LOCK_SECONDS, SyncBusy, pull
 
     try:
         result = pull(ledger, team.store, workers=team.workers)
+    except SyncBusy:
+        raise KeyBusy(f"{lease.label}: another sync of {ledger.directory} has held it for "
+                      f"{SYNC_LOCK_SECONDS:.0f} s, so the team's ledger cannot be read") from None
     except StoreUnavailable:
+        team.unreachable = True
         raise _unreachable(lease, team) from None
     spending.notes.extend(result.problems)
 
