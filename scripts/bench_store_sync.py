@@ -13,7 +13,8 @@ processes:
   machine syncs (pull), beside a ``qcourier sync`` with nothing new;
 - **qcourier status over the union** (pulled segments + local files; with the store set, so
   it lists the bucket first), beside ``qcourier status`` on one local directory holding the
-  same 10,000 jobs in local files, no store.
+  same 10,000 jobs in local files, no store; and the same for a ``qcollect`` with nothing
+  pending (over the union its working set is made from the full fold).
 
 Usage: python scripts/bench_store_sync.py [JOBS] (default 10000). Prints a markdown table.
 """
@@ -102,6 +103,7 @@ def main() -> None:
     jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     bin_dir = Path(sys.executable).parent
     qcourier = str(bin_dir / "qcourier")
+    qcollect = str(bin_dir / "qcollect")
     work = Path(tempfile.mkdtemp(prefix="bench-store-"))
     server = SeaweedS3(work / "s3").start()
     try:
@@ -152,6 +154,12 @@ def main() -> None:
         rows.append(("qcourier status over the union (store set: lists it first)", union,
                      f"local directory alone: {local:.2f}"))
         rows.append(("qcourier status over the union (store unset)", union_offline, ""))
+        timed([qcollect], env(new, False))
+        timed([qcollect], env(alone, with_store=False))
+        collect_union = median_of([qcollect], env(new))
+        collect_local = median_of([qcollect], env(alone, with_store=False))
+        rows.append(("qcollect over the union, nothing pending (pull, fold, push)",
+                     collect_union, f"local directory alone: {collect_local:.2f}"))
         segments = sum(1 for p in (new / "store" / "remote").rglob("*.jsonl") if p.is_file())
         print(f"{jobs} jobs from {MACHINES} machines ({segments} pulled segments, "
               f"{jobs} results); initial pushes: "

@@ -285,3 +285,14 @@ def test_on_a_terminal_sync_shows_a_progress_bar_then_its_counts(tmp_path: Path,
     assert screen.returncode == 0, screen.text
     assert "uploading" in screen.stream_text and "30/30" in screen.stream_text
     assert "Pushed 30 segment(s)" in screen.text
+
+
+def test_a_local_failure_of_the_push_keeps_the_commands_outcome(tmp_path: Path,
+                                                                 s3_study: S3Study):
+    env = env_for(tmp_path, "a", s3_study.env)
+    (tmp_path / "a" / "store" / "pushed.json").mkdir(parents=True)  # cannot be written
+    done = run([script("qsubmit"), "-e", "bell", "--shots", "10"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "submitted" in done.stdout  # its table, as without a store
+    [line] = [x for x in done.stderr.splitlines() if "store" in x]
+    assert line.startswith("Warning: team store sync skipped: cannot write ")

@@ -134,3 +134,19 @@ def test_store_check_finds_what_is_missing_or_damaged(tmp_path: Path, s3_study: 
                for p in problems)
     assert any(p.startswith(f"missing object '{snapshot}'") for p in problems)
     assert len(bad.stderr.splitlines()) == 2
+
+
+def test_dedupe_and_the_budget_see_the_teams_jobs(tmp_path: Path, s3_study: S3Study):
+    a_env, b_env = machine(tmp_path, "a", s3_study), machine(tmp_path, "b", s3_study)
+    assert run([script("qsubmit"), "-e", "bell", "--shots", "30"], a_env,
+               tmp_path).returncode == 0
+    assert run([script("qcollect")], a_env, tmp_path).returncode == 0  # usage recorded
+    again = run([script("qsubmit"), "-e", "bell", "--shots", "30"], b_env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "Skipped:" in again.stderr  # the same job, completed on A
+    assert Ledger(tmp_path / "b").local_files() == []
+    budget = run([script("qcourier"), "budget", "--json"], b_env, tmp_path)
+    assert budget.returncode == 0, budget.stderr
+    [key] = json.loads(budget.stdout)["keys"]
+    [record] = status_json(tmp_path, a_env)
+    assert key["jobs_used"] == 1 and key["used_seconds"] == record["usage_seconds"] > 0

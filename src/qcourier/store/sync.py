@@ -288,11 +288,14 @@ def push(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
             state.planned.setdefault(segment.name, [segment.start, segment.end])
         state.save(ledger)
         uploader = _Uploader(ledger, store, state, result)
+        by_file: dict[str, list[Segment]] = {}
+        for segment in segments:  # a file's ranges in order, each after the one before
+            by_file.setdefault(segment.name, []).append(segment)
         try:
-            for segment in run_all(uploader.segment, segments, workers, "uploading", progress):
-                state.pushed[segment.name] = segment.end
-                if state.planned.get(segment.name, [0, 0])[1] <= segment.end:
-                    state.planned.pop(segment.name, None)
+            for last in run_all(uploader.file, by_file.values(), workers, "uploading files",
+                                progress):
+                state.pushed[last.name] = last.end
+                state.planned.pop(last.name, None)
         finally:
             state.save(ledger)
     return result
@@ -364,6 +367,12 @@ class _Uploader:
                  result: PushResult):
         self.ledger, self.store, self.state, self.result = ledger, store, state, result
         self.lock = threading.Lock()
+
+    def file(self, segments: list[Segment]) -> Segment:
+        """Upload one file's segments in order; the last one."""
+        for segment in segments:
+            self.segment(segment)
+        return segments[-1]
 
     def segment(self, segment: Segment) -> Segment:
         path = self.ledger.directory / segment.name

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from qcourier.errors import QcourierError
 from qcourier.store.objects import ObjectStore, StoreError, StoreLocation
 
 if TYPE_CHECKING:
@@ -87,7 +88,10 @@ class EdgeSync:
         except StoreError as exc:
             self.failed = str(exc)
             self.warnings.append(_local_first(str(exc)))
-            return None
+        except QcourierError as exc:  # this machine's side (the push state, a pulled file)
+            self.failed = str(exc)
+            self.warnings.append(f"team store sync skipped: {exc}; the next run tries again")
+        return None
 
     def take_warnings(self) -> list[str]:
         """The warnings met so far (each once)."""
