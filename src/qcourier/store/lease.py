@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from qcourier.store.objects import StoreError, StoreLocation, StoreUnavailable, check_key_part
+from qcourier.store.objects import StoreError, StoreLocation, check_key_part
 
 if TYPE_CHECKING:
     from qcourier.config import Settings
@@ -123,10 +123,6 @@ class Lease:
         self._mutex = threading.Lock()
         #: Whose stale lease :meth:`acquire` took over, if it did (for a message).
         self.took_over: str | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._etag is not None and self._lost is None
 
     # -- acquire -----------------------------------------------------------------------------
 
@@ -336,5 +332,3 @@ class TeamLease:
         return Lease(self.store, service, key_index, ttl=self.ttl, command=self.command,
                      writer=writer)
 
-
-__all__ = ["Lease", "LeaseBusy", "LeaseLost", "StoreUnavailable", "TeamLease", "lease_key"]
