@@ -254,8 +254,8 @@ def test_a_killed_holders_lease_expires_and_the_next_qsubmit_proceeds(tmp_path: 
     """A qcollect draining its deferred queue holds the key's lease (ttl 5 s) and is held
     where its budget check asks the service for its usage (a FIFO among the service's job
     files); it is killed with SIGKILL there. Another machine's qsubmit finds the lease,
-    says who holds it, waits until it is stale (not renewed for 5 s), takes it over and
-    submits; it says so, and releases the lease."""
+    waits (saying whose it is) until it is stale (not renewed for 5 s), takes it over and
+    submits; it says whose lease it took over, and releases it."""
     a = machine(tmp_path, "a", s3_study, QCOURIER_LOCAL_QUEUE_SECONDS="600",
                 QCOURIER_LEASE_SECONDS="5")
     setup = subprocess.run([script("qsubmit"), *BELL, "--repeat", "2", "--max-pending", "1"],
@@ -278,7 +278,8 @@ def test_a_killed_holders_lease_expires_and_the_next_qsubmit_proceeds(tmp_path: 
                            capture_output=True, text=True, timeout=300)
     assert after.returncode == 0, after.stderr
     dead = f"qcollect pid {drain.proc.pid} on {socket.gethostname()}"
-    assert f"held by {dead}" in after.stderr
+    # It waited, naming the holder, if it came before the lease went stale (it may come after)
+    assert f"held by {dead}" in after.stderr or WAITING_FOR_THE_LEASE not in after.stderr
     assert f"Warning: local: took over the stale budget lease of {dead}" in after.stderr
     assert service_jobs(tmp_path / "service2") == 1
     assert s3_study.keys("leases/") == []
