@@ -253,3 +253,24 @@ def test_unsafe_result_names_in_pulled_lines_are_never_paths(tmp_path: Path,
     result = pull(c, store)
     assert (result.segments, result.blobs, result.problems) == (1, 0, [])
     assert not (tmp_path / "evil").exists()
+
+
+def test_a_job_collected_on_two_machines_settles_on_the_latest_result_everywhere(
+        tmp_path: Path, s3_study: S3Study):
+    store = store_of(s3_study)
+    a, c = Ledger(tmp_path / "a"), Ledger(tmp_path / "c")
+    [record] = write_files(a, 1, 1, "a")
+    circuit_file(a)
+    push(a, store)
+    pull(c, store)
+    # Both collect the job before seeing the other's line: two result files of one name.
+    mine = complete(a, record, b'{"collected_at": "A"}', at=T0 + timedelta(hours=1))
+    theirs = complete(c, record, b'{"collected_at": "C"}', at=T0 + timedelta(hours=2))
+    for machine in (a, c, a, c):
+        push(machine, store)
+        pull(machine, store)
+    for machine in (a, c):
+        winner = machine.fold().entries[record.record_id].summary
+        assert winner.result_sha256 == theirs.result_sha256 != mine.result_sha256
+        assert (machine.directory / winner.result_path).read_bytes() == b'{"collected_at": "C"}'
+    assert push(a, store).segments == push(c, store).segments == 0  # nothing more to say
