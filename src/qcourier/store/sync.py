@@ -29,7 +29,9 @@ The layout of a study in the bucket (below ``QCOURIER_STORE``'s prefix)::
   their lines refer to have been fetched into ``jobs/``, ``circuits/`` and ``snapshots/``.
   Every name from the bucket is checked (:func:`check_key_part` and the shapes above) before
   it is used in a path. An object that is truncated (its size is not its byte range), not
-  whole lines of ledger records, or not of this layout is reported by key and skipped.
+  whole lines of ledger records, or not of this layout is reported by key and skipped. A
+  result file that two machines both wrote (a job collected twice) is then made to hold what
+  the union's latest line of its record names.
 
 The ledger folds the pulled segments with the local files (:mod:`qcourier.ledger.union`).
 One push or pull at a time per ledger directory (a file lock); concurrent ones wait.
