@@ -274,3 +274,19 @@ def test_a_job_collected_on_two_machines_settles_on_the_latest_result_everywhere
         assert winner.result_sha256 == theirs.result_sha256 != mine.result_sha256
         assert (machine.directory / winner.result_path).read_bytes() == b'{"collected_at": "C"}'
     assert push(a, store).segments == push(c, store).segments == 0  # nothing more to say
+
+
+def test_status_lists_a_teams_jobs_in_time_order(tmp_path: Path, s3_study: S3Study, invoke):
+    from qcourier.cli.main import main
+
+    store = store_of(s3_study)
+    for name, hours in (("a", 2), ("b", 0), ("c", 1)):
+        machine = Ledger(tmp_path / name)
+        when = T0 + timedelta(hours=hours)
+        L.append(machine.new_file(), make_record(job_id=f"{name}job000000000",
+                                                 submission_time=when, updated_at=when))
+        circuit_file(machine)
+        push(machine, store)
+    result = invoke(main, ["status", "--json"])  # the test's own ledger: pulls all three
+    assert result.exit_code == 0, result.output
+    assert [r["job_id"][0] for r in json.loads(result.stdout)] == ["b", "c", "a"]
