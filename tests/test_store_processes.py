@@ -296,3 +296,19 @@ def test_a_local_failure_of_the_push_keeps_the_commands_outcome(tmp_path: Path,
     assert "submitted" in done.stdout  # its table, as without a store
     [line] = [x for x in done.stderr.splitlines() if "store" in x]
     assert line.startswith("Warning: team store sync skipped: cannot write ")
+
+
+def test_a_skipped_object_is_reported_once_at_the_edges_and_by_sync_every_time(
+        tmp_path: Path, s3_study: S3Study):
+    from store_machines import put_raw
+
+    put_raw(s3_study, "ledger/notes.txt", b"left here by hand")
+    env = env_for(tmp_path, "a", s3_study.env)
+    first, second = (run([script("qcourier"), "status"], env, tmp_path) for _ in range(2))
+    assert first.stderr.splitlines() == [
+        "Warning: foreign object 'ledger/notes.txt' in the store: not ledger/<writer>/"
+        "<file>/<start>-<end>.jsonl; skipped"]
+    assert second.returncode == 0 and second.stderr == ""
+    for _ in range(2):
+        sync = run([script("qcourier"), "sync"], env, tmp_path)
+        assert sync.returncode == 1 and "'ledger/notes.txt'" in sync.stderr

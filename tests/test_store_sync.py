@@ -253,3 +253,40 @@ def test_unsafe_result_names_in_pulled_lines_are_never_paths(tmp_path: Path,
     result = pull(c, store)
     assert (result.segments, result.blobs, result.problems) == (1, 0, [])
     assert not (tmp_path / "evil").exists()
+
+
+def test_a_job_collected_on_two_machines_settles_on_the_latest_result_everywhere(
+        tmp_path: Path, s3_study: S3Study):
+    store = store_of(s3_study)
+    a, c = Ledger(tmp_path / "a"), Ledger(tmp_path / "c")
+    [record] = write_files(a, 1, 1, "a")
+    circuit_file(a)
+    push(a, store)
+    pull(c, store)
+    # Both collect the job before seeing the other's line: two result files of one name.
+    mine = complete(a, record, b'{"collected_at": "A"}', at=T0 + timedelta(hours=1))
+    theirs = complete(c, record, b'{"collected_at": "C"}', at=T0 + timedelta(hours=2))
+    for machine in (a, c, a, c):
+        push(machine, store)
+        pull(machine, store)
+    for machine in (a, c):
+        winner = machine.fold().entries[record.record_id].summary
+        assert winner.result_sha256 == theirs.result_sha256 != mine.result_sha256
+        assert (machine.directory / winner.result_path).read_bytes() == b'{"collected_at": "C"}'
+    assert push(a, store).segments == push(c, store).segments == 0  # nothing more to say
+
+
+def test_status_lists_a_teams_jobs_in_time_order(tmp_path: Path, s3_study: S3Study, invoke):
+    from qcourier.cli.main import main
+
+    store = store_of(s3_study)
+    for name, hours in (("a", 2), ("b", 0), ("c", 1)):
+        machine = Ledger(tmp_path / name)
+        when = T0 + timedelta(hours=hours)
+        L.append(machine.new_file(), make_record(job_id=f"{name}job000000000",
+                                                 submission_time=when, updated_at=when))
+        circuit_file(machine)
+        push(machine, store)
+    result = invoke(main, ["status", "--json"])  # the test's own ledger: pulls all three
+    assert result.exit_code == 0, result.output
+    assert [r["job_id"][0] for r in json.loads(result.stdout)] == ["b", "c", "a"]

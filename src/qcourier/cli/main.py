@@ -84,6 +84,8 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
               if (not statuses or e.summary.status.value in statuses)
               and (not experiments_ or e.summary.experiment_type in experiments_)
               and (cutoff is None or (e.summary.submission_time or e.summary.updated_at) >= cutoff)]
+    if ledger.pulled_files():  # a team's union: in time order, whichever machine wrote first
+        chosen.sort(key=lambda e: e.summary.submission_time or e.summary.updated_at)
     if as_json:
         state.emit_json_lines(fold.lines(chosen))
         return

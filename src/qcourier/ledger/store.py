@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 LEDGER_GLOB = "submitted_jobs_*.jsonl"
 LOCK_TIMEOUT_SECONDS = 30.0
+#: How much of the ledger files :meth:`Fold.lines` keeps in memory at once.
+LINES_CACHE_BYTES = 64 * 1024 * 1024
 #: This machine's writer id in a team store: ``<ledger>/store/writer``.
 WRITER_FILE = "store/writer"
 #: Where segments pulled from other writers live: ``<ledger>/store/remote/``.
@@ -72,15 +74,21 @@ class Fold:
 
     @staticmethod
     def lines(entries: Iterable[Entry]) -> Iterator[bytes]:
-        """The latest line of each entry (JSON, no newline), reading each file once."""
+        """The latest line of each entry (JSON, no newline), reading each file once (while
+        the files read fit in :data:`LINES_CACHE_BYTES`: entries of a team's union, in time
+        order, come from many small files in turn)."""
         data: dict[Path, bytes] = {}
+        held = 0
         for entry in entries:
             if entry._record is not None or entry.offset < 0:
                 yield entry.record.model_dump_json().encode()
                 continue
             if entry.path not in data:
-                data.clear()  # entries come file by file: keep one file in memory
+                if held > LINES_CACHE_BYTES:
+                    data.clear()
+                    held = 0
                 data[entry.path] = entry.path.read_bytes()
+                held += len(data[entry.path])
             yield data[entry.path][entry.offset:entry.offset + entry.length]
 
 

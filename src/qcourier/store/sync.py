@@ -29,7 +29,9 @@ The layout of a study in the bucket (below ``QCOURIER_STORE``'s prefix)::
   their lines refer to have been fetched into ``jobs/``, ``circuits/`` and ``snapshots/``.
   Every name from the bucket is checked (:func:`check_key_part` and the shapes above) before
   it is used in a path. An object that is truncated (its size is not its byte range), not
-  whole lines of ledger records, or not of this layout is reported by key and skipped.
+  whole lines of ledger records, or not of this layout is reported by key and skipped. A
+  result file that two machines both wrote (a job collected twice) is then made to hold what
+  the union's latest line of its record names.
 
 The ledger folds the pulled segments with the local files (:mod:`qcourier.ledger.union`).
 One push or pull at a time per ledger directory (a file lock); concurrent ones wait.
@@ -51,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from qcourier.errors import LedgerError, QcourierError
-from qcourier.files import atomic_write_bytes
+from qcourier.files import atomic_write_bytes, sha256_file
 from qcourier.ledger.store import (
     LEDGER_NAME,
     SEGMENT_NAME,
@@ -491,13 +493,20 @@ def blobs_of(data: bytes) -> list[BlobRef]:
     return list(found.values())
 
 
-def _refs(record: dict[str, Any]) -> Iterator[BlobRef]:
-    result_path, result_sha = record.get("result_path"), record.get("result_sha256")
+def _result_ref(result_path: Any, result_sha: Any) -> BlobRef | None:
+    """The result file a line names, if its name and sha256 are safe to use."""
     if isinstance(result_path, str) and isinstance(result_sha, str) and SHA256_PATTERN.fullmatch(
             result_sha):
         name = result_name(result_path)
         if name is not None and _safe(name):
-            yield BlobRef("jobs", name, result_sha)
+            return BlobRef("jobs", name, result_sha)
+    return None
+
+
+def _refs(record: dict[str, Any]) -> Iterator[BlobRef]:
+    result = _result_ref(record.get("result_path"), record.get("result_sha256"))
+    if result is not None:
+        yield result
     isa = record.get("isa_circuit_hash")
     if isinstance(isa, str) and SHA256_PATTERN.fullmatch(isa):
         yield BlobRef("circuits", f"{isa}.qpy", isa)
@@ -552,7 +561,34 @@ def pull(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
         downloader = Downloader(ledger, store, result)
         for _ in run_all(downloader.segment, todo, workers, "downloading", progress):
             pass
+        _settle_results(ledger, downloader)
     return result
+
+
+def _settle_results(ledger: Ledger, downloader: Downloader) -> None:
+    """Make the result file of each record a pulled line completed hold the bytes that the
+    union's latest line of the record names.
+
+    Two machines that both collected a job wrote two result files of the same name (their
+    ``collected_at`` differs); without this, each would find its file not matching the
+    other's winning line and download the result again, for ever.
+    """
+    if not downloader.with_results:
+        return
+    entries = ledger.fold().entries
+    for record_id in sorted(downloader.with_results):
+        entry = entries.get(record_id)
+        blob = entry and _result_ref(entry.summary.result_path, entry.summary.result_sha256)
+        if not blob:
+            continue
+        try:
+            if sha256_file(blob.local_path(ledger)) == blob.sha:
+                continue
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # unreadable: the collector's result check reports it
+        downloader.fetch(blob, f"record {record_id}")
 
 
 def _pulled_path(ledger: Ledger, segment: Segment) -> Path:
@@ -567,6 +603,7 @@ class Downloader:
         self.ledger, self.store, self.result = ledger, store, result
         self.lock = threading.Lock()
         self.fetched: set[str] = set()
+        self.with_results: set[str] = set()  # records a landed line names a result for
 
     def problem(self, message: str) -> None:
         with self.lock:
@@ -582,11 +619,14 @@ class Downloader:
         if reason:
             self.problem(f"{reason} object {segment.key!r} in the store; skipped")
             return segment
-        for blob in blobs_of(data):
+        blobs = blobs_of(data)
+        for blob in blobs:
             self.blob(blob, segment.key)
         atomic_write_bytes(_pulled_path(self.ledger, segment), data)
         with self.lock:
             self.result.segments += 1
+            if any(blob.kind == "jobs" for blob in blobs):
+                self.with_results.update(_record_ids(data))
         return segment
 
     def blob(self, blob: BlobRef, referrer: str) -> None:
@@ -595,8 +635,11 @@ class Downloader:
             if blob.id in self.fetched:
                 return
             self.fetched.add(blob.id)
-        if blob.local_path(self.ledger).is_file():
-            return
+        if not blob.local_path(self.ledger).is_file():
+            self.fetch(blob, referrer)
+
+    def fetch(self, blob: BlobRef, referrer: str) -> None:
+        """Fetch one blob into the ledger directory (sha256-checked), replacing its file."""
         fetched = fetch_blob(self.store, blob)
         if isinstance(fetched, str):
             self.problem(f"{fetched} (referred to by {referrer}); skipped")
@@ -604,6 +647,20 @@ class Downloader:
         blob.store_local(self.ledger, fetched)
         with self.lock:
             self.result.blobs += 1
+
+
+def _record_ids(data: bytes) -> set[str]:
+    """The record ids of the lines in ``data`` that name a result."""
+    found = set()
+    for line in data.split(b"\n"):
+        try:
+            record = json.loads(line) if b"result_sha256" in line else None
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("record_id"), str) \
+                and record.get("result_sha256"):
+            found.add(record["record_id"])
+    return found
 
 
 def fetch_blob(store: ObjectStore, blob: BlobRef) -> bytes | str:

@@ -6,7 +6,8 @@ used — unreachable (no connection, a timeout, a 5xx) or refusing (credentials,
 the command says so in one line naming the store (never a credential), works on the local
 ledger, keeps its own exit code, and makes no further store call in that run; the next run
 catches up. Only ``qcourier sync``, asked for by name, fails (exit 1) when the store cannot
-be used.
+be used. An object a pull skips (truncated, foreign, ...) is reported once at the edges,
+the first time a command meets it.
 
 With ``QCOURIER_STORE`` unset nothing here runs, and boto3 is never imported.
 """
@@ -64,7 +65,7 @@ class EdgeSync:
 
         result = self._call(pull, ledger, progress, need_directory=False)
         if result is not None:
-            self.warnings.extend(result.problems)
+            self.warnings.extend(_not_reported_yet(ledger, result.problems))
         return result
 
     def push(self, ledger: Ledger, progress: Progress | None = None) -> PushResult | None:
@@ -104,3 +105,28 @@ def _local_first(message: str) -> str:
     if "working on the local ledger" in message:
         return message
     return f"{message}; working on the local ledger, the next run catches up"
+
+
+#: The objects a pull at a command's edge skipped last time (derived; safe to delete).
+REPORTED_FILE = "store/reported.json"
+
+
+def _not_reported_yet(ledger: Ledger, problems: list[str]) -> list[str]:
+    """The problems a previous pull at an edge did not report: an object skipped is reported
+    once at the edges (a cron collector would repeat it every run), while it stays in the
+    store; ``qcourier sync`` reports every one every time."""
+    import json
+
+    from qcourier.files import atomic_write_bytes
+
+    path = ledger.directory / REPORTED_FILE
+    try:
+        known = set(json.loads(path.read_bytes()))
+    except (OSError, ValueError, TypeError):
+        known = set()
+    if set(problems) != known:
+        try:
+            atomic_write_bytes(path, json.dumps(sorted(set(problems))).encode(), durable=False)
+        except OSError:
+            return problems  # cannot remember: report every time
+    return [p for p in problems if p not in known]
