@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = Field(None, validation_alias="QCOURIER_S3_ENDPOINT")
     store_timeout_seconds: float = Field(10.0, gt=0, le=300,
                                          validation_alias="QCOURIER_STORE_TIMEOUT")
+    #: Objects a sync uploads or downloads at once.
+    store_workers: int = Field(8, ge=1, le=64, validation_alias="QCOURIER_STORE_WORKERS")
+    #: How long the team store's budget lease stays valid after each renewal (its holder
+    #: renews it while working; a holder that died leaves it to others after this long).
+    lease_seconds: float = Field(120.0, ge=5, le=300, validation_alias="QCOURIER_LEASE_SECONDS")
     #: What can be rebuilt: the local service's descriptions of its fake devices.
     cache_dir: Path = Field(default_factory=lambda: user_cache_dir(),
                             validation_alias="QCOURIER_CACHE_DIR")

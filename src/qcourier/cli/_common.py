@@ -52,6 +52,8 @@ class AppState:
     quiet: bool = False
     #: ``--debug``: an unexpected error shows its traceback instead of one line.
     debug: bool = False
+    #: The team store's syncs at this command's edges (made on first use).
+    edges: Any = None
 
     @property
     def stdout(self) -> Console:
@@ -140,6 +142,25 @@ class AppState:
     def ledger_dir(self, option: Path | None) -> Path:
         """The ledger directory: the option, else the setting."""
         return option if option is not None else self.get_settings().ledger_dir
+
+    def sync_edge(self, ledger: Any, what: str) -> None:
+        """Pull (``what="pull"``) or push the ledger with the team store, if one is set.
+
+        Never fails the command: a store that cannot be used is one warning line, and no
+        further store call is made in this run (see :mod:`qcourier.store.team`).
+        """
+        settings = self.get_settings()
+        if not settings.store:
+            return  # no team store: nothing changes, and boto3 is never imported
+        if self.edges is None:
+            from qcourier.store.team import EdgeSync, store_of
+
+            self.edges = EdgeSync(store_of(settings),
+                                  lock_timeout=3 * settings.store_timeout_seconds,
+                                  workers=settings.store_workers)
+        getattr(self.edges, what)(ledger)
+        for line in self.edges.take_warnings():
+            self.warn(line)
 
     # -- output -----------------------------------------------------------------------------
 

@@ -69,7 +69,9 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
     from qcourier.ledger.store import Ledger
 
     state = get_state()
-    fold = Ledger(state.ledger_dir(ledger_dir)).fold()
+    ledger = Ledger(state.ledger_dir(ledger_dir))
+    state.sync_edge(ledger, "pull")
+    fold = ledger.fold()
     for problem in fold.problems:
         state.warn(str(problem))
     report = budget_report(state, fold.summaries, utc_now(), ask_services=not no_service)

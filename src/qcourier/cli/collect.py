@@ -95,20 +95,11 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
          plan_file: Path | None, ledger_dir: Path | None, service: str | None,
          as_json: bool) -> None:
     from qcourier.collect.run import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
-    from qcourier.errors import UsageError
     from qcourier.ledger.store import Ledger, check_ledger_file
+    from qcourier.store.lease import TeamLease
     from qcourier.submit.dispatch import queue_policy
 
-    if sum(x is not None and x is not False for x in (jobs_file, job_id, poll_all or None)) > 1:
-        raise UsageError("give at most one of --jobs-file, --poll-all and --job-id")
-    if interval <= 0:
-        raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}")
-    if plan_file is not None:
-        if html_file is None:
-            raise UsageError("--plan is for the page: give it with --html FILE")
-        from qcourier.accounting.plan import load_plan
-
-        load_plan(plan_file)  # a missing or bad plan given by name: an error before collecting
+    _check_options(jobs_file, job_id, poll_all, interval, plan_file, html_file)
     state = get_state()
     state.quiet = quiet
     if jobs_file is not None:
@@ -116,6 +107,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     else:
         ledger, paths = Ledger(state.ledger_dir(ledger_dir)), None
     pool, settings = state.get_pool(), state.get_settings()
+    team = TeamLease.from_settings(settings, "qcollect")
     output = _Output(state, ledger, paths, as_json=as_json, quiet=quiet, watch=watch,
                      log_file=log_file)
 
@@ -127,12 +119,14 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             resubmit_failed=resubmit_failed, max_retries=max_retries,
             admit=_budget_admission(settings, pool),
             verify_batch=None if verify_results else RESULT_CHECK_BATCH,
-            workers=workers or settings.poll_workers, progress=progress)
+            workers=workers or settings.poll_workers, progress=progress, team=team)
 
+    state.sync_edge(ledger, "pull")  # other machines' jobs and results, when a store is set
     with output:
         while True:
             try:
                 report = output.run(one_round)
+                state.sync_edge(ledger, "push")  # publish what this round recorded
             except CollectorBusy as exc:
                 if not watch:
                     raise
@@ -152,6 +146,23 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                 break
             time.sleep(interval)
     raise SystemExit(report.exit_code)
+
+
+def _check_options(jobs_file: Path | None, job_id: str | None, poll_all: bool, interval: float,
+                   plan_file: Path | None, html_file: Path | None) -> None:
+    """Bad combinations and values of qcollect's options, before anything is read."""
+    from qcourier.errors import UsageError
+
+    if sum(x is not None and x is not False for x in (jobs_file, job_id, poll_all or None)) > 1:
+        raise UsageError("give at most one of --jobs-file, --poll-all and --job-id")
+    if interval <= 0:
+        raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}")
+    if plan_file is not None:
+        if html_file is None:
+            raise UsageError("--plan is for the page: give it with --html FILE")
+        from qcourier.accounting.plan import load_plan
+
+        load_plan(plan_file)  # a missing or bad plan given by name: an error before collecting
 
 
 class _Output:

@@ -37,6 +37,7 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
 
     state = get_state()
     ledger = Ledger(state.ledger_dir(ledger_dir))
+    state.sync_edge(ledger, "pull")
     entry = find_entry(ledger, job_id)
     record, lines = entry.record, history(entry)
     result = read_result(ledger, record)
@@ -135,7 +136,10 @@ def cancel(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
     from qcourier.ledger.store import Ledger
 
     state = get_state()
-    outcome = cancel_job(state.get_pool(), Ledger(state.ledger_dir(ledger_dir)), job_id)
+    ledger = Ledger(state.ledger_dir(ledger_dir))
+    state.sync_edge(ledger, "pull")
+    outcome = cancel_job(state.get_pool(), ledger, job_id)
+    state.sync_edge(ledger, "push")
     for note in outcome.notes:
         state.warn(note)
     if as_json:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from qcourier import __version__
-from qcourier.cli import budget, collect, jobs, ledger, notify, report, submit
+from qcourier.cli import budget, collect, jobs, ledger, notify, report, store, submit
 from qcourier.cli._common import (
     api_key_option,
     get_state,
@@ -37,6 +37,8 @@ main.add_command(jobs.show, "show")
 main.add_command(jobs.cancel, "cancel")
 main.add_command(ledger.group, "ledger")
 main.add_command(notify.main, "notify")
+main.add_command(store.sync, "sync")
+main.add_command(store.group, "store")
 
 
 @main.command("status")
@@ -73,7 +75,9 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
     from qcourier.ledger.store import Ledger
 
     state = get_state()
-    fold = Ledger(state.ledger_dir(ledger_dir)).fold()
+    ledger = Ledger(state.ledger_dir(ledger_dir))
+    state.sync_edge(ledger, "pull")
+    fold = ledger.fold()
     for problem in fold.problems:
         state.warn(str(problem))
     cutoff = since.replace(tzinfo=UTC) if since else None
@@ -81,6 +85,8 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
               if (not statuses or e.summary.status.value in statuses)
               and (not experiments_ or e.summary.experiment_type in experiments_)
               and (cutoff is None or (e.summary.submission_time or e.summary.updated_at) >= cutoff)]
+    if ledger.pulled_files():  # a team's union: in time order, whichever machine wrote first
+        chosen.sort(key=lambda e: e.summary.submission_time or e.summary.updated_at)
     if as_json:
         state.emit_json_lines(fold.lines(chosen))
         return
@@ -159,12 +165,19 @@ def _type_name(annotation: object) -> str:
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               default=None, help="Only jobs created after this date (UTC).")
 @click.option("--dry-run", is_flag=True, help="List what would be recovered; write nothing.")
+@click.option("--from-store", is_flag=True,
+              help="Rebuild a lost ledger directory from the team store (QCOURIER_STORE) "
+              "instead of asking the service.")
+@click.option("--writer", default=None, metavar="ID",
+              help="With --from-store: the lost directory's writer id (w + 16 hex digits) "
+              "[default: the store's only writer].")
 @api_key_option
 @service_option
 @ledger_dir_option
 @json_option
 @handle_errors
-def recover(since, dry_run: bool, api_key_index: int | None, service: str | None,
+def recover(since, dry_run: bool, from_store: bool, writer: str | None,
+            api_key_index: int | None, service: str | None,
             ledger_dir: Path | None, as_json: bool) -> None:
     """Rebuild ledger records for qcourier jobs that no ledger file knows.
 
@@ -172,13 +185,31 @@ def recover(since, dry_run: bool, api_key_index: int | None, service: str | None
     `qcourier`, and writes a record, marked recovered, for each one missing from the
     ledger (a deleted or lost JSONL), in a new ledger file. Then `qcollect` collects them.
 
+    With --from-store: rebuilds a lost ledger directory from the team store instead. The
+    machine's own ledger files are written again, byte for byte, from its segments, with the
+    result, circuit and snapshot files they refer to; then the other machines' are pulled.
+    An existing ledger with lines in it is never overwritten (give an empty --ledger-dir).
+    Exit 1 if a segment or file could not be recovered (each named in one line).
+
     \b
     Examples:
       qcourier recover
       qcourier recover --since 2026-11-01 --api-key-index 1
       qcourier recover --service local --dry-run
+      qcourier recover --from-store --ledger-dir results/ibm_experiments
+      qcourier recover --from-store --writer w3f9a0c2b7d41e658
     """
     from datetime import UTC
+
+    from qcourier.errors import UsageError
+
+    if not from_store and writer is not None:
+        raise UsageError("--writer is for --from-store")
+    if from_store:
+        if since or dry_run or api_key_index is not None or service:
+            raise UsageError("--from-store takes only --writer, --ledger-dir and --json")
+        store.recover_from_store(get_state(), ledger_dir, writer, as_json)
+        return
 
     from qcourier.ledger.store import Ledger
     from qcourier.submit.recovery import recover as run_recovery

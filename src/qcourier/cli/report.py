@@ -117,6 +117,7 @@ def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None
 
     state = get_state()
     directory = state.ledger_dir(ledger_dir)
+    state.sync_edge(Ledger(directory), "pull")
     fold = Ledger(directory).fold()
     for problem in fold.problems:
         state.warn(str(problem))

@@ -78,6 +78,10 @@ def _experiment_names() -> list[str]:
               "spend the budget faster than an even spread over the 28-day window.")
 @click.option("--submit-all", is_flag=True,
               help="Submit the same jobs once per configured IBM API key.")
+@click.option("--no-lease", is_flag=True,
+              help="With a team store (QCOURIER_STORE): submit without the key's budget lease, "
+              "e.g. while the store cannot be reached. The budget guard then sees only this "
+              "machine's ledger: another machine may spend the same budget meanwhile.")
 @click.option("--no-transpile-cache", is_flag=True,
               help="Transpile afresh instead of reusing transpiled circuits cached in the "
               "ledger directory (cache/transpiled/).")
@@ -89,12 +93,13 @@ def _experiment_names() -> list[str]:
 def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: int | None,
          repeat: int, jobs_file: Path | None, repo: Path | None, dry_run: bool, force: bool,
          max_pending: int | None, allow_over_budget: bool, pace: bool, submit_all: bool,
-         no_transpile_cache: bool, api_key_index: int | None, ledger_dir: Path | None,
+         no_lease: bool, no_transpile_cache: bool, api_key_index: int | None, ledger_dir: Path | None,
          service: str | None, as_json: bool) -> None:
     from qcourier.accounting.budget import BudgetGuard
     from qcourier.circuits.cache import cache_directory
     from qcourier.experiments import resolve
     from qcourier.ledger.store import Ledger, check_ledger_file
+    from qcourier.store.lease import TeamLease
     from qcourier.submit.dispatch import queue_policy
     from qcourier.submit.plan import ExecutionLimits
     from qcourier.submit.run import SubmitOptions, submit_everywhere
@@ -105,8 +110,13 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
                     else check_ledger_file(jobs_file).parent)
     if not dry_run:
         ledger.ensure_writable()
+        state.sync_edge(ledger, "pull")  # the team's jobs count for dedupe and the budget
     services = state.get_services(service, api_key_index, submit_all)
     settings = state.get_settings()
+    team = None if dry_run or no_lease else TeamLease.from_settings(settings, "qsubmit")
+    if no_lease and settings.store and not dry_run:
+        state.warn("--no-lease: the budget guard sees only this machine's ledger; another "
+                   "machine may spend the same budget meanwhile")
     with state.progress() as progress:
         report = submit_everywhere(services, ledger, resolved, SubmitOptions(
             backend=backend, repeat=repeat, repo_path=repo, jobs_file=jobs_file,
@@ -114,12 +124,15 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
             limits=ExecutionLimits(settings.max_execution_margin, settings.max_execution_cap),
             policy=queue_policy(settings, max_pending),
             guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace),
-            transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory)))
+            transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory),
+            team=team))
     if not (dry_run or no_transpile_cache):
         from qcourier.circuits.cache import prune
 
         prune(cache_directory(ledger.directory), settings.transpile_cache_max_age_days,
               int(settings.transpile_cache_max_mb * 1_000_000))
+    if not dry_run:
+        state.sync_edge(ledger, "push")  # publish what this run wrote
     for line in report.skipped:
         state.info(f"Skipped: {line}")
     for line in report.paced:

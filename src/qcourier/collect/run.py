@@ -77,19 +77,21 @@ from qcourier.services.workers import (
     map_unordered,
     retry_call,
 )
+from qcourier.store.objects import StoreError
 from qcourier.submit.dispatch import (
     QueuePolicy,
-    key_lock,
     load_circuits,
     open_slots,
     queue_key,
     resolve_intent,
     submit_record,
 )
+from qcourier.submit.section import KeyBusy, Spending, spending_section
 
 if TYPE_CHECKING:
     from qcourier.ledger.record import LedgerRecord
     from qcourier.ledger.summary import RecordView
+    from qcourier.store.lease import TeamLease
 
 STATUS_FOR_STATE = {
     JobState.INITIALIZING: JobStatus.QUEUED,
@@ -214,6 +216,7 @@ def collect_pending(
     verify_batch: int | None = RESULT_CHECK_BATCH,
     workers: int = DEFAULT_WORKERS,
     progress: Progress = lambda _: None,
+    team: TeamLease | None = None,
 ) -> CollectReport:
     """One collection run over the ledger (or ``paths``, or only ``job_id``): see the module.
 
@@ -226,6 +229,8 @@ def collect_pending(
         verify_batch: how many completed results to re-hash this run (``None``: all); every
             result file's existence is checked on every run (:class:`ResultCheck`).
         workers: how many jobs are polled and collected at once.
+        team: the team store's budget leases, which the drain of deferred jobs takes as
+            ``qsubmit`` does (None: the key's lock alone).
 
     Raises:
         CollectorBusy: another collector holds the ledger's lock.
@@ -234,7 +239,7 @@ def collect_pending(
     pool = services if isinstance(services, ServicePool) else ServicePool.of(services)
     ledger.ensure_writable()
     run = _Run(pool, ledger, policy, admit or (lambda _r, _all: None), progress,
-               ResultCheck(ledger, verify_batch), max(1, workers))
+               ResultCheck(ledger, verify_batch), max(1, workers), team)
     try:
         with collector_lock(ledger), call_time_scope():  # QCOURIER_IBM_DEADLINE: per run...
             remove_stale_temp_files([ledger.directory / d for d in TEMP_FILE_DIRS])
@@ -249,7 +254,8 @@ class _Run:
     """The state of one collection run: the records as they are now, and the services."""
 
     def __init__(self, pool: ServicePool, ledger: Ledger, policy: QueuePolicy, admit: Admit,
-                 progress: Progress, results: ResultCheck, workers: int):
+                 progress: Progress, results: ResultCheck, workers: int,
+                 team: TeamLease | None = None):
         self.pool = pool
         self.ledger = ledger
         self.policy = policy
@@ -263,6 +269,7 @@ class _Run:
         self.entries: dict[str, Entry] = {}
         self.retried: set[str] = set()  # record ids some record retries
         self.unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
+        self.team = team
 
     def collect(self, paths: list[Path] | None, job_id: str | None, default_service: str,
                 resubmit_failed: bool, max_retries: int) -> CollectReport:
@@ -277,6 +284,8 @@ class _Run:
         self.report.already_final_completed = working.counts.get(JobStatus.COMPLETED, 0)
         redone = set()
         for entry, problem in self.results.scan(working):
+            if ledger_mod.is_pulled(entry.path) and not self._collects_theirs(entry):
+                continue  # another machine's result, not in the store yet: its pull brings it
             self.report.already_final -= 1
             self.report.already_final_completed -= 1
             redone.add(entry.summary.record_id)
@@ -284,6 +293,8 @@ class _Run:
         deferred, open_, no_usage = [], [], []
         for entry in working.entries.values():
             status = entry.summary.status
+            if ledger_mod.is_pulled(entry.path) and not self._collects_theirs(entry):
+                continue
             if status is JobStatus.DEFERRED:
                 deferred.append(entry)
             elif status.is_final:
@@ -297,6 +308,21 @@ class _Run:
             deferred += self._plan_retries(max_retries)
         self._drain(deferred)
         return self._close()
+
+    def _collects_theirs(self, entry: Entry) -> bool:
+        """Whether this run takes up a record another machine of the team wrote (pulled from
+        the store): a job submitted there, pending, or final with its usage unknown, when
+        its service and key are configured here. Submitting (deferred jobs, retries) and
+        settling intents stay with the machine that wrote the record, so that one record
+        never becomes two jobs."""
+        status = entry.summary.status
+        if status in (JobStatus.DEFERRED, JobStatus.SUBMITTING) or not entry.summary.job_id:
+            return False
+        try:
+            self.pool.for_record(entry.summary)
+        except QcourierError:
+            return False  # not configured here: left to a machine that has the key
+        return True
 
     def _collect_job(self, paths: list[Path] | None, job_id: str,
                      default_service: str) -> CollectReport:
@@ -542,6 +568,7 @@ class _Run:
         for entry in list(self.entries.values()):
             summary = entry.summary
             if (not may_be_retried(summary) or summary.record_id in retried
+                    or ledger_mod.is_pulled(entry.path)  # the writer's machine retries it
                     or summary.retry_count >= max_retries):
                 continue
             from qcourier.ledger.record import LedgerRecord
@@ -564,8 +591,9 @@ class _Run:
     def _drain(self, deferred: list[Entry]) -> None:
         """Submit deferred jobs, oldest first, while their key has room.
 
-        Each one is decided and submitted under its key's lock on a fresh working set, as
-        ``qsubmit`` does, so a ``qsubmit`` running meanwhile cannot overspend against this run.
+        Each one is decided and submitted in its key's section (its lock, and with a team
+        store its budget lease) on a fresh working set, as ``qsubmit`` does, so a ``qsubmit``
+        running meanwhile, here or on another machine, cannot overspend against this run.
         """
         for entry in deferred:
             record = self.entries[entry.record.record_id].record
@@ -574,13 +602,16 @@ class _Run:
                 self._not_reachable(entry)
                 continue
             try:
-                with key_lock(self.ledger, record.service, record.api_key_index, timeout=0):
-                    self._drain_one(entry, service)
-            except Timeout:
+                with spending_section(self.ledger, record.service, record.api_key_index,
+                                      team=self.team, wait=False) as spending:
+                    self._drain_one(entry, service, spending)
+            except KeyBusy:
                 self._outcome(JobOutcome(record, None, False, "deferred: another process is "
                                          "submitting for this key"), entry.path)
+            except StoreError as exc:  # the lease is another's, or the store is away
+                self._outcome(JobOutcome(record, None, False, f"deferred: {exc}"), entry.path)
 
-    def _drain_one(self, entry: Entry, service: QuantumService) -> None:
+    def _drain_one(self, entry: Entry, service: QuantumService, spending: Spending) -> None:
         self.entries.update(working_set(self.ledger, utc_now()).entries)
         record = self.entries[entry.record.record_id].record
         if record.status is not JobStatus.DEFERRED:
@@ -593,6 +624,7 @@ class _Run:
             self._outcome(JobOutcome(record, None, False, f"deferred: {reason}"), entry.path)
             return
         self.progress(f"submitting deferred {record.experiment_type} job")
+        spending.confirm()  # LeaseLost: the job stays deferred
         try:
             submitted = submit_record(service, entry.path, record,
                                       load_circuits(self.ledger, record))

@@ -9,18 +9,26 @@ Every append is one ``write`` of one line on a file opened with ``O_APPEND``, un
 skipped) and reports malformed lines by ``file:line`` without dropping or rewriting them; an
 append after a torn line starts on a fresh line.
 
+With a team store (:mod:`qcourier.store.sync`), the directory also holds the segments
+pulled from other machines, under ``store/remote/<writer>/<ledger-file>/<start>-<end>.jsonl``.
+They are read with the local files (:meth:`Ledger.files`, :meth:`Ledger.fold`, by the rule
+of :mod:`qcourier.ledger.union`) and never written: :func:`append` puts a line about a
+record found in one into this machine's own file of the same name.
+
 This module knows nothing of qiskit or of services.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal, overload, TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
@@ -28,12 +36,23 @@ from qcourier.errors import LedgerError, UsageError
 from qcourier.files import create_timestamped
 from qcourier.ledger.status import utc_now
 from qcourier.ledger.summary import INDEX_DIR, Entry, LedgerProblem, RecordSummary
+from qcourier.ledger.union import union
 
 if TYPE_CHECKING:
     from qcourier.ledger.record import LedgerRecord
 
 LEDGER_GLOB = "submitted_jobs_*.jsonl"
 LOCK_TIMEOUT_SECONDS = 30.0
+#: How much of the ledger files :meth:`Fold.lines` keeps in memory at once.
+LINES_CACHE_BYTES = 64 * 1024 * 1024
+#: This machine's writer id in a team store: ``<ledger>/store/writer``.
+WRITER_FILE = "store/writer"
+#: Where segments pulled from other writers live: ``<ledger>/store/remote/``.
+REMOTE_DIR = "store/remote"
+WRITER_PATTERN = re.compile(r"^w[0-9a-f]{16}$")
+#: A ledger file name as qcourier makes them (and as a segment's key may hold one).
+LEDGER_NAME = re.compile(r"^submitted_jobs_[A-Za-z0-9._=+-]{1,150}\.jsonl$")
+SEGMENT_NAME = re.compile(r"^(0|[1-9][0-9]{0,15})-([1-9][0-9]{0,15})\.jsonl$")
 
 
 @dataclass
@@ -55,15 +74,21 @@ class Fold:
 
     @staticmethod
     def lines(entries: Iterable[Entry]) -> Iterator[bytes]:
-        """The latest line of each entry (JSON, no newline), reading each file once."""
+        """The latest line of each entry (JSON, no newline), reading each file once (while
+        the files read fit in :data:`LINES_CACHE_BYTES`: entries of a team's union, in time
+        order, come from many small files in turn)."""
         data: dict[Path, bytes] = {}
+        held = 0
         for entry in entries:
             if entry._record is not None or entry.offset < 0:
                 yield entry.record.model_dump_json().encode()
                 continue
             if entry.path not in data:
-                data.clear()  # entries come file by file: keep one file in memory
+                if held > LINES_CACHE_BYTES:
+                    data.clear()
+                    held = 0
                 data[entry.path] = entry.path.read_bytes()
+                held += len(data[entry.path])
             yield data[entry.path][entry.offset:entry.offset + entry.length]
 
 
@@ -81,11 +106,16 @@ def append(path: Path, records: LedgerRecord | Iterable[LedgerRecord]) -> None:
     If the file's last line is torn (no trailing newline), a newline is written first so the
     new line starts fresh and the torn one stays as it was.
 
+    A segment pulled from another writer is never written: lines for ``path`` in
+    ``<ledger>/store/remote/<writer>/<name>/`` go to this machine's own ``<ledger>/<name>``
+    (created if needed), which the next sync publishes as this writer's.
+
     Raises:
         LedgerError: the file cannot be locked or written.
     """
     from qcourier.ledger.record import LedgerRecord
 
+    path = own_file_for(path)
     items = [records] if isinstance(records, LedgerRecord) else list(records)
     try:
         with _APPEND_LOCK, _lock_for(path):
@@ -107,6 +137,27 @@ def append(path: Path, records: LedgerRecord | Iterable[LedgerRecord]) -> None:
         ) from None
     except OSError as exc:
         raise LedgerError(f"cannot write ledger file {path}: {exc.strerror or exc}") from None
+
+
+def pulled_parts(path: Path) -> tuple[Path, str, str] | None:
+    """``(ledger directory, writer, ledger file name)`` of a pulled segment, else None."""
+    parts = Path(path).parts
+    if (len(parts) < 6 or parts[-5:-3] != ("store", "remote")
+            or not WRITER_PATTERN.fullmatch(parts[-3]) or not LEDGER_NAME.fullmatch(parts[-2])
+            or not SEGMENT_NAME.fullmatch(parts[-1])):
+        return None
+    return Path(path).parents[4], parts[-3], parts[-2]
+
+
+def own_file_for(path: Path) -> Path:
+    """``path``, or for a pulled segment this machine's own ledger file of the same name."""
+    found = pulled_parts(path)
+    return path if found is None else found[0] / found[2]
+
+
+def is_pulled(path: Path) -> bool:
+    """Whether ``path`` is a segment pulled from another writer (never written here)."""
+    return pulled_parts(path) is not None
 
 
 def _ends_torn(fd: int) -> bool:
@@ -154,10 +205,98 @@ class Ledger:
         return self.directory / "snapshots"
 
     def files(self) -> list[Path]:
-        """The ledger files, oldest first."""
+        """The ledger files, oldest first, then the segments pulled from other writers."""
+        return self.local_files() + self.pulled_files()
+
+    def local_files(self) -> list[Path]:
+        """This machine's own ledger files, oldest first (the only ones ever appended to)."""
         if not self.directory.is_dir():
             return []
         return sorted(self.directory.glob(LEDGER_GLOB))
+
+    @property
+    def remote_dir(self) -> Path:
+        """Where segments pulled from other writers live: ``<ledger>/store/remote/``."""
+        return self.directory / REMOTE_DIR
+
+    def pulled_files(self) -> list[Path]:
+        """The segments pulled from other writers: by writer, ledger file, then first byte."""
+        found: list[Path] = []
+        try:
+            for writer in sorted(os.listdir(self.remote_dir)):
+                for name in sorted(os.listdir(self.remote_dir / writer)):
+                    folder = self.remote_dir / writer / name
+                    segments = [(int(m.group(1)), segment) for segment in os.listdir(folder)
+                                if (m := SEGMENT_NAME.fullmatch(segment))]
+                    found.extend(folder / segment for _start, segment in sorted(segments))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return [path for path in found if is_pulled(path)]
+
+    @overload
+    def writer_id(self, create: Literal[True]) -> str: ...
+
+    @overload
+    def writer_id(self, create: bool = False) -> str | None: ...
+
+    def writer_id(self, create: bool = False) -> str | None:
+        """This directory's writer id in a team store (``<ledger>/store/writer``).
+
+        Args:
+            create: make one (random, once: two processes racing both get the same) if
+                there is none yet.
+
+        Returns:
+            The id, or None when there is none and ``create`` is false.
+
+        Raises:
+            LedgerError: the file holds something else than a writer id, or cannot be made.
+        """
+        path = self.directory / WRITER_FILE
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            if not create:
+                return None
+            self._create_writer_id(path)
+            return self.writer_id()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"cannot read the writer id {path}: {exc}") from None
+        if not WRITER_PATTERN.fullmatch(text):
+            raise LedgerError(f"{path} does not hold a writer id (w and 16 hex digits); "
+                              "restore it from a backup, or remove it to become a new writer")
+        return text
+
+    def set_writer_id(self, writer: str) -> None:
+        """Make ``writer`` this directory's writer id (a directory rebuilt from the store).
+
+        Raises:
+            LedgerError: it is not a writer id, or the directory already has another one.
+        """
+        if not WRITER_PATTERN.fullmatch(writer):
+            raise LedgerError(f"{writer!r} is not a writer id (w and 16 hex digits)")
+        path = self.directory / WRITER_FILE
+        self._create_writer_id(path, writer)
+        if self.writer_id() != writer:
+            raise LedgerError(f"{self.directory} already has writer id {self.writer_id()}, "
+                              f"not {writer}")
+
+    def _create_writer_id(self, path: Path, writer: str | None = None) -> None:
+        from qcourier.files import atomic_write_bytes
+
+        self.ensure_writable()
+        temp = path.with_name(f".writer.{secrets.token_hex(4)}")
+        try:
+            atomic_write_bytes(temp, f"{writer or 'w' + secrets.token_hex(8)}\n".encode())
+            try:
+                os.link(temp, path)  # fails if another process made one first: keep that
+            except FileExistsError:
+                pass
+        except OSError as exc:
+            raise LedgerError(f"cannot create the writer id {path}: "
+                              f"{exc.strerror or exc}") from None
+        finally:
+            temp.unlink(missing_ok=True)
 
     def ensure_writable(self) -> None:
         """Create the directory if needed and check that files can be created in it.
@@ -200,7 +339,9 @@ class Ledger:
 
         Each file's fold is kept in an index (:mod:`qcourier.ledger.index`), so only lines
         appended since the last fold are read and validated; whole records are read from
-        their lines on demand (:attr:`Entry.record`).
+        their lines on demand (:attr:`Entry.record`). Lines of a record from several writers
+        (this machine's files and pulled segments) are settled by
+        :func:`qcourier.ledger.union.union`.
 
         Raises:
             LedgerError: a ledger file cannot be read.
@@ -209,15 +350,27 @@ class Ledger:
 
         result = Fold()
         home = self.directory.resolve()
+        by_writer: dict[str, dict[str, Entry]] = {}
         for path in self.files() if paths is None else paths:
             path = Path(path)
-            index_dir = self.index_dir if path.resolve().parent == home else None
+            pulled = pulled_parts(path)
+            if pulled is None:
+                writer = ""  # this machine: its id is read only if another writer shows up
+                index_dir = self.index_dir if path.resolve().parent == home else None
+            else:
+                writer = pulled[1]
+                index_dir = self.index_dir / "remote" / writer / pulled[2]
             try:
                 entries, problems = fold_file(path, index_dir)
             except OSError as exc:
                 raise LedgerError(f"cannot read ledger file {path}: {exc.strerror or exc}") from None
-            result.entries.update(entries)
+            by_writer.setdefault(writer, {}).update(entries)
             result.problems.extend(problems)
+        if "" in by_writer and len(by_writer) > 1:
+            by_writer = {(self.writer_id() or "" if w == "" else w): e
+                         for w, e in by_writer.items()}
+        if by_writer:
+            result.entries = union(by_writer)
         return result
 
 

@@ -33,6 +33,8 @@ record living in one file, as qcourier writes them (a retry and every change of 
 go to its own file); each digest keeps a hash of each record id, and when a changed file
 brings a record id another file holds too (a ledger file copied within the directory), the
 working set is made from a full fold instead, until the ledger has no such record again.
+So is it while the ledger holds segments pulled from other writers of a team store (a
+record's lines are then in several files, settled by :mod:`qcourier.ledger.union`).
 
 This module knows nothing of qiskit or of services.
 """
@@ -52,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from qcourier.errors import LedgerError
 from qcourier.ledger.index import Stamp, _entry, _row, fold_file, fold_file_stamped, stamp_of
 from qcourier.ledger.status import FINAL_STATUSES, JobStatus, as_utc, utc_now
-from qcourier.ledger.store import Fold, Ledger
+from qcourier.ledger.store import Fold, Ledger, is_pulled
 from qcourier.ledger.summary import Entry, LedgerProblem, RecordSummary
 
 if TYPE_CHECKING:
@@ -371,6 +373,8 @@ def working_set(ledger: Ledger, now: datetime | None = None,
     now = as_utc(now or utc_now())
     files = ledger.files() if paths is None else [Path(p) for p in paths]
     wanted = frozenset(circuits or ())
+    if any(map(is_pulled, files)):  # a team's union: records span files (see the module)
+        return _from_full_fold(ledger.fold(files), files, now, wanted)
     digests = _Digests(ledger)
     found = [digests.digest(path, now) for path in files]
     if paths is None:

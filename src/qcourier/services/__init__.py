@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 class Submitted(Protocol):
     """What the pool needs of a job's record (services know nothing of the ledger)."""
 
-    service: str
-    api_key_index: int | None
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def api_key_index(self) -> int | None: ...
 
 SERVICE_NAMES = ("local", "ibm")
 

@@ -100,6 +100,20 @@ class StoredObject:
     etag: str
 
 
+@dataclass(frozen=True)
+class AgedObject:
+    """One object's data and ETag, and how long ago it was last written.
+
+    ``age_seconds`` is the server's ``Date`` when it answered minus the object's
+    ``Last-Modified``: both read off the server's own clock (to the second), so no client's
+    clock enters it. None when the server gave either without a usable value.
+    """
+
+    data: bytes
+    etag: str
+    age_seconds: float | None
+
+
 class ObjectStore:
     """Create-only and compare-and-swap writes, reads and listings below one prefix.
 
@@ -164,6 +178,16 @@ class ObjectStore:
             return answer["Body"].read(), str(answer["ETag"])
         except _Missing:
             return None
+
+    def get_aged(self, key: str) -> AgedObject | None:
+        """The data and ETag of ``key`` and its age by the server's clock, or None if there
+        is no such object (see :class:`AgedObject`)."""
+        try:
+            answer = self._call("get_object", key)
+            data = answer["Body"].read()
+        except _Missing:
+            return None
+        return AgedObject(data, str(answer["ETag"]), _server_age(answer))
 
     def head(self, key: str) -> StoredObject | None:
         """Size and ETag of ``key``, or None if there is no such object."""
@@ -253,6 +277,19 @@ class _Precondition(Exception):
 
 class _Missing(Exception):
     """No such object."""
+
+
+def _server_age(answer: dict[str, Any]) -> float | None:
+    from email.utils import parsedate_to_datetime
+
+    written = answer.get("LastModified")
+    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if date is None or written is None:
+        return None
+    try:
+        return (parsedate_to_datetime(date) - written).total_seconds()
+    except (TypeError, ValueError):
+        return None
 
 
 def _client(location: StoreLocation, timeout: float, attempts: int) -> Any:

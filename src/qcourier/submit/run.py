@@ -4,11 +4,13 @@ intent line, the service call, the ledger line; and every key of a submission.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qcourier.accounting.budget import BudgetGuard
+from qcourier.errors import QcourierError
 from qcourier.experiments import Experiment, ExperimentParams
 from qcourier.ledger import store as ledger_mod
 from qcourier.ledger.record import LedgerRecord
@@ -21,9 +23,10 @@ from qcourier.services.base import (
     ServiceError,
     TransientServiceError,
 )
+from qcourier.store.lease import LeaseBusy, LeaseLost
+from qcourier.store.objects import StoreError
 from qcourier.submit.dispatch import (
     QueuePolicy,
-    key_lock,
     open_slots,
     queue_key,
     store_circuits,
@@ -37,9 +40,11 @@ from qcourier.submit.plan import (
     _quiet,
     plan_submission,
 )
+from qcourier.submit.section import KeyBusy, LeaseUnavailable, Spending, spending_section
 
 if TYPE_CHECKING:
     from qcourier.ledger.summary import RecordView
+    from qcourier.store.lease import TeamLease
 
 
 class LedgerTarget:
@@ -93,6 +98,7 @@ def submit_plan(
     force: bool = False,
     guard: BudgetGuard | None = None,
     progress: Progress = _quiet,
+    team: TeamLease | None = None,
 ) -> SubmissionOutcome:
     """Submit the planned jobs under the intent protocol, deferring what the queue cannot take.
 
@@ -106,10 +112,12 @@ def submit_plan(
     larger of the ledger's usage and the service's own figure (asked once, before the lock;
     if that call fails the guard counts the ledger's alone, and a warning says so).
 
-    Everything from the dedupe to the last job's line runs under the key's lock
-    (:func:`~qcourier.submit.dispatch.key_lock`) on a working set made inside it, so processes
+    Everything from the dedupe to the last job's line runs in the key's critical section
+    (:func:`~qcourier.submit.section.spending_section`: the key's lock, and with ``team``
+    its budget lease in the team store) on a working set made inside it, so processes
     submitting for one key at once see each other's intents: together they spend at most the
-    budget and keep the pending and per-minute caps.
+    budget and keep the pending and per-minute caps. If the section cannot be entered (held
+    too long, the store unreachable), nothing is submitted and ``error`` says why.
 
     Args:
         existing: the ledger's records that the checks read (a working set: those not final
@@ -117,31 +125,34 @@ def submit_plan(
             plan's circuits); it is replaced by the working set made under the lock, and
             this run's records are added to it.
     """
-    from filelock import Timeout
-
     outcome = SubmissionOutcome(plan, None, [])
     service_used = _service_usage(plan) if guard is not None and not guard.allow_over_budget else None
     target.ledger.ensure_writable()
-    lock = key_lock(target.ledger, plan.service.name, plan.service.api_key_index)
-    try:
+    with ExitStack() as section:
         try:
-            lock.acquire(timeout=0)
-        except Timeout:  # say why this run seems to hang, then wait
-            progress(f"{budget_label(plan.service)}: waiting up to {lock.timeout:.0f} s for "
-                     "another qsubmit or qcollect submitting for this key")
-            lock.acquire()
-        try:
-            circuits = None if force else {job.record.circuit_hash for job in plan.jobs}
-            existing[:] = working_set(target.ledger, utc_now(), circuits=circuits).summaries
-            _submit_locked(target, plan, existing, policy, force, guard, progress, outcome,
-                           service_used)
-        finally:
-            lock.release()
-    except Timeout:
-        outcome.error = (f"{budget_label(plan.service)}: another qsubmit or qcollect has been "
-                         f"submitting for this key for {lock.timeout:.0f} s; nothing submitted, "
-                         "try again later")
+            spending = section.enter_context(spending_section(
+                target.ledger, plan.service.name, plan.service.api_key_index, team=team,
+                progress=progress))
+        except (KeyBusy, StoreError) as exc:
+            outcome.error = _not_entered(exc)
+            return outcome
+        circuits = None if force else {job.record.circuit_hash for job in plan.jobs}
+        existing[:] = working_set(target.ledger, utc_now(), circuits=circuits).summaries
+        _submit_locked(target, plan, existing, policy, force, guard, progress, outcome,
+                       service_used, spending)
+        plan.warnings.extend(spending.notes)
     return outcome
+
+
+def _not_entered(exc: QcourierError) -> str:
+    """Why a submission did not enter its key's section, in one line."""
+    if isinstance(exc, (KeyBusy, LeaseBusy)):
+        return f"{exc}; nothing submitted, try again later"
+    if isinstance(exc, LeaseUnavailable):
+        return (f"{exc}: nothing submitted; to submit against this machine's ledger alone, "
+                "rerun with --no-lease")
+    return (f"{exc}; nothing submitted (the budget lease needs the store; --no-lease submits "
+            "against this machine's ledger alone)")
 
 
 def budget_label(service: QuantumService) -> str:
@@ -166,8 +177,8 @@ def _service_usage(plan: Plan) -> float | None:
 def _submit_locked(target: LedgerTarget, plan: Plan, existing: list[RecordView],
                    policy: QueuePolicy, force: bool, guard: BudgetGuard | None,
                    progress: Progress, outcome: SubmissionOutcome,
-                   service_used: float | None) -> None:
-    """:func:`submit_plan`'s work under the key's lock, on ``existing`` made inside it."""
+                   service_used: float | None, spending: Spending) -> None:
+    """:func:`submit_plan`'s work in the key's section, on ``existing`` made inside it."""
     earlier = {dedupe_key(r): r for r in existing if r.status in _DUPLICATE_STATUSES}
     jobs = []
     for job in plan.jobs:
@@ -198,8 +209,9 @@ def _submit_locked(target: LedgerTarget, plan: Plan, existing: list[RecordView],
         else:
             progress(f"submitting job {index}/{len(jobs)} ({job.experiment})")
             try:
+                spending.confirm()
                 record = submit_record(plan.service, path, job.record, job.isa_circuits)
-            except ServiceError as exc:
+            except (ServiceError, LeaseLost) as exc:
                 left = len(jobs) - index + 1
                 outcome.error = f"{exc} ({left} job(s) not submitted)"
                 if isinstance(exc, TransientServiceError) and not exc.nothing_done:
@@ -282,6 +294,7 @@ class SubmitOptions:
         progress: called with each step's description.
         transpile_cache: directory of the transpile cache, or None to transpile afresh. A
             dry run reads it but does not write it.
+        team: the team store's budget leases; None: this machine's key lock alone.
     """
 
     backend: str | None = None
@@ -295,6 +308,7 @@ class SubmitOptions:
     guard: BudgetGuard | None = None
     progress: Progress = _quiet
     transpile_cache: Path | None = None
+    team: TeamLease | None = None
 
 
 def submit_everywhere(
@@ -326,7 +340,7 @@ def submit_everywhere(
                 continue
             outcome = submit_plan(target, plan, existing=existing, policy=options.policy,
                                   force=options.force, guard=options.guard,
-                                  progress=options.progress)
+                                  progress=options.progress, team=options.team)
             report.outcomes.append(outcome)
             if outcome.error:
                 report.failures.append(outcome.error)
