@@ -566,8 +566,8 @@ def pull(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WORKERS,
 
 
 def _settle_results(ledger: Ledger, downloader: Downloader) -> None:
-    """Make the result file of each record a pulled line completed hold the bytes that the
-    union's latest line of the record names.
+    """Make the result file of each record whose pulled line names another result than the
+    file here holds the bytes that the union's latest line of the record names.
 
     Two machines that both collected a job wrote two result files of the same name (their
     ``collected_at`` differs); without this, each would find its file not matching the
@@ -603,7 +603,7 @@ class Downloader:
         self.ledger, self.store, self.result = ledger, store, result
         self.lock = threading.Lock()
         self.fetched: set[str] = set()
-        self.with_results: set[str] = set()  # records a landed line names a result for
+        self.with_results: set[str] = set()  # records whose result file here differs
 
     def problem(self, message: str) -> None:
         with self.lock:
@@ -619,14 +619,15 @@ class Downloader:
         if reason:
             self.problem(f"{reason} object {segment.key!r} in the store; skipped")
             return segment
-        blobs = blobs_of(data)
-        for blob in blobs:
+        differing = set()
+        for blob in blobs_of(data):
+            if blob.kind == "jobs" and _differs(blob.local_path(self.ledger), blob.sha):
+                differing.add(blob.sha)  # this machine has another result of that name
             self.blob(blob, segment.key)
         atomic_write_bytes(_pulled_path(self.ledger, segment), data)
         with self.lock:
             self.result.segments += 1
-            if any(blob.kind == "jobs" for blob in blobs):
-                self.with_results.update(_record_ids(data))
+            self.with_results.update(_record_ids(data, differing))
         return segment
 
     def blob(self, blob: BlobRef, referrer: str) -> None:
@@ -649,16 +650,24 @@ class Downloader:
             self.result.blobs += 1
 
 
-def _record_ids(data: bytes) -> set[str]:
-    """The record ids of the lines in ``data`` that name a result."""
-    found = set()
-    for line in data.split(b"\n"):
+def _differs(path: Path, sha: str) -> bool:
+    """Whether ``path`` exists and its bytes do not hash to ``sha``."""
+    try:
+        return sha256_file(path) != sha
+    except OSError:
+        return False
+
+
+def _record_ids(data: bytes, shas: set[str]) -> set[str]:
+    """The record ids of the lines in ``data`` that name a result of one of ``shas``."""
+    found: set[str] = set()
+    for line in data.split(b"\n") if shas else []:
         try:
             record = json.loads(line) if b"result_sha256" in line else None
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("record_id"), str) \
-                and record.get("result_sha256"):
+                and record.get("result_sha256") in shas:
             found.add(record["record_id"])
     return found
 
