@@ -281,11 +281,13 @@ def test_threads_call_one_ibm_service_at_once(emu: IBMEmulator):
 
 def test_a_hung_call_is_abandoned_while_others_go_on(emu: IBMEmulator):
     slow, fast = emu.add_job(tags=["qcourier"]), emu.add_job(tags=["qcourier"])
-    service = ibm(emu, timeout_seconds=0.5, retries=0)
+    # 3 s: every unheld call answers within it on a loaded machine too; the held one is held
+    # until the emulator stops.
+    service = ibm(emu, timeout_seconds=3, retries=0)
     service.usage()
-    emu.hang("GET", rf"/api/v1/jobs/{slow}$", seconds=5)
+    emu.hang("GET", rf"/api/v1/jobs/{slow}$", seconds=120)
     with pytest.raises(TransientServiceError, match="did not answer"):
         service.job_status(slow)
-    # Answered within the call timeout (0.5 s, no retries) while the abandoned call still
+    # Answered within the call timeout (3 s, no retries) while the abandoned call still
     # hangs: had it waited behind that one, it would have raised "did not answer".
     assert service.job_status(fast).state is JobState.DONE

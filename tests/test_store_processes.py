@@ -43,11 +43,16 @@ def one_segment_per_file(study: S3Study, ledger: Ledger) -> None:
 # -- kill -9 and concurrency -------------------------------------------------------------------
 
 
+FILES = 500
+
+
 def test_kill_9_during_a_sync_then_a_sync_completes(tmp_path: Path, s3_study: S3Study):
     a = Ledger(tmp_path / "a")
-    records = write_files(a, 150, 2, "a")
+    records = write_files(a, FILES, 2, "a")
     circuit_file(a)
     env = env_for(tmp_path, "a", s3_study.env, QCOURIER_STORE_WORKERS="1")
+    # FILES segments, one upload at a time: enough that the sync is still running when the
+    # test (which lists the bucket between its polls) has seen 20 of them, on a loaded machine
     sync = subprocess.Popen([script("qcourier"), "sync"], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -57,12 +62,12 @@ def test_kill_9_during_a_sync_then_a_sync_completes(tmp_path: Path, s3_study: S3
             time.sleep(0.01)
         os.kill(sync.pid, signal.SIGSTOP)  # freeze it where it was seen...
         landed = len(s3_study.keys("ledger/"))
-        assert 20 <= landed < 150, "the sync was not caught half-way"
+        assert 20 <= landed < FILES, "the sync was not caught half-way"
     finally:
         sync.kill()  # ...and kill -9 it there
         sync.wait()
     report = sync_json(tmp_path, "a", s3_study.env)
-    assert report["pushed"]["segments"] == 150 - landed
+    assert report["pushed"]["segments"] == FILES - landed
     one_segment_per_file(s3_study, a)
     c = Ledger(tmp_path / "c")
     assert sync_json(tmp_path, "c", s3_study.env)["problems"] == []
