@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -94,7 +95,12 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
          log_file: Path | None, prometheus: Path | None, html_file: Path | None,
          plan_file: Path | None, ledger_dir: Path | None, service: str | None,
          as_json: bool) -> None:
-    from qcourier.collect.run import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
+    from qcourier.collect.run import (
+        RESULT_CHECK_BATCH,
+        CollectOptions,
+        CollectorBusy,
+        collect_pending,
+    )
     from qcourier.errors import UsageError
     from qcourier.ledger.store import Ledger, check_ledger_file
     from qcourier.submit.dispatch import queue_policy
@@ -119,15 +125,16 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     output = _Output(state, ledger, paths, as_json=as_json, quiet=quiet, watch=watch,
                      log_file=log_file)
 
+    options = CollectOptions(
+        paths=paths, job_id=job_id, default_service=service or state.default_service_name(),
+        policy=queue_policy(settings, max_pending),
+        resubmit_failed=resubmit_failed, max_retries=max_retries,
+        admit=_budget_admission(settings, pool),
+        verify_batch=None if verify_results else RESULT_CHECK_BATCH,
+        workers=workers or settings.poll_workers)
+
     def one_round(progress):
-        return collect_pending(
-            pool, ledger, paths=paths, job_id=job_id,
-            default_service=service or state.default_service_name(),
-            policy=queue_policy(settings, max_pending),
-            resubmit_failed=resubmit_failed, max_retries=max_retries,
-            admit=_budget_admission(settings, pool),
-            verify_batch=None if verify_results else RESULT_CHECK_BATCH,
-            workers=workers or settings.poll_workers, progress=progress)
+        return collect_pending(pool, ledger, dataclasses.replace(options, progress=progress))
 
     with output:
         while True:
@@ -301,7 +308,7 @@ def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
         err.append("Warning: damaged ledger lines are skipped; see qcourier ledger check")
     err += [] if quiet else [f"Skipped: {reason}" for reason in report.skipped]
     if report.unrecorded is not None:
-        from qcourier.collect.run import STATUS_FOR_STATE
+        from qcourier.collect.decide import STATUS_FOR_STATE
 
         u = report.unrecorded
         shown = STATUS_FOR_STATE[u.state].value

@@ -32,7 +32,7 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
       qcourier show d4k2v9 --json
     """
     from qcourier.collect.jobs import find_entry, history, read_result
-    from qcourier.collect.run import headline
+    from qcourier.collect.analysis import headline
     from qcourier.ledger.store import Ledger
 
     state = get_state()

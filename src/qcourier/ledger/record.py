@@ -70,11 +70,12 @@ class LedgerRecord(BaseModel):
         """The record as one JSON line, newline included."""
         return self.model_dump_json() + "\n"
 
-    def evolve(self, **changes: Any) -> LedgerRecord:
-        """A copy with ``changes`` applied and ``updated_at`` set to now."""
+    def evolve(self, now: datetime | None = None, **changes: Any) -> LedgerRecord:
+        """A copy with ``changes`` applied and ``updated_at`` set to ``now`` (default: the
+        current time)."""
         data = self.model_dump()
         data.update(changes)
-        data["updated_at"] = utc_now()
+        data["updated_at"] = now or utc_now()
         return LedgerRecord.model_validate(data)
 
 
