@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -23,13 +24,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def exit_codes_help(success: str, failure: str) -> str:
-    """The "Exit codes" paragraph of a command's --help."""
+    """The "Exit codes" paragraph of a command's --help (see :func:`handle_errors`)."""
     return f"""
 \b
 Exit codes:
   0    {success}
   1    a runtime failure ({failure})
-  2    bad usage (an unknown name, a bad value, a missing file)
+  2    bad usage (an unknown name, a bad value of an option or a setting, a missing file)
   130  interrupted (Ctrl-C); everything written so far is whole
 """
 
@@ -191,10 +192,28 @@ def get_state() -> AppState:
     return ctx.obj
 
 
-def abort(message: str, code: int = 1) -> None:
+def abort(message: str, code: int = 1) -> NoReturn:
     """Leave with one ``Error: ...`` line on stderr and exit ``code``."""
-    click.echo(f"Error: {message}", err=True)
+    exit_with(code, [message])
+
+
+def exit_with(code: int, errors: Iterable[str] = ()) -> NoReturn:
+    """Leave with ``code``, each of ``errors`` first as one ``Error: ...`` line on stderr: the
+    one way out of every command (a report's exit code, :func:`abort`, :func:`interrupted`,
+    and the error handler of :func:`handle_errors`)."""
+    for message in errors:
+        click.echo(f"Error: {message}", err=True)
     sys.exit(code)
+
+
+#: What Ctrl-C prints (exit 130), wherever it comes.
+INTERRUPTED = "Interrupted. Every ledger line and result file written so far is whole."
+
+
+def interrupted() -> NoReturn:
+    """Leave after Ctrl-C: one line, exit 130."""
+    click.echo(INTERRUPTED, err=True)
+    exit_with(130)
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -208,12 +227,15 @@ debug_option = click.option(
 
 
 def handle_errors(func: F) -> F:
-    """Give a command ``--debug`` and one way out for every failure.
+    """Give a command ``--debug``, the exit codes in its ``--help``, and one way out for
+    every failure.
 
     A :class:`QcourierError` from the core becomes one ``Error: ...`` line and its exit
-    code; Ctrl-C becomes exit 130; any other exception (a bug, or a library error nobody
-    translated) becomes one ``Error: ...`` line with a hint to rerun with ``--debug``, and
-    exit 1 — never a bare traceback.
+    code (a :class:`~qcourier.errors.UsageError`, a bad setting included: 2); Ctrl-C becomes
+    exit 130; any other exception (a bug, or a library error nobody translated) becomes one
+    ``Error: ...`` line with a hint to rerun with ``--debug``, and exit 1 — never a bare
+    traceback. Click's own usage errors (exit 2) pass through to click. A docstring without
+    an "Exit codes" paragraph gets :data:`EXIT_CODES_HELP`.
     """
 
     @functools.wraps(func)
@@ -221,14 +243,9 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except QcourierError as exc:
-            if exc.exit_code == 0:
-                get_state().info(str(exc))
-                sys.exit(0)
             abort(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted. Every ledger line and result file written so far is whole.",
-                       err=True)
-            sys.exit(130)
+            interrupted()
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:
@@ -237,7 +254,34 @@ def handle_errors(func: F) -> F:
             text = _scrub_tokens(get_state(), _one_line(str(exc)))
             abort(f"unexpected {type(exc).__name__}: {text} (rerun with --debug for the traceback)")
 
+    if func.__doc__ and "Exit codes:" not in func.__doc__:
+        wrapper.__doc__ = inspect.cleandoc(func.__doc__) + "\n" + EXIT_CODES_HELP
     return debug_option(wrapper)  # type: ignore[return-value]
+
+
+class _Interruptible:
+    """Ctrl-C while click parses (finding the experiments can take a moment) or between
+    commands of a group exits 130 too, not click's "Aborted!" and 1."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)  # type: ignore[misc]
+        except KeyboardInterrupt:
+            interrupted()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except KeyboardInterrupt:
+            interrupted()
+
+
+class Command(_Interruptible, click.Command):
+    """The class of a console script's command (``cls=Command``)."""
+
+
+class Group(_Interruptible, click.Group):
+    """The class of the ``qcourier`` group (``cls=Group``)."""
 
 
 def _scrub_tokens(state: AppState, text: str) -> str:

@@ -11,7 +11,9 @@ import click
 
 from qcourier import __version__
 from qcourier.cli._common import (
+    Command,
     exit_codes_help,
+    exit_with,
     get_state,
     handle_errors,
     json_option,
@@ -45,7 +47,7 @@ Examples:
     "a job could not be polled or collected, an I/O error")}"""
 
 
-@click.command("collect", help=HELP)
+@click.command("collect", cls=Command, help=HELP)
 @click.version_option(__version__, prog_name="qcollect")
 @click.option("--jobs-file", type=click.Path(path_type=Path), default=None,
               help="Collect only the jobs of this ledger file.")
@@ -141,8 +143,9 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             try:
                 report = output.run(one_round)
             except CollectorBusy as exc:
-                if not watch:
-                    raise
+                if not watch:  # not a failure: the collector that holds the ledger collects
+                    state.info(str(exc))
+                    return
                 output.busy(str(exc), interval)  # e.g. the cron collector: skip this round
                 time.sleep(interval)
                 continue
@@ -158,7 +161,7 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break
             time.sleep(interval)
-    raise SystemExit(report.exit_code)
+    exit_with(report.exit_code)
 
 
 class _Output:

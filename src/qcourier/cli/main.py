@@ -11,6 +11,9 @@ from qcourier.cli import budget, collect, jobs, ledger, notify, report, submit
 from qcourier.cli._common import (
     api_key_option,
     get_state,
+    EXIT_CODES_HELP,
+    Group,
+    exit_with,
     handle_errors,
     json_option,
     ledger_dir_option,
@@ -20,9 +23,10 @@ from qcourier.cli._common import (
 from qcourier.ledger.status import STATUS_NAMES
 
 
-@click.group(help="qcourier: submit quantum jobs now, collect and analyse their results later.\n\n"
+@click.group(cls=Group,
+             help="qcourier: submit quantum jobs now, collect and analyse their results later.\n\n"
              "\b\nExamples:\n  qcourier submit --experiment bell\n  qcourier collect --watch\n"
-             "  qcourier status --json")
+             "  qcourier status --json\n" + EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="qcourier")
 def main() -> None:
     pass
@@ -204,6 +208,4 @@ def recover(since, dry_run: bool, api_key_index: int | None, service: str | None
         click.echo(f"Recovered {len(report.recovered)} job(s) {where}; "
                    f"{report.known} already in the ledger."
                    if report.recovered else f"Nothing to recover; {report.known} job(s) already in the ledger.")
-    for failure in report.failures:
-        click.echo(f"Error: {failure}", err=True)
-    raise SystemExit(report.exit_code)
+    exit_with(report.exit_code, report.failures)

@@ -10,7 +10,9 @@ from qcourier import __version__
 from qcourier.cli._common import (
     LazyChoice,
     api_key_option,
+    Command,
     exit_codes_help,
+    exit_with,
     get_state,
     handle_errors,
     json_option,
@@ -46,7 +48,7 @@ def _experiment_names() -> list[str]:
     return choices()
 
 
-@click.command("submit", help=HELP)
+@click.command("submit", cls=Command, help=HELP)
 @click.version_option(__version__, prog_name="qsubmit")
 @click.option("--experiment", "-e", required=True, type=LazyChoice(_experiment_names, "NAME"),
               help="Experiment or group to submit: heavy_hex_code, deployment, both "
@@ -137,9 +139,7 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
                          "failures": report.failures})
     else:
         _print_table(state, report.records, report.ledger_path, dry_run, report.maybe_submitted)
-    for failure in report.failures:
-        click.echo(f"Error: {failure}", err=True)
-    raise SystemExit(report.exit_code)
+    exit_with(report.exit_code, report.failures)
 
 
 def _print_table(state, records, path, dry_run: bool, maybe_submitted: int = 0) -> None:

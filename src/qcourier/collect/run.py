@@ -113,9 +113,8 @@ def _admit_all(_record: LedgerRecord, _records: list[RecordView]) -> str | None:
 
 
 class CollectorBusy(QcourierError):
-    """Another collector is working on this ledger (not a failure: exit code 0)."""
-
-    exit_code = 0
+    """Another collector is working on this ledger (``qcollect`` reports it and exits 0:
+    the other one does the work)."""
 
 
 @dataclass
