@@ -189,3 +189,34 @@ def test_importing_every_module_changes_no_environment_variable():
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+#: The most lines a function or method body may have (issue 16: "no function or method body
+#: over ~60 lines").
+MAX_BODY_LINES = 60
+
+
+def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from a function's first statement to its last one's end, its docstring left out
+    (a nested function counts in the function that holds it, and on its own)."""
+    body = node.body
+    if (len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1
+
+
+def test_body_lines_counts_statements_not_the_docstring():
+    [short, long_] = ast.parse('def f():\n    """Doc.\n\n    More."""\n    return 1\n\n'
+                               "def g():\n" + "    x = 1\n" * 61).body
+    assert (body_lines(short), body_lines(long_)) == (1, 61)
+
+
+def test_no_function_body_is_over_60_lines():
+    long_ = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (lines := body_lines(node)) > MAX_BODY_LINES:
+                    long_.append(f"{name}.{node.name} (line {node.lineno}): {lines} lines")
+    assert not long_, "split these functions:\n" + "\n".join(sorted(long_))

@@ -46,20 +46,36 @@ def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]]:
 def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = None) -> str:
     """The page's HTML text for a :class:`qcourier.accounting.report.StudyReport`."""
     d = report.to_dict()
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qcourier study</title>"
-             f"<style>{_CSS}</style></head><body><h1>qcourier study</h1>"
-             f"<p class='muted'>Generated {_e(report.now.strftime('%Y-%m-%d %H:%M:%S UTC'))} "
-             f"from {_e(report.ledger_dir)}</p>"]
+    exp = d.get("experiments", {})
+    summary = d.get("summary", {})
+    parts = [_head(report), _indicators(report)]
+    if plan_lines:
+        parts.append("<h2>Plan</h2><ul id='plan'>" + "".join(
+            f"<li>{_e(line)}</li>" for line in plan_lines) + "</ul>")
+    parts += [_jobs(records), *_codes(exp, summary.get("lambda") or []), _heartbeat(exp, summary),
+              _budget(d["budget"]), _plots_section(_plots(report, records, ledger_dir)),
+              "</body></html>"]
+    return "\n".join(part for part in parts if part)
+
+
+def _head(report) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qcourier study</title>"
+            f"<style>{_CSS}</style></head><body><h1>qcourier study</h1>"
+            f"<p class='muted'>Generated {_e(report.now.strftime('%Y-%m-%d %H:%M:%S UTC'))} "
+            f"from {_e(report.ledger_dir)}</p>")
+
+
+def _indicators(report) -> str:
     indicators = [("jobs", _e(report.total_jobs)),
                   ("success rate", "-" if report.success_rate is None
                    else _e(f"{100 * report.success_rate:.0f}%")),
                   ("queue median", _num(report.queue.median, "{:.0f} s")),
                   ("turnaround p95", _num(report.turnaround.p95, "{:.0f} s"))]
-    parts.append("<h2>Indicators</h2><div id='indicators'>" + "".join(
-        f"<span class='ind'><b>{v}</b>{_e(k)}</span>" for k, v in indicators) + "</div>")
-    if plan_lines:
-        parts.append("<h2>Plan</h2><ul id='plan'>" + "".join(
-            f"<li>{_e(line)}</li>" for line in plan_lines) + "</ul>")
+    return "<h2>Indicators</h2><div id='indicators'>" + "".join(
+        f"<span class='ind'><b>{v}</b>{_e(k)}</span>" for k, v in indicators) + "</div>"
+
+
+def _jobs(records) -> str:
     rows = []
     for r in sorted(records, key=lambda r: str(r.submission_time or r.updated_at)):
         rows.append([f"<code>{_e(r.job_id)}</code>", _e(r.experiment_type), _e(r.backend),
@@ -68,10 +84,14 @@ def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = Non
                      _e(r.submission_time.strftime("%Y-%m-%d %H:%M") if r.submission_time
                         else None),
                      _e(getattr(r, "error", None) or "")])
-    parts.append("<h2>Jobs</h2>" + _table(
+    return "<h2>Jobs</h2>" + _table(
         ["job id", "experiment", "backend", "status", "queue s", "QPU s", "submitted", "error"],
-        rows).replace("<table>", "<table id='jobs'>", 1))
-    exp = d.get("experiments", {})
+        rows).replace("<table>", "<table id='jobs'>", 1)
+
+
+def _codes(exp: dict, lambdas: list) -> list[str]:
+    """The QEC sections: heavy-hex code (always), surface code (if any), Lambda."""
+    parts = []
     for key, title in (("heavy_hex_code", "Heavy-hex code"), ("surface_code", "Surface code (routed)")):
         sc = exp.get(key, [])
         if not sc and key == "surface_code":
@@ -87,39 +107,46 @@ def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = Non
                                            if x.get("fit_chi2_per_dof") is not None else ""))]
              for x in sc])
             if sc else "<p class='muted'>No heavy-hex code results yet.</p>"))
-    lambdas = d.get("summary", {}).get("lambda") or []
     if lambdas:
         parts.append("<p id='lambda'>" + "; ".join(
             f"Lambda ({_e(x['basis'].upper())} basis) = {x['lambda']:.2f}"
             + (f" ± {x['lambda_stderr']:.2f}" if x.get("lambda_stderr") is not None else "")
             for x in lambdas) + "</p>")
+    return parts
+
+
+def _heartbeat(exp: dict, summary: dict) -> str:
     hb = exp.get("deployment", [])
-    parts.append("<h2 id='heartbeat'>Heartbeat</h2>" + (_table(
+    part = "<h2 id='heartbeat'>Heartbeat</h2>" + (_table(
         ["job id", "width", "shots", "marginal fidelity", "± stderr", "mean abs. deviation"],
         [[f"<code>{_e(x.get('job_id'))}</code>", _e(x.get("width")), _e(x.get("shots")),
           _num(x.get("marginal_fidelity"), "{:.5f}"),
           _num(x.get("marginal_fidelity_stderr"), "{:.1g}"),
           _num(x.get("mean_absolute_deviation"), "{:.4f}")] for x in hb])
-        if hb else "<p class='muted'>No heartbeat results yet.</p>"))
-    drift = (d.get("summary", {}).get("heartbeat") or {}).get("drift")
+        if hb else "<p class='muted'>No heartbeat results yet.</p>")
+    drift = (summary.get("heartbeat") or {}).get("drift")
     if drift:
-        parts.append("<p id='drift'>" + _e(
+        part += "\n<p id='drift'>" + _e(
             f"Drift check: not made ({drift['reason']})" if drift["z"] is None else
             f"Drift check: z = {drift['z']:+.1f} against {drift['earlier_sessions']} earlier "
             f"sessions at {drift['shots']} shots: "
-            + ("DRIFTED" if drift["drifted"] else "within the study's baseline")) + "</p>")
-    parts.append("<h2>Budget</h2>" + _table(
+            + ("DRIFTED" if drift["drifted"] else "within the study's baseline")) + "</p>"
+    return part
+
+
+def _budget(budget: list[dict]) -> str:
+    return "<h2>Budget</h2>" + _table(
         ["key", "limit s", "used s", "reserved s", "remaining s"],
         [[_e(b["service"] if b["key_index"] is None else f"{b['service']} key {b['key_index']}"),
           _num(b["limit_seconds"], "{:.0f}"), _num(b["used_seconds"]),
-          _num(b["reserved_seconds"]), _num(b["remaining_seconds"])] for b in d["budget"]]))
-    plots = _plots(report, records, ledger_dir)
-    parts.append("<h2>Plots</h2>" + ("".join(
+          _num(b["reserved_seconds"]), _num(b["remaining_seconds"])] for b in budget])
+
+
+def _plots_section(plots: list[tuple[str, str]]) -> str:
+    return "<h2>Plots</h2>" + ("".join(
         f"<figure><img class='plot' alt='{_e(name)}' src='data:image/png;base64,{data}'>"
         f"<figcaption>{_e(name)}</figcaption></figure>" for name, data in plots)
-        or "<p class='muted'>No plots yet.</p>"))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        or "<p class='muted'>No plots yet.</p>")
 
 
 def write_html(path: Path, report, records, ledger_dir: Path,

@@ -352,6 +352,29 @@ class LazyChoice(click.Choice):
         return self._metavar
 
 
+#: What a table cell with nothing to show holds (a column of them is left out: print_table).
+EMPTY = "-"
+
+
+def cell(value: Any, spec: str = "") -> str:
+    """A table cell: ``value`` formatted with ``spec`` (``".1f"``), or :data:`EMPTY` for None."""
+    return EMPTY if value is None else format(value, spec)
+
+
+def time_cell(when: Any, spec: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A table cell for a time (UTC), or :data:`EMPTY`."""
+    return EMPTY if when is None else when.strftime(spec)
+
+
+def qpu_cell(record: Any) -> str:
+    """A job's recorded QPU seconds; ``pending`` for a final job whose figure is not known yet."""
+    from qcourier.accounting.budget import usage_pending
+
+    if record.usage_seconds is not None:
+        return f"{record.usage_seconds:.1f}"
+    return "pending" if usage_pending(record) else EMPTY
+
+
 def print_table(state: AppState, columns: list[str], rows: list[list[str]],
                 optional: Sequence[str] = ()) -> None:
     """A table on stdout: rich on a terminal, plain aligned columns (never cut) otherwise.
@@ -369,7 +392,7 @@ def print_table(state: AppState, columns: list[str], rows: list[list[str]],
     console = state.stdout
     keep = _columns_that_fit(columns, rows, optional, console.width)
     hidden = [c for c in optional if c in columns and c not in [columns[i] for i in keep]
-              and any(row[columns.index(c)] not in ("", "-") for row in rows)]
+              and any(row[columns.index(c)] not in ("", EMPTY) for row in rows)]
     from rich import box
     from rich.table import Table
 
@@ -400,7 +423,7 @@ def _columns_that_fit(columns: list[str], rows: list[list[str]], optional: Seque
     """Indexes of the columns to show: all but empty or (while too wide) optional ones."""
     natural = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
     keep = [i for i, c in enumerate(columns)
-            if not (c in optional and rows and all(str(r[i]) in ("", "-") for r in rows))]
+            if not (c in optional and rows and all(str(r[i]) in ("", EMPTY) for r in rows))]
     for name in optional:
         if sum(natural[i] for i in keep) + 3 * (len(keep) - 1) <= width:
             break

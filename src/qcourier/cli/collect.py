@@ -103,20 +103,10 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
         CollectorBusy,
         collect_pending,
     )
-    from qcourier.errors import UsageError
     from qcourier.ledger.store import Ledger, check_ledger_file
     from qcourier.submit.dispatch import queue_policy
 
-    if sum(x is not None and x is not False for x in (jobs_file, job_id, poll_all or None)) > 1:
-        raise UsageError("give at most one of --jobs-file, --poll-all and --job-id")
-    if interval <= 0:
-        raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}")
-    if plan_file is not None:
-        if html_file is None:
-            raise UsageError("--plan is for the page: give it with --html FILE")
-        from qcourier.accounting.plan import load_plan
-
-        load_plan(plan_file)  # a missing or bad plan given by name: an error before collecting
+    _check_options(jobs_file, job_id, poll_all, interval, html_file, plan_file)
     state = get_state()
     state.quiet = quiet
     if jobs_file is not None:
@@ -152,16 +142,39 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
             if job_id is not None and not report.outcomes and report.unrecorded is None:
                 state.info(f"Job {job_id} is already final; its record, history and result: "
                            f"qcourier show {job_id}")
-            if settings.notify:
-                _notify(ledger, settings, report)
-            if prometheus is not None:
-                _write_metrics(prometheus, ledger, settings, report)
-            if html_file is not None:
-                _write_html(html_file, ledger, settings, plan_file)
+            _after_run(ledger, settings, report, prometheus, html_file, plan_file)
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break
             time.sleep(interval)
     exit_with(report.exit_code)
+
+
+def _check_options(jobs_file: Path | None, job_id: str | None, poll_all: bool, interval: float,
+                   html_file: Path | None, plan_file: Path | None) -> None:
+    """Bad usage that click's types cannot see, before anything is collected."""
+    from qcourier.errors import UsageError
+
+    if sum(x is not None and x is not False for x in (jobs_file, job_id, poll_all or None)) > 1:
+        raise UsageError("give at most one of --jobs-file, --poll-all and --job-id")
+    if interval <= 0:
+        raise UsageError(f"--interval must be a positive number of seconds, got {interval:g}")
+    if plan_file is not None:
+        if html_file is None:
+            raise UsageError("--plan is for the page: give it with --html FILE")
+        from qcourier.accounting.plan import load_plan
+
+        load_plan(plan_file)  # a missing or bad plan given by name: an error before collecting
+
+
+def _after_run(ledger, settings, report, prometheus: Path | None, html_file: Path | None,
+               plan_file: Path | None) -> None:
+    """What follows each run: notifications, the metrics file, the study page."""
+    if settings.notify:
+        _notify(ledger, settings, report)
+    if prometheus is not None:
+        _write_metrics(prometheus, ledger, settings, report)
+    if html_file is not None:
+        _write_html(html_file, ledger, settings, plan_file)
 
 
 class _Output:
@@ -408,14 +421,12 @@ class _LiveView:
             table.caption = f"{caption} · {len(records) - len(shown)} older finished jobs not shown"
         from rich.text import Text
 
-        from qcourier.cli._common import STATUS_STYLES
+        from qcourier.cli._common import STATUS_STYLES, cell, qpu_cell
 
         for r in shown:
-            table.add_row(r.job_id or "-", r.experiment_type,
-                          "-" if r.api_key_index is None else str(r.api_key_index),
+            table.add_row(cell(r.job_id), r.experiment_type, cell(r.api_key_index),
                           Text(r.status.value, style=STATUS_STYLES.get(r.status.value, "")),
-                          "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
-                          "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}")
+                          cell(r.queue_seconds, ".0f"), qpu_cell(r))
         self._live.update(table, refresh=True)
 
 

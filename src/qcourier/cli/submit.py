@@ -8,9 +8,10 @@ import click
 
 from qcourier import __version__
 from qcourier.cli._common import (
+    Command,
     LazyChoice,
     api_key_option,
-    Command,
+    cell,
     exit_codes_help,
     exit_with,
     get_state,
@@ -132,7 +133,7 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
         state.warn(warning)
     if as_json:
         state.emit_json({"dry_run": dry_run, "ledger_path": report.ledger_path and str(report.ledger_path),
-                         "jobs": [{**r.model_dump(mode="json"), **({"status": "planned"} if dry_run else {})}
+                         "jobs": [{**r.as_json(), **({"status": "planned"} if dry_run else {})}
                                   for r in report.records],
                          "budget": report.budget_lines, "maybe_submitted": report.maybe_submitted,
                          "skipped": report.skipped, "paced": report.paced,
@@ -145,8 +146,8 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
 def _print_table(state, records, path, dry_run: bool, maybe_submitted: int = 0) -> None:
     columns = ["job id", "status", "experiment", "state", "backend", "shots", "circuits", "depth",
                "circuit hash"]
-    rows = [[r.job_id or "-", "planned" if dry_run else r.status.value, r.experiment_type,
-             r.logical_state or "-", r.backend, str(r.shots), str(r.num_circuits),
+    rows = [[cell(r.job_id), "planned" if dry_run else r.status.value, r.experiment_type,
+             cell(r.logical_state), r.backend, str(r.shots), str(r.num_circuits),
              str(r.transpiled_depth), r.circuit_hash[:12]] for r in records]
     if rows:
         print_table(state, columns, rows,

@@ -609,19 +609,20 @@ def _finish(run: _Context, service: QuantumService | GatedService, entry: Entry,
     return JobOutcome(updated, status.state, True, message, analysis)
 
 
+#: The record's fields a result file repeats (docs/JSON.md).
+RESULT_FILE_FIELDS = ("job_id", "record_id", "experiment_type", "service", "backend", "shots",
+                      "circuit_hash", "isa_circuit_hash", "metadata")
+#: The record's fields a ``collected_results_*.json`` lists of each job it collected.
+COLLECTED_FIELDS = ("job_id", "record_id", "experiment_type", "logical_state", "backend",
+                    "service", "status", "error", "result_path", "result_sha256",
+                    "usage_seconds", "queue_seconds")
+
+
 def result_payload(record: LedgerRecord, result: JobResult, analysis: dict[str, Any] | None,
                    analysis_error: str | None, now: datetime) -> dict[str, Any]:
     """What a result file ``jobs/<job_id>.json`` holds (docs/JSON.md)."""
     return {
-        "job_id": record.job_id,
-        "record_id": record.record_id,
-        "experiment_type": record.experiment_type,
-        "service": record.service,
-        "backend": record.backend,
-        "shots": record.shots,
-        "circuit_hash": record.circuit_hash,
-        "isa_circuit_hash": record.isa_circuit_hash,
-        "metadata": record.metadata,
+        **record.as_json(RESULT_FILE_FIELDS),
         "service_metadata": result.metadata,
         "counts": result.counts,
         "analysis": analysis,
@@ -799,24 +800,7 @@ class GatedService:
 
 def _write_collected(ledger: Ledger, outcomes: list[JobOutcome], now: datetime) -> Path:
     stamp = now.strftime("%Y%m%d_%H%M%S")
-    items = [
-        {
-            "job_id": o.record.job_id,
-            "record_id": o.record.record_id,
-            "experiment_type": o.record.experiment_type,
-            "logical_state": o.record.logical_state,
-            "backend": o.record.backend,
-            "service": o.record.service,
-            "status": o.record.status.value,
-            "error": o.record.error,
-            "result_path": o.record.result_path,
-            "result_sha256": o.record.result_sha256,
-            "usage_seconds": o.record.usage_seconds,
-            "queue_seconds": o.record.queue_seconds,
-            "analysis": o.analysis,
-        }
-        for o in outcomes
-    ]
+    items = [{**o.record.as_json(COLLECTED_FIELDS), "analysis": o.analysis} for o in outcomes]
     body = json.dumps({"collected_at": now.isoformat(), "jobs": items}, indent=1).encode()
     try:
         return create_timestamped(ledger.directory, "collected_results", ".json", stamp, body)

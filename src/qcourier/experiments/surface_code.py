@@ -255,48 +255,52 @@ def to_qiskit(
             if noise_channel is None:
                 raise ValueError(f"stim noise channel {gate} cannot be translated without a noise_channel")
             channel = noise_channel(gate, ins.gate_args_copy())
-            if data.is_two_qubit_gate:
-                for a, b in zip(qubits[::2], qubits[1::2], strict=True):
-                    qc.append(channel, [a, b])
-            else:
-                for q in qubits:
-                    qc.append(channel, [q])
+            wires = ([[a, b] for a, b in zip(qubits[::2], qubits[1::2], strict=True)]
+                     if data.is_two_qubit_gate else [[q] for q in qubits])
+            for w in wires:
+                qc.append(channel, w)
             continue
         if any(ins.gate_args_copy()):
             raise ValueError(f"unsupported noisy stim instruction {ins}")
-        if gate == "R":
-            for q in qubits:
-                qc.reset(q)
-        elif gate == "RX":
-            for q in qubits:
-                qc.reset(q)
-                qc.h(q)
-        elif gate == "H":
-            for q in qubits:
-                qc.h(q)
-        elif gate in ("X", "Y", "Z"):
-            for q in qubits:
-                getattr(qc, gate.lower())(q)
-        elif gate == "I":
-            continue
-        elif gate == "CX":
-            for a, b in zip(qubits[::2], qubits[1::2], strict=True):
-                qc.cx(a, b)
-        elif gate in _MEASUREMENTS:
-            for q in qubits:
-                if gate in ("MX", "MRX"):
-                    qc.h(q)
-                qc.measure(q, clbit)
-                clbit += 1
-                if gate in ("MR", "MRX"):
-                    qc.reset(q)
-                if gate == "MRX":
-                    qc.h(q)
-        else:
-            raise ValueError(f"stim instruction {gate} is not supported by the surface-code translator")
+        clbit = _append_gate(qc, gate, qubits, clbit)
     if clbit != flat.num_measurements:  # pragma: no cover - guards the translation table
         raise ValueError(f"translated {clbit} measurements, stim has {flat.num_measurements}")
     return qc
+
+
+def _append_gate(qc: QuantumCircuit, gate: str, qubits: list[int], clbit: int) -> int:
+    """Append one noiseless stim instruction to ``qc``; return the next clbit of ``rec``."""
+    if gate == "R":
+        for q in qubits:
+            qc.reset(q)
+    elif gate == "RX":
+        for q in qubits:
+            qc.reset(q)
+            qc.h(q)
+    elif gate == "H":
+        for q in qubits:
+            qc.h(q)
+    elif gate in ("X", "Y", "Z"):
+        for q in qubits:
+            getattr(qc, gate.lower())(q)
+    elif gate == "I":
+        pass
+    elif gate == "CX":
+        for a, b in zip(qubits[::2], qubits[1::2], strict=True):
+            qc.cx(a, b)
+    elif gate in _MEASUREMENTS:
+        for q in qubits:
+            if gate in ("MX", "MRX"):
+                qc.h(q)
+            qc.measure(q, clbit)
+            clbit += 1
+            if gate in ("MR", "MRX"):
+                qc.reset(q)
+            if gate == "MRX":
+                qc.h(q)
+    else:
+        raise ValueError(f"stim instruction {gate} is not supported by the surface-code translator")
+    return clbit
 
 
 def observable_measurements(circuit: stim.Circuit, observable: int = 0) -> list[int]:

@@ -7,6 +7,7 @@ from the index keeps :mod:`qcourier.ledger.summary` objects, and the statuses li
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +66,12 @@ class LedgerRecord(BaseModel):
     result_sha256: str | None = None
     usage_seconds: float | None = None
     queue_seconds: float | None = None
+
+    def as_json(self, fields: Iterable[str] | None = None) -> dict[str, Any]:
+        """The record's JSON values as its ledger line holds them: every field, or only
+        ``fields``, in that order (the one projection of a record to JSON)."""
+        data = self.model_dump(mode="json")
+        return data if fields is None else {name: data[name] for name in fields}
 
     def to_line(self) -> str:
         """The record as one JSON line, newline included."""

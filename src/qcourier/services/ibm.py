@@ -249,9 +249,6 @@ class IBMService(QuantumService):
         exchange's answer, then a connection that could not be made, then the client's own
         types.
         """
-        from qiskit_ibm_runtime.accounts.exceptions import AccountsError
-        from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError, RuntimeJobNotFound
-
         chain = list(_chain(exc))
         status, retry_after = _http_status(exc)
         label = self.label
@@ -280,6 +277,16 @@ class IBMService(QuantumService):
             return TransientServiceError(
                 f"{label}: IBM Quantum service error ({what}: {shown}, after the client's "
                 "retries); try again later", http_status=-1, retry_after=retry_after)
+        return self._translate_answer(what, exc, chain, status, retry_after)
+
+    def _translate_answer(self, what: str, exc: BaseException, chain: list[BaseException],
+                          status: int | None, retry_after: float | None) -> ServiceError:
+        """:meth:`_translate` once the service was reached: by the HTTP ``status`` it
+        answered, else by the client's own exception types."""
+        from qiskit_ibm_runtime.accounts.exceptions import AccountsError
+        from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError, RuntimeJobNotFound
+
+        label = self.label
         if status in (401, 403) or any(isinstance(e, IBMNotAuthorizedError) for e in chain):
             return AuthenticationError(
                 f"{label}: IBM Quantum refused the credentials ({what}, HTTP {status or 401}); "

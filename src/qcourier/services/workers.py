@@ -392,80 +392,99 @@ def retry_call(func: Callable[[float], R], *, what: str, policy: RetryPolicy, ga
     """
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_never
 
-    last: list[ServiceError] = []  # the latest failure, for the deadline's message
-
-    def attempt() -> R:
-        if budget.remaining() <= 0:
-            raise _OutOfTime
-        started = clock()
-        try:
-            held = gate.remaining()
-            if held > 0:
-                if held >= budget.remaining():  # the gate opens after the deadline
-                    sleep(max(budget.remaining(), 0.0))
-                    raise _OutOfTime
-                retry_log.debug("%s: waiting %.2f s at the rate gate", what, held)
-                if gate.wait() > 0:
-                    sleep(random.uniform(0.0, policy.jitter_seconds))
-            return func(max(budget.remaining() - (clock() - started), 0.0))
-        except TimeoutError:  # the seconds left ran out
-            raise _OutOfTime from None
-        except ServiceError as error:
-            last[:] = [error]
-            if error.http_status == 429:  # every thread of this service waits it out
-                gate.back_off(min(error.retry_after if error.retry_after is not None
-                                  else policy.backoff_seconds, policy.max_wait_seconds))
-            raise
-        finally:
-            budget.spend(clock() - started)
-
-    def wait(retry_state: RetryCallState) -> float:
-        error = retry_state.outcome.exception()  # type: ignore[union-attr]
-        if getattr(error, "http_status", None) == 429:
-            return 0.0  # the gate holds the next attempt (and every other thread's)
-        return min(policy.wait_seconds(error, retry_state), max(budget.remaining(), 0.0))
-
-    def pause(seconds: float) -> None:
-        if seconds > 0:
-            sleep(seconds)
-            budget.spend(seconds)
-
-    def announce(retry_state: RetryCallState) -> None:
-        error = retry_state.outcome.exception()  # type: ignore[union-attr]
-        seconds = retry_state.next_action.sleep  # type: ignore[union-attr]
-        if getattr(error, "http_status", None) == 429:
-            seconds = max(seconds, gate.remaining())
-        retry_log.info("%s: attempt %d of %s failed (%s, HTTP %s); retrying in %.2f s%s",
-                       what, retry_state.attempt_number, policy.attempts or "unlimited",
-                       type(error).__name__, getattr(error, "http_status", None), seconds,
-                       " (Retry-After)" if getattr(error, "retry_after", None) is not None
-                       else "")
-
-    def give_up(retry_state: RetryCallState) -> R:
-        error = retry_state.outcome.exception()  # type: ignore[union-attr]
-        if not isinstance(error, ServiceError):  # only ServiceErrors are retried
-            raise error  # type: ignore[misc]
-        spent = policy.attempts is not None and retry_state.attempt_number >= policy.attempts
-        retry_log.info("%s: giving up after %d attempt(s) (%s, HTTP %s): %s", what,
-                       retry_state.attempt_number, type(error).__name__, error.http_status,
-                       "attempts spent" if spent else "deadline reached")
-        if spent:
-            raise error
-        raise deadline_error(error) from None
-
+    loop = _RetryLoop(func, what, policy, gate, budget, deadline_error, sleep, clock)
     attempts = stop_after_attempt(policy.attempts) if policy.attempts is not None else stop_never
     retrying = Retrying(
         retry=retry_if_exception(lambda error: policy.retryable(error, idempotent)),
         stop=attempts | (lambda _: budget.remaining() <= 0),
-        wait=wait,
-        sleep=pause,
-        before_sleep=announce,
-        retry_error_callback=give_up,
+        wait=loop.wait,
+        sleep=loop.pause,
+        before_sleep=loop.announce,
+        retry_error_callback=loop.give_up,
     )
     try:
-        return retrying(attempt)
+        return retrying(loop.attempt)
     except _OutOfTime:
-        raise deadline_error(last[0] if last else None) from None
+        raise deadline_error(loop.last) from None
+
+
+@dataclass
+class _RetryLoop(Generic[R]):
+    """The callbacks tenacity runs for one :func:`retry_call` (see there)."""
+
+    func: Callable[[float], R]
+    what: str
+    policy: RetryPolicy
+    gate: RateGate
+    budget: CallTime
+    deadline_error: Callable[[ServiceError | None], ServiceError]
+    sleep: Callable[[float], None]
+    clock: Callable[[], float]
+    #: The latest failure, for the deadline's message.
+    last: ServiceError | None = None
+
+    def attempt(self) -> R:
+        """One attempt: wait while the gate is held, then call, paying both from the budget."""
+        budget, gate = self.budget, self.gate
+        if budget.remaining() <= 0:
+            raise _OutOfTime
+        started = self.clock()
+        try:
+            held = gate.remaining()
+            if held > 0:
+                if held >= budget.remaining():  # the gate opens after the deadline
+                    self.sleep(max(budget.remaining(), 0.0))
+                    raise _OutOfTime
+                retry_log.debug("%s: waiting %.2f s at the rate gate", self.what, held)
+                if gate.wait() > 0:
+                    self.sleep(random.uniform(0.0, self.policy.jitter_seconds))
+            return self.func(max(budget.remaining() - (self.clock() - started), 0.0))
+        except TimeoutError:  # the seconds left ran out
+            raise _OutOfTime from None
+        except ServiceError as error:
+            self.last = error
+            if error.http_status == 429:  # every thread of this service waits it out
+                gate.back_off(min(error.retry_after if error.retry_after is not None
+                                  else self.policy.backoff_seconds, self.policy.max_wait_seconds))
+            raise
+        finally:
+            budget.spend(self.clock() - started)
+
+    def wait(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception()  # type: ignore[union-attr]
+        if getattr(error, "http_status", None) == 429:
+            return 0.0  # the gate holds the next attempt (and every other thread's)
+        return min(self.policy.wait_seconds(error, retry_state),
+                   max(self.budget.remaining(), 0.0))
+
+    def pause(self, seconds: float) -> None:
+        if seconds > 0:
+            self.sleep(seconds)
+            self.budget.spend(seconds)
+
+    def announce(self, retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception()  # type: ignore[union-attr]
+        seconds = retry_state.next_action.sleep  # type: ignore[union-attr]
+        if getattr(error, "http_status", None) == 429:
+            seconds = max(seconds, self.gate.remaining())
+        retry_log.info("%s: attempt %d of %s failed (%s, HTTP %s); retrying in %.2f s%s",
+                       self.what, retry_state.attempt_number, self.policy.attempts or "unlimited",
+                       type(error).__name__, getattr(error, "http_status", None), seconds,
+                       " (Retry-After)" if getattr(error, "retry_after", None) is not None
+                       else "")
+
+    def give_up(self, retry_state: RetryCallState) -> R:
+        error = retry_state.outcome.exception()  # type: ignore[union-attr]
+        if not isinstance(error, ServiceError):  # only ServiceErrors are retried
+            raise error  # type: ignore[misc]
+        attempts = self.policy.attempts
+        spent = attempts is not None and retry_state.attempt_number >= attempts
+        retry_log.info("%s: giving up after %d attempt(s) (%s, HTTP %s): %s", self.what,
+                       retry_state.attempt_number, type(error).__name__, error.http_status,
+                       "attempts spent" if spent else "deadline reached")
+        if spent:
+            raise error
+        raise self.deadline_error(error) from None
 
 
 class _OutOfTime(Exception):
