@@ -220,3 +220,15 @@ def test_no_function_body_is_over_60_lines():
                 if (lines := body_lines(node)) > MAX_BODY_LINES:
                     long_.append(f"{name}.{node.name} (line {node.lineno}): {lines} lines")
     assert not long_, "split these functions:\n" + "\n".join(sorted(long_))
+
+
+def test_no_catch_warnings_in_the_package():
+    """``warnings.catch_warnings()`` swaps the process-wide filter list: on the worker threads
+    that call the services, one thread's exit restores the filters another is using. The
+    package sets filters instead (``qcourier.services.base.ignore_warnings_from``)."""
+    users = [name for name, path in MODULES.items()
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Attribute | ast.Name | ast.alias)
+             and "catch_warnings" in (getattr(node, "attr", None), getattr(node, "id", None),
+                                      getattr(node, "name", None))]
+    assert users == []

@@ -24,13 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import warnings
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qcourier.files import atomic_write_bytes
-from qcourier.services.base import ServiceError
+from qcourier.services.base import ServiceError, ignore_warnings_from
 
 if TYPE_CHECKING:
     from qiskit.providers import BackendV2
@@ -44,10 +43,9 @@ _CATALOGUE = "catalogue"
 
 @cache
 def _fake_backend_classes() -> dict[str, type]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from qiskit_ibm_runtime import fake_provider
-        from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+    ignore_warnings_from("qiskit_ibm_runtime", __name__)
+    from qiskit_ibm_runtime import fake_provider
+    from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
 
     found = {}
     for attr in dir(fake_provider):
@@ -74,9 +72,8 @@ def fake_backend(name: str) -> BackendV2:
     classes = _fake_backend_classes()
     if name not in classes:
         raise _unknown(name, classes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return classes[name]()
+    ignore_warnings_from("qiskit_ibm_runtime", __name__)
+    return classes[name]()
 
 
 @cache

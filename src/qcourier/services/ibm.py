@@ -36,9 +36,7 @@ import json
 import logging
 import re
 import threading
-import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,6 +55,7 @@ from qcourier.services.base import (
     JobResult,
     JobState,
     JobStatusReport,
+    ignore_warnings_from,
     QuantumService,
     ServiceError,
     TransientServiceError,
@@ -117,13 +116,6 @@ class IBMConnection:
                            max_wait_seconds=self.max_retry_after_seconds)
 
 
-@contextmanager
-def _quiet() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 class IBMService(QuantumService):
     """IBM Quantum for one API key (or the saved qiskit account when ``key`` is ``None``)."""
 
@@ -173,18 +165,18 @@ class IBMService(QuantumService):
         # The client logs routine notes ("Using instance ...") as warnings; users should see
         # qcourier's one-line messages instead.
         logging.getLogger("qiskit_ibm_runtime").setLevel(logging.ERROR)
-        with _quiet():
-            from qiskit_ibm_runtime import QiskitRuntimeService
+        ignore_warnings_from("qiskit_ibm_runtime", __name__)
+        from qiskit_ibm_runtime import QiskitRuntimeService
 
-            kwargs: dict[str, Any] = {"channel": self.connection.channel}
-            if self.key is not None:
-                kwargs["token"] = self.key.token.get_secret_value()
-                if self.key.instance:
-                    kwargs["instance"] = self.key.instance
-            if self.connection.url:
-                kwargs["url"] = self.connection.url
-                kwargs["url_resolver"] = lambda url, instance, private, channel: url
-            return QiskitRuntimeService(**kwargs)
+        kwargs: dict[str, Any] = {"channel": self.connection.channel}
+        if self.key is not None:
+            kwargs["token"] = self.key.token.get_secret_value()
+            if self.key.instance:
+                kwargs["instance"] = self.key.instance
+        if self.connection.url:
+            kwargs["url"] = self.connection.url
+            kwargs["url_resolver"] = lambda url, instance, private, channel: url
+        return QiskitRuntimeService(**kwargs)
 
     def _call(self, what: str, func: Callable[..., T], *args: Any,
               idempotent: bool = True, **kwargs: Any) -> T:
@@ -205,6 +197,9 @@ class IBMService(QuantumService):
             ServiceError: the translated failure, once retries are spent or not allowed.
             DeadlineExceededError: the deadline passed before the call succeeded.
         """
+        # The client's warnings (SamplerV2's deprecation, notes on the account) and those it
+        # blames on this module are not for qcourier's users; set before the call's threads run.
+        ignore_warnings_from("qiskit_ibm_runtime", __name__)
         budget = scoped_call_time(self, self.connection.deadline_seconds, self._call_time)
 
         def attempt(seconds_left: float) -> T:
@@ -397,8 +392,7 @@ class IBMService(QuantumService):
                     f"unknown backend {name!r} for {self.label}; choose one of: "
                     f"{', '.join(sorted(names)) or '(the listing is empty)'}") from None
 
-        with _quiet():
-            return self._call(f"backend {name}", lookup)
+        return self._call(f"backend {name}", lookup)
 
     def calibration(self, backend: str) -> dict[str, Any]:
         def read() -> dict[str, Any]:
@@ -418,14 +412,13 @@ class IBMService(QuantumService):
         max_execution_time: int | None = None,
     ) -> str:
         def run() -> str:
-            with _quiet():
-                from qiskit_ibm_runtime import SamplerV2
+            from qiskit_ibm_runtime import SamplerV2
 
-                sampler = SamplerV2(mode=self._service().backend(backend))
-                sampler.options.environment.job_tags = list(tags)
-                if max_execution_time is not None:
-                    sampler.options.max_execution_time = int(max_execution_time)
-                job = sampler.run(list(circuits), shots=shots)
+            sampler = SamplerV2(mode=self._service().backend(backend))
+            sampler.options.environment.job_tags = list(tags)
+            if max_execution_time is not None:
+                sampler.options.max_execution_time = int(max_execution_time)
+            job = sampler.run(list(circuits), shots=shots)
             job_id = check_job_id(job.job_id(), f"{self.label}: IBM Quantum's answer to a "
                                                 "submission")
             self._remember(job)
@@ -439,8 +432,7 @@ class IBMService(QuantumService):
     def job_status(self, job_id: str) -> JobStatusReport:
         def read() -> JobStatusReport:
             job = self._job(job_id)
-            with _quiet():
-                raw = job.status()
+            raw = job.status()
             state = JobState(str(getattr(raw, "name", raw)).upper())
             message = job.error_message() if state in (JobState.ERROR, JobState.CANCELLED) else None
             return JobStatusReport(job_id, state, self._scrub(message) if message else None,
@@ -535,8 +527,7 @@ class IBMService(QuantumService):
 
     def job_result(self, job_id: str) -> JobResult:
         def read() -> JobResult:
-            with _quiet():
-                result = self._job(job_id).result()
+            result = self._job(job_id).result()
             counts = [
                 {key.replace(" ", ""): int(n) for key, n in pub.join_data().get_counts().items()}
                 for pub in result
@@ -561,8 +552,7 @@ class IBMService(QuantumService):
     def cancel(self, job_id: str) -> None:
         def cancel() -> None:
             job = self._job(job_id)
-            with _quiet():
-                job.cancel()
+            job.cancel()
 
         self._call(f"cancel of job {job_id}", cancel)
 
@@ -583,9 +573,8 @@ class IBMService(QuantumService):
     def job_info(self, job_id: str) -> JobInfo:
         def read() -> JobInfo:
             job = self._job(job_id)
-            with _quiet():
-                params = job.inputs
-                backend = job.backend()
+            params = job.inputs
+            backend = job.backend()
             circuits, shots = [], params.get("shots")
             for pub in params.get("pubs", []):
                 circuit = pub[0] if isinstance(pub, (list, tuple)) else getattr(pub, "circuit", pub)
