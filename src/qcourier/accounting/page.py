@@ -33,10 +33,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]]:
-    """(name, base64 PNG) of the study's plots (no per-job counts plots)."""
+def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]] | None:
+    """(name, base64 PNG) of the study's plots (no per-job counts plots); None without
+    matplotlib (the page is written without them)."""
     from qcourier.accounting.report import write_plots
 
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
     with tempfile.TemporaryDirectory(prefix="qcourier-html-") as tmp:
         written = write_plots(report, records, ledger_dir, Path(tmp)).written
         return [(p.stem, base64.b64encode(p.read_bytes()).decode("ascii"))
@@ -142,7 +147,11 @@ def _budget(budget: list[dict]) -> str:
           _num(b["reserved_seconds"]), _num(b["remaining_seconds"])] for b in budget])
 
 
-def _plots_section(plots: list[tuple[str, str]]) -> str:
+def _plots_section(plots: list[tuple[str, str]] | None) -> str:
+    if plots is None:
+        from qcourier.accounting.report import PLOTS_EXTRA
+
+        return f"<h2>Plots</h2><p class='muted'>Plots need matplotlib: {_e(PLOTS_EXTRA)}</p>"
     return "<h2>Plots</h2>" + ("".join(
         f"<figure><img class='plot' alt='{_e(name)}' src='data:image/png;base64,{data}'>"
         f"<figcaption>{_e(name)}</figcaption></figure>" for name, data in plots)

@@ -47,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from qcourier.errors import QcourierError
 from qcourier.accounting.budget import (
     WINDOW,
     BudgetState,
@@ -431,6 +432,19 @@ class PlotFiles:
         return {"written": [str(p) for p in self.written], "skipped": list(self.skipped)}
 
 
+#: What to do when matplotlib is missing.
+PLOTS_EXTRA = "pip install 'qcourier[plots]'"
+
+
+def require_matplotlib() -> None:
+    """Raises QcourierError, naming the extra to install, when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise QcourierError(f"plots need matplotlib, which is not installed: {PLOTS_EXTRA}"
+                            ) from None
+
+
 def write_plots(report: StudyReport, records: Iterable[LedgerRecord], ledger_dir: Path,
                 out_dir: Path) -> PlotFiles:
     """Draw the report as PNG files in ``out_dir`` (created if needed; files overwritten).
@@ -454,10 +468,14 @@ def write_plots(report: StudyReport, records: Iterable[LedgerRecord], ledger_dir
       spread of the limit over the window for comparison.
 
     A plot without data is not written; ``PlotFiles.skipped`` says which and why.
+
+    Raises:
+        QcourierError: matplotlib is not installed (the ``plots`` extra).
     Figures are :class:`matplotlib.figure.Figure` objects on an Agg canvas, never pyplot: no
     GUI backend, no global figure registry and no change to the caller's backend; each
     figure is cleared once saved.
     """
+    require_matplotlib()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = PlotFiles()
