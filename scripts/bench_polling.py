@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from qcourier.collect.run import collect_pending
+from qcourier.collect.run import CollectOptions, collect_pending
 from qcourier.experiments import get_experiment
 from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger
@@ -111,7 +111,7 @@ def run_case(template: Path, work: Path, *, latency: float, listing: bool, worke
                                          latency_seconds=latency,
                                          rate_limit_per_second=rate_limit), listing=listing)
     start = time.perf_counter()
-    report = collect_pending(service, Ledger(work / "ledger"), workers=workers)
+    report = collect_pending(service, Ledger(work / "ledger"), CollectOptions(workers=workers))
     elapsed = time.perf_counter() - start
     expected = JobStatus.QUEUED if queued else JobStatus.COMPLETED
     done = sum(1 for o in report.outcomes if o.record.status is expected)

@@ -15,7 +15,7 @@ from test_ledger_working import OLD, Spy, finished, full_fold
 
 from qcourier.accounting.budget import BudgetGuard
 from qcourier.cli import submit
-from qcourier.collect.run import collect_pending
+from qcourier.collect.run import CollectOptions, collect_pending
 from qcourier.ledger import store as L
 from qcourier.ledger.results import ResultCheck
 from qcourier.ledger.status import JobStatus, utc_now
@@ -61,13 +61,13 @@ def test_a_collect_run_beside_final_records_reads_none_of_them(
     submit_jobs(invoke, monkeypatch, 2, 3600)
     svc = local(tmp_path, 3600)
     collect_pending(svc, ledger)  # as an earlier run leaves it: jobs queued, digests made
-    collect_pending(svc, ledger, verify_batch=0)
+    collect_pending(svc, ledger, CollectOptions(verify_batch=0))
     spy = Spy(monkeypatch)
     folds = []
     real_fold = Ledger.fold
     monkeypatch.setattr(Ledger, "fold", lambda self, p=None: folds.append(p) or real_fold(self, p))
     validated = validations(monkeypatch)
-    report = collect_pending(svc, ledger, verify_batch=0)
+    report = collect_pending(svc, ledger, CollectOptions(verify_batch=0))
     assert spy.folded == [] and folds == []
     assert validated[0] <= 4  # the two pending records' lines, read to poll them
     assert (report.already_final, report.completed, report.pending, report.total) == \
@@ -77,7 +77,7 @@ def test_a_collect_run_beside_final_records_reads_none_of_them(
     (ledger.directory / "cache" / "result-check.json").unlink()  # from the first record
     for run, expected in enumerate([paths[0], paths[0], paths[0], paths[0], paths[1]]):
         spy.folded.clear()
-        collect_pending(svc, ledger, verify_batch=10)
+        collect_pending(svc, ledger, CollectOptions(verify_batch=10))
         assert spy.folded == [expected.name], run
     assert folds == []
 
@@ -149,7 +149,7 @@ def test_the_drain_guard_counts_as_over_a_full_fold(tmp_path: Path, ledger: Ledg
         seen.append(len(records))
         return guard.admit_deferred(record, records, utc_now())
 
-    report = collect_pending(local(tmp_path, 0), ledger, admit=admit)
+    report = collect_pending(local(tmp_path, 0), ledger, CollectOptions(admit=admit))
     [outcome] = report.outcomes
     expected = guard.admit_deferred(deferred, full_fold(ledger).summaries, utc_now())
     assert expected is not None and outcome.message == f"deferred: {expected}"
@@ -170,13 +170,13 @@ def test_retries_are_planned_as_over_a_full_fold(tmp_path: Path, ledger: Ledger)
                                           retry_count=1), JobStatus.CANCELLED))
     svc = local(tmp_path, 0)
     no_slots = QueuePolicy(max_pending=0)
-    report = collect_pending(svc, ledger, resubmit_failed=True, policy=no_slots)
+    report = collect_pending(svc, ledger, CollectOptions(resubmit_failed=True, policy=no_slots))
     retries = [e.record for e in full_fold(ledger).entries.values() if e.summary.retry_of]
     assert sorted(r.retry_of for r in retries) == sorted([retried.record_id, waiting.record_id])
     [retry] = [r for r in retries if r.retry_of == waiting.record_id]
     assert retry.status is JobStatus.DEFERRED and retry.retry_count == 1
     assert [o.message for o in report.outcomes] == ["deferred: waiting for a free slot"]
-    collect_pending(svc, ledger, resubmit_failed=True, policy=no_slots)
+    collect_pending(svc, ledger, CollectOptions(resubmit_failed=True, policy=no_slots))
     assert len([e for e in full_fold(ledger).entries.values() if e.summary.retry_of]) == 2
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qcourier.collect.run import collect_pending
+from qcourier.collect.run import CollectOptions, collect_pending
 from qcourier.experiments import get_experiment
 from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger
@@ -86,7 +86,7 @@ def service_for(tmp_path: Path, queue_seconds: float, **kwargs) -> CountingServi
 def test_jobs_still_queued_cost_one_listing_not_a_call_each(tmp_path: Path, ledger: Ledger):
     submit_many(tmp_path, ledger, JOBS, queue_seconds=3600)
     service = service_for(tmp_path, 3600, latency_seconds=0.01)
-    report = collect_pending(service, ledger, workers=8)
+    report = collect_pending(service, ledger, CollectOptions(workers=8))
     assert service.calls == {"job_states": 1}
     assert [o.record.status for o in report.outcomes] == [JobStatus.QUEUED] * JOBS
     assert report.exit_code == 0
@@ -95,7 +95,7 @@ def test_jobs_still_queued_cost_one_listing_not_a_call_each(tmp_path: Path, ledg
 def test_finished_jobs_are_collected_on_a_bounded_pool(tmp_path: Path, ledger: Ledger):
     submit_many(tmp_path, ledger, JOBS, queue_seconds=0)
     service = service_for(tmp_path, 0, latency_seconds=0.02)
-    report = collect_pending(service, ledger, workers=4)
+    report = collect_pending(service, ledger, CollectOptions(workers=4))
     # The listing said DONE: no status call per job, only its result and metrics.
     assert service.calls == {"job_states": 1, "job_result": JOBS, "job_metrics": JOBS}
     assert 1 < service.most_in_flight <= 4
@@ -121,7 +121,7 @@ def test_without_a_listing_each_job_is_asked_on_its_own(tmp_path: Path, ledger: 
                                                          listing_fails):
     submit_many(tmp_path, ledger, 6, queue_seconds=0)
     service = service_for(tmp_path, 0, bulk=bulk, listing_fails=listing_fails)
-    report = collect_pending(service, ledger, workers=3)
+    report = collect_pending(service, ledger, CollectOptions(workers=3))
     assert service.calls["job_status"] == 6 and service.calls["job_result"] == 6
     assert report.completed == 6 and report.exit_code == 0
 
@@ -129,7 +129,7 @@ def test_without_a_listing_each_job_is_asked_on_its_own(tmp_path: Path, ledger: 
 def test_one_worker_polls_in_order_with_the_same_result(tmp_path: Path, ledger: Ledger):
     submit_many(tmp_path, ledger, 5, queue_seconds=0)
     service = service_for(tmp_path, 0)
-    report = collect_pending(service, ledger, workers=1)
+    report = collect_pending(service, ledger, CollectOptions(workers=1))
     assert service.most_in_flight == 1
     assert report.completed == 5
     assert_whole_ledger(ledger, 5)
@@ -153,7 +153,7 @@ def test_a_rate_limited_service_is_waited_out_not_overrun(tmp_path: Path, ledger
         served.append(time.monotonic())
 
     service._network_call = network_call
-    report = collect_pending(service, ledger, workers=8)
+    report = collect_pending(service, ledger, CollectOptions(workers=8))
     assert report.completed == JOBS and report.exit_code == 0
     assert refused and set(refused) == {429}  # the limit was met, and backed off from
     served.sort()

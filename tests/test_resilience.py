@@ -329,7 +329,7 @@ def test_recover_leaves_an_unsettled_intent_to_qcollect(tmp_path: Path):
     (None, None, "user"),
 ])
 def test_failure_classes(message, code, expected):
-    from qcourier.collect.run import classify_failure
+    from qcourier.collect.decide import classify_failure
     from qcourier.services.base import JobState, JobStatusReport
 
     assert classify_failure(JobStatusReport("j", JobState.ERROR, message, code)) == expected

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from qcourier.errors import QcourierError
+from qcourier.errors import SettingsError
 
 if TYPE_CHECKING:
     pass
@@ -138,7 +138,7 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     def __init__(self, **values: Any) -> None:
-        """Read the settings; a bad value raises :class:`QcourierError` ("bad setting NAME:
+        """Read the settings; a bad value raises :class:`SettingsError` ("bad setting NAME:
         ...", naming the variable, never echoing a token)."""
         try:
             super().__init__(**values)
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
             err = exc.errors()[0]
             name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
             given = f"{err['input']!r} " if isinstance(err.get("input"), str) else ""
-            raise QcourierError(f"bad setting {name}: {given}is not valid "
+            raise SettingsError(f"bad setting {name}: {given}is not valid "
                                 f"({err['msg'][0].lower()}{err['msg'][1:]})") from None
 
     def api_keys(self) -> list[ApiKey]:
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         ``QCOURIER_BUDGET_SECONDS`` (default 600).
 
         Raises:
-            QcourierError: the per-key value is not a number >= 0.
+            SettingsError: the per-key value is not a number >= 0.
         """
         if key_index is None:
             return self.budget_seconds
@@ -182,7 +182,7 @@ class Settings(BaseSettings):
         except ValueError:
             value = -1.0
         if not value >= 0 or value == float("inf"):
-            raise QcourierError(f"bad setting {name}: {raw!r} is not a number of seconds >= 0")
+            raise SettingsError(f"bad setting {name}: {raw!r} is not a number of seconds >= 0")
         return value
 
 

@@ -13,5 +13,10 @@ class UsageError(QcourierError):
     exit_code = 2
 
 
+class SettingsError(UsageError):
+    """A setting (the environment or ``.env``) has a bad value: bad usage, as the same value
+    given as an option would be."""
+
+
 class LedgerError(QcourierError):
     """A ledger file or directory cannot be used."""

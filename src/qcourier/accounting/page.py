@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from qcourier.accounting.report import PlotsUnavailable
-
 _CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;
 margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
 th{background:#eee}h2{margin-top:1.5em;border-bottom:1px solid #ccc}.ind{display:inline-block;
@@ -35,10 +33,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]]:
-    """(name, base64 PNG) of the study's plots (no per-job counts plots)."""
+def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]] | None:
+    """(name, base64 PNG) of the study's plots (no per-job counts plots); None without
+    matplotlib (the page is written without them)."""
     from qcourier.accounting.report import write_plots
 
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
     with tempfile.TemporaryDirectory(prefix="qcourier-html-") as tmp:
         written = write_plots(report, records, ledger_dir, Path(tmp)).written
         return [(p.stem, base64.b64encode(p.read_bytes()).decode("ascii"))
@@ -48,20 +51,23 @@ def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]]:
 def render(report, records, ledger_dir: Path, plan_lines: list[str] | None = None) -> str:
     """The page's HTML text for a :class:`qcourier.accounting.report.StudyReport`."""
     d = report.to_dict()
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qcourier study</title>"
-             f"<style>{_CSS}</style></head><body><h1>qcourier study</h1>"
-             f"<p class='muted'>Generated {_e(report.now.strftime('%Y-%m-%d %H:%M:%S UTC'))} "
-             f"from {_e(report.ledger_dir)}</p>",
-             _indicators(report)]
+    exp = d.get("experiments", {})
+    summary = d.get("summary", {})
+    parts = [_head(report), _indicators(report)]
     if plan_lines:
         parts.append("<h2>Plan</h2><ul id='plan'>" + "".join(
             f"<li>{_e(line)}</li>" for line in plan_lines) + "</ul>")
-    try:
-        figures = _figures(_plots(report, records, ledger_dir))
-    except PlotsUnavailable as exc:  # the page stays useful without the plots extra
-        figures = f"<h2>Plots</h2><p class='muted' id='no-plots'>{_e(exc)}</p>"
-    parts += [_jobs(records), *_codes(d), _heartbeat(d), _budget(d), figures, "</body></html>"]
+    parts += [_jobs(records), *_codes(exp, summary.get("lambda") or []), _heartbeat(exp, summary),
+              _budget(d["budget"]), _plots_section(_plots(report, records, ledger_dir)),
+              "</body></html>"]
     return "\n".join(part for part in parts if part)
+
+
+def _head(report) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qcourier study</title>"
+            f"<style>{_CSS}</style></head><body><h1>qcourier study</h1>"
+            f"<p class='muted'>Generated {_e(report.now.strftime('%Y-%m-%d %H:%M:%S UTC'))} "
+            f"from {_e(report.ledger_dir)}</p>")
 
 
 def _indicators(report) -> str:
@@ -88,11 +94,9 @@ def _jobs(records) -> str:
         rows).replace("<table>", "<table id='jobs'>", 1)
 
 
-def _codes(d: dict) -> list[str]:
-    """The QEC sections: the heavy-hex code (always), the routed surface code (if any), and
-    Lambda per basis."""
+def _codes(exp: dict, lambdas: list) -> list[str]:
+    """The QEC sections: heavy-hex code (always), surface code (if any), Lambda."""
     parts = []
-    exp = d.get("experiments", {})
     for key, title in (("heavy_hex_code", "Heavy-hex code"), ("surface_code", "Surface code (routed)")):
         sc = exp.get(key, [])
         if not sc and key == "surface_code":
@@ -108,7 +112,6 @@ def _codes(d: dict) -> list[str]:
                                            if x.get("fit_chi2_per_dof") is not None else ""))]
              for x in sc])
             if sc else "<p class='muted'>No heavy-hex code results yet.</p>"))
-    lambdas = d.get("summary", {}).get("lambda") or []
     if lambdas:
         parts.append("<p id='lambda'>" + "; ".join(
             f"Lambda ({_e(x['basis'].upper())} basis) = {x['lambda']:.2f}"
@@ -117,34 +120,38 @@ def _codes(d: dict) -> list[str]:
     return parts
 
 
-def _heartbeat(d: dict) -> str:
-    hb = d.get("experiments", {}).get("deployment", [])
-    text = "<h2 id='heartbeat'>Heartbeat</h2>" + (_table(
+def _heartbeat(exp: dict, summary: dict) -> str:
+    hb = exp.get("deployment", [])
+    part = "<h2 id='heartbeat'>Heartbeat</h2>" + (_table(
         ["job id", "width", "shots", "marginal fidelity", "± stderr", "mean abs. deviation"],
         [[f"<code>{_e(x.get('job_id'))}</code>", _e(x.get("width")), _e(x.get("shots")),
           _num(x.get("marginal_fidelity"), "{:.5f}"),
           _num(x.get("marginal_fidelity_stderr"), "{:.1g}"),
           _num(x.get("mean_absolute_deviation"), "{:.4f}")] for x in hb])
         if hb else "<p class='muted'>No heartbeat results yet.</p>")
-    drift = (d.get("summary", {}).get("heartbeat") or {}).get("drift")
+    drift = (summary.get("heartbeat") or {}).get("drift")
     if drift:
-        text += "\n<p id='drift'>" + _e(
+        part += "\n<p id='drift'>" + _e(
             f"Drift check: not made ({drift['reason']})" if drift["z"] is None else
             f"Drift check: z = {drift['z']:+.1f} against {drift['earlier_sessions']} earlier "
             f"sessions at {drift['shots']} shots: "
             + ("DRIFTED" if drift["drifted"] else "within the study's baseline")) + "</p>"
-    return text
+    return part
 
 
-def _budget(d: dict) -> str:
+def _budget(budget: list[dict]) -> str:
     return "<h2>Budget</h2>" + _table(
         ["key", "limit s", "used s", "reserved s", "remaining s"],
         [[_e(b["service"] if b["key_index"] is None else f"{b['service']} key {b['key_index']}"),
           _num(b["limit_seconds"], "{:.0f}"), _num(b["used_seconds"]),
-          _num(b["reserved_seconds"]), _num(b["remaining_seconds"])] for b in d["budget"]])
+          _num(b["reserved_seconds"]), _num(b["remaining_seconds"])] for b in budget])
 
 
-def _figures(plots) -> str:
+def _plots_section(plots: list[tuple[str, str]] | None) -> str:
+    if plots is None:
+        from qcourier.accounting.report import PLOTS_EXTRA
+
+        return f"<h2>Plots</h2><p class='muted'>Plots need matplotlib: {_e(PLOTS_EXTRA)}</p>"
     return "<h2>Plots</h2>" + ("".join(
         f"<figure><img class='plot' alt='{_e(name)}' src='data:image/png;base64,{data}'>"
         f"<figcaption>{_e(name)}</figcaption></figure>" for name, data in plots)

@@ -432,21 +432,17 @@ class PlotFiles:
         return {"written": [str(p) for p in self.written], "skipped": list(self.skipped)}
 
 
-class PlotsUnavailable(QcourierError):
-    """Plots were asked for, and matplotlib (the ``plots`` extra) is not installed."""
+#: What to do when matplotlib is missing.
+PLOTS_EXTRA = "pip install 'qcourier[plots]'"
 
 
 def require_matplotlib() -> None:
-    """Check that matplotlib can be imported.
-
-    Raises:
-        PlotsUnavailable: it cannot (one line saying how to install it).
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise PlotsUnavailable("plots need matplotlib, which is not installed; "
-                               "run: pip install 'qcourier[plots]'")
+    """Raises QcourierError, naming the extra to install, when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise QcourierError(f"plots need matplotlib, which is not installed: {PLOTS_EXTRA}"
+                            ) from None
 
 
 def write_plots(report: StudyReport, records: Iterable[LedgerRecord], ledger_dir: Path,
@@ -472,12 +468,12 @@ def write_plots(report: StudyReport, records: Iterable[LedgerRecord], ledger_dir
       spread of the limit over the window for comparison.
 
     A plot without data is not written; ``PlotFiles.skipped`` says which and why.
+
+    Raises:
+        QcourierError: matplotlib is not installed (the ``plots`` extra).
     Figures are :class:`matplotlib.figure.Figure` objects on an Agg canvas, never pyplot: no
     GUI backend, no global figure registry and no change to the caller's backend; each
     figure is cleared once saved.
-
-    Raises:
-        PlotsUnavailable: matplotlib is not installed (it is the ``plots`` extra).
     """
     require_matplotlib()
     out_dir = Path(out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -23,13 +24,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def exit_codes_help(success: str, failure: str) -> str:
-    """The "Exit codes" paragraph of a command's --help."""
+    """The "Exit codes" paragraph of a command's --help (see :func:`handle_errors`)."""
     return f"""
 \b
 Exit codes:
   0    {success}
   1    a runtime failure ({failure})
-  2    bad usage (an unknown name, a bad value, a missing file)
+  2    bad usage (an unknown name, a bad value of an option or a setting, a missing file)
   130  interrupted (Ctrl-C); everything written so far is whole
 """
 
@@ -212,10 +213,28 @@ def get_state() -> AppState:
     return ctx.obj
 
 
-def abort(message: str, code: int = 1) -> None:
+def abort(message: str, code: int = 1) -> NoReturn:
     """Leave with one ``Error: ...`` line on stderr and exit ``code``."""
-    click.echo(f"Error: {message}", err=True)
+    exit_with(code, [message])
+
+
+def exit_with(code: int, errors: Iterable[str] = ()) -> NoReturn:
+    """Leave with ``code``, each of ``errors`` first as one ``Error: ...`` line on stderr: the
+    one way out of every command (a report's exit code, :func:`abort`, :func:`interrupted`,
+    and the error handler of :func:`handle_errors`)."""
+    for message in errors:
+        click.echo(f"Error: {message}", err=True)
     sys.exit(code)
+
+
+#: What Ctrl-C prints (exit 130), wherever it comes.
+INTERRUPTED = "Interrupted. Every ledger line and result file written so far is whole."
+
+
+def interrupted() -> NoReturn:
+    """Leave after Ctrl-C: one line, exit 130."""
+    click.echo(INTERRUPTED, err=True)
+    exit_with(130)
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -229,12 +248,15 @@ debug_option = click.option(
 
 
 def handle_errors(func: F) -> F:
-    """Give a command ``--debug`` and one way out for every failure.
+    """Give a command ``--debug``, the exit codes in its ``--help``, and one way out for
+    every failure.
 
     A :class:`QcourierError` from the core becomes one ``Error: ...`` line and its exit
-    code; Ctrl-C becomes exit 130; any other exception (a bug, or a library error nobody
-    translated) becomes one ``Error: ...`` line with a hint to rerun with ``--debug``, and
-    exit 1 — never a bare traceback.
+    code (a :class:`~qcourier.errors.UsageError`, a bad setting included: 2); Ctrl-C becomes
+    exit 130; any other exception (a bug, or a library error nobody translated) becomes one
+    ``Error: ...`` line with a hint to rerun with ``--debug``, and exit 1 — never a bare
+    traceback. Click's own usage errors (exit 2) pass through to click. A docstring without
+    an "Exit codes" paragraph gets :data:`EXIT_CODES_HELP`.
     """
 
     @functools.wraps(func)
@@ -242,14 +264,9 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except QcourierError as exc:
-            if exc.exit_code == 0:
-                get_state().info(str(exc))
-                sys.exit(0)
             abort(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted. Every ledger line and result file written so far is whole.",
-                       err=True)
-            sys.exit(130)
+            interrupted()
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:
@@ -258,7 +275,34 @@ def handle_errors(func: F) -> F:
             text = _scrub_tokens(get_state(), _one_line(str(exc)))
             abort(f"unexpected {type(exc).__name__}: {text} (rerun with --debug for the traceback)")
 
+    if func.__doc__ and "Exit codes:" not in func.__doc__:
+        wrapper.__doc__ = inspect.cleandoc(func.__doc__) + "\n" + EXIT_CODES_HELP
     return debug_option(wrapper)  # type: ignore[return-value]
+
+
+class _Interruptible:
+    """Ctrl-C while click parses (finding the experiments can take a moment) or between
+    commands of a group exits 130 too, not click's "Aborted!" and 1."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)  # type: ignore[misc]
+        except KeyboardInterrupt:
+            interrupted()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except KeyboardInterrupt:
+            interrupted()
+
+
+class Command(_Interruptible, click.Command):
+    """The class of a console script's command (``cls=Command``)."""
+
+
+class Group(_Interruptible, click.Group):
+    """The class of the ``qcourier`` group (``cls=Group``)."""
 
 
 def _scrub_tokens(state: AppState, text: str) -> str:
@@ -329,6 +373,29 @@ class LazyChoice(click.Choice):
         return self._metavar
 
 
+#: What a table cell with nothing to show holds (a column of them is left out: print_table).
+EMPTY = "-"
+
+
+def cell(value: Any, spec: str = "") -> str:
+    """A table cell: ``value`` formatted with ``spec`` (``".1f"``), or :data:`EMPTY` for None."""
+    return EMPTY if value is None else format(value, spec)
+
+
+def time_cell(when: Any, spec: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A table cell for a time (UTC), or :data:`EMPTY`."""
+    return EMPTY if when is None else when.strftime(spec)
+
+
+def qpu_cell(record: Any) -> str:
+    """A job's recorded QPU seconds; ``pending`` for a final job whose figure is not known yet."""
+    from qcourier.accounting.budget import usage_pending
+
+    if record.usage_seconds is not None:
+        return f"{record.usage_seconds:.1f}"
+    return "pending" if usage_pending(record) else EMPTY
+
+
 def print_table(state: AppState, columns: list[str], rows: list[list[str]],
                 optional: Sequence[str] = ()) -> None:
     """A table on stdout: rich on a terminal, plain aligned columns (never cut) otherwise.
@@ -346,7 +413,7 @@ def print_table(state: AppState, columns: list[str], rows: list[list[str]],
     console = state.stdout
     keep = _columns_that_fit(columns, rows, optional, console.width)
     hidden = [c for c in optional if c in columns and c not in [columns[i] for i in keep]
-              and any(row[columns.index(c)] not in ("", "-") for row in rows)]
+              and any(row[columns.index(c)] not in ("", EMPTY) for row in rows)]
     from rich import box
     from rich.table import Table
 
@@ -377,7 +444,7 @@ def _columns_that_fit(columns: list[str], rows: list[list[str]], optional: Seque
     """Indexes of the columns to show: all but empty or (while too wide) optional ones."""
     natural = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
     keep = [i for i, c in enumerate(columns)
-            if not (c in optional and rows and all(str(r[i]) in ("", "-") for r in rows))]
+            if not (c in optional and rows and all(str(r[i]) in ("", EMPTY) for r in rows))]
     for name in optional:
         if sum(natural[i] for i in keep) + 3 * (len(keep) - 1) <= width:
             break

@@ -8,7 +8,9 @@ from typing import Any
 import click
 
 from qcourier.cli._common import (
+    EMPTY,
     AppState,
+    cell,
     get_state,
     handle_errors,
     json_option,
@@ -146,16 +148,16 @@ def _print_keys(state: AppState, keys: list[dict[str, Any]], with_service: bool)
         columns += ["service used s", "difference s"]
     rows = []
     for k in keys:
-        row = [k["service"], "-" if k["key_index"] is None else str(k["key_index"]),
-               f"{k['limit_seconds']:.1f}", f"{k['used_seconds']:.1f}",
-               f"{k['reserved_seconds']:.1f}", f"{k['remaining_seconds']:.1f}",
-               str(k["jobs_used"]), str(k["jobs_reserved"])]
+        row = [k["service"], cell(k["key_index"]), cell(k["limit_seconds"], ".1f"),
+               cell(k["used_seconds"], ".1f"), cell(k["reserved_seconds"], ".1f"),
+               cell(k["remaining_seconds"], ".1f"), str(k["jobs_used"]), str(k["jobs_reserved"])]
         if with_service:
             usage = k["service_usage"]
             if "error" in usage:
-                row += [f"unavailable: {usage['error']}", "-"]
+                row += [f"unavailable: {usage['error']}", EMPTY]
             else:
-                row += [f"{usage['usage_seconds']:.1f}", f"{usage['difference_seconds']:+.1f}"]
+                row += [cell(usage["usage_seconds"], ".1f"),
+                        cell(usage["difference_seconds"], "+.1f")]
         rows.append(row)
     print_table(state, columns, rows, optional=["key", "jobs open", "jobs done", "difference s"])
     for k in keys:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ import click
 
 from qcourier import __version__
 from qcourier.cli._common import (
+    Command,
     exit_codes_help,
+    exit_with,
     get_state,
     handle_errors,
     json_option,
@@ -44,7 +47,7 @@ Examples:
     "a job could not be polled or collected, an I/O error")}"""
 
 
-@click.command("collect", help=HELP)
+@click.command("collect", cls=Command, help=HELP)
 @click.version_option(__version__, prog_name="qcollect")
 @click.option("--jobs-file", type=click.Path(path_type=Path), default=None,
               help="Collect only the jobs of this ledger file.")
@@ -94,12 +97,17 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
          log_file: Path | None, prometheus: Path | None, html_file: Path | None,
          plan_file: Path | None, ledger_dir: Path | None, service: str | None,
          as_json: bool) -> None:
-    from qcourier.collect.run import RESULT_CHECK_BATCH, CollectorBusy, collect_pending
+    from qcourier.collect.run import (
+        RESULT_CHECK_BATCH,
+        CollectOptions,
+        CollectorBusy,
+        collect_pending,
+    )
     from qcourier.ledger.store import Ledger, check_ledger_file
     from qcourier.store.lease import TeamLease
     from qcourier.submit.dispatch import queue_policy
 
-    _check_options(jobs_file, job_id, poll_all, interval, plan_file, html_file)
+    _check_options(jobs_file, job_id, poll_all, interval, html_file, plan_file)
     state = get_state()
     state.quiet = quiet
     if jobs_file is not None:
@@ -107,19 +115,20 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
     else:
         ledger, paths = Ledger(state.ledger_dir(ledger_dir)), None
     pool, settings = state.get_pool(), state.get_settings()
-    team = TeamLease.from_settings(settings, "qcollect")
     output = _Output(state, ledger, paths, as_json=as_json, quiet=quiet, watch=watch,
                      log_file=log_file)
 
+    options = CollectOptions(
+        paths=paths, job_id=job_id, default_service=service or state.default_service_name(),
+        policy=queue_policy(settings, max_pending),
+        resubmit_failed=resubmit_failed, max_retries=max_retries,
+        admit=_budget_admission(settings, pool),
+        verify_batch=None if verify_results else RESULT_CHECK_BATCH,
+        workers=workers or settings.poll_workers,
+        team=TeamLease.from_settings(settings, "qcollect"))
+
     def one_round(progress):
-        return collect_pending(
-            pool, ledger, paths=paths, job_id=job_id,
-            default_service=service or state.default_service_name(),
-            policy=queue_policy(settings, max_pending),
-            resubmit_failed=resubmit_failed, max_retries=max_retries,
-            admit=_budget_admission(settings, pool),
-            verify_batch=None if verify_results else RESULT_CHECK_BATCH,
-            workers=workers or settings.poll_workers, progress=progress, team=team)
+        return collect_pending(pool, ledger, dataclasses.replace(options, progress=progress))
 
     state.sync_edge(ledger, "pull")  # other machines' jobs and results, when a store is set
     with output:
@@ -128,29 +137,25 @@ def main(jobs_file: Path | None, poll_all: bool, job_id: str | None, watch: bool
                 report = output.run(one_round)
                 state.sync_edge(ledger, "push")  # publish what this round recorded
             except CollectorBusy as exc:
-                if not watch:
-                    raise
+                if not watch:  # not a failure: the collector that holds the ledger collects
+                    state.info(str(exc))
+                    return
                 output.busy(str(exc), interval)  # e.g. the cron collector: skip this round
                 time.sleep(interval)
                 continue
             if job_id is not None and not report.outcomes and report.unrecorded is None:
                 state.info(f"Job {job_id} is already final; its record, history and result: "
                            f"qcourier show {job_id}")
-            if settings.notify:
-                _notify(ledger, settings, report)
-            if prometheus is not None:
-                _write_metrics(prometheus, ledger, settings, report)
-            if html_file is not None:
-                _write_html(html_file, ledger, settings, plan_file)
+            _after_run(ledger, settings, report, prometheus, html_file, plan_file)
             if not watch or report.pending == 0 or report.unrecorded is not None:
                 break
             time.sleep(interval)
-    raise SystemExit(report.exit_code)
+    exit_with(report.exit_code)
 
 
 def _check_options(jobs_file: Path | None, job_id: str | None, poll_all: bool, interval: float,
-                   plan_file: Path | None, html_file: Path | None) -> None:
-    """Bad combinations and values of qcollect's options, before anything is read."""
+                   html_file: Path | None, plan_file: Path | None) -> None:
+    """Bad usage that click's types cannot see, before anything is collected."""
     from qcourier.errors import UsageError
 
     if sum(x is not None and x is not False for x in (jobs_file, job_id, poll_all or None)) > 1:
@@ -163,6 +168,17 @@ def _check_options(jobs_file: Path | None, job_id: str | None, poll_all: bool, i
         from qcourier.accounting.plan import load_plan
 
         load_plan(plan_file)  # a missing or bad plan given by name: an error before collecting
+
+
+def _after_run(ledger, settings, report, prometheus: Path | None, html_file: Path | None,
+               plan_file: Path | None) -> None:
+    """What follows each run: notifications, the metrics file, the study page."""
+    if settings.notify:
+        _notify(ledger, settings, report)
+    if prometheus is not None:
+        _write_metrics(prometheus, ledger, settings, report)
+    if html_file is not None:
+        _write_html(html_file, ledger, settings, plan_file)
 
 
 class _Output:
@@ -312,7 +328,7 @@ def report_lines(report, quiet: bool) -> tuple[list[str], list[str]]:
         err.append("Warning: damaged ledger lines are skipped; see qcourier ledger check")
     err += [] if quiet else [f"Skipped: {reason}" for reason in report.skipped]
     if report.unrecorded is not None:
-        from qcourier.collect.run import STATUS_FOR_STATE
+        from qcourier.collect.decide import STATUS_FOR_STATE
 
         u = report.unrecorded
         shown = STATUS_FOR_STATE[u.state].value
@@ -409,14 +425,12 @@ class _LiveView:
             table.caption = f"{caption} · {len(records) - len(shown)} older finished jobs not shown"
         from rich.text import Text
 
-        from qcourier.cli._common import STATUS_STYLES
+        from qcourier.cli._common import STATUS_STYLES, cell, qpu_cell
 
         for r in shown:
-            table.add_row(r.job_id or "-", r.experiment_type,
-                          "-" if r.api_key_index is None else str(r.api_key_index),
+            table.add_row(cell(r.job_id), r.experiment_type, cell(r.api_key_index),
                           Text(r.status.value, style=STATUS_STYLES.get(r.status.value, "")),
-                          "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
-                          "-" if r.usage_seconds is None else f"{r.usage_seconds:.1f}")
+                          cell(r.queue_seconds, ".0f"), qpu_cell(r))
         self._live.update(table, refresh=True)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from qcourier.cli._common import (
+    EMPTY,
+    cell,
     get_state,
     handle_errors,
     json_option,
@@ -31,8 +33,8 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
       qcourier show d4k2v9x0abcd1234efgh
       qcourier show d4k2v9 --json
     """
+    from qcourier.collect.analysis import headline
     from qcourier.collect.jobs import find_entry, history, read_result
-    from qcourier.collect.run import headline
     from qcourier.ledger.store import Ledger
 
     state = get_state()
@@ -44,7 +46,7 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
     summary = None if result is None else headline(record.experiment_type, result.analysis)
     if as_json:
         state.emit_json({
-            "record": record.model_dump(mode="json"), "ledger_file": str(entry.path),
+            "record": record.as_json(), "ledger_file": str(entry.path),
             "history": [{"status": r.status.value, "at": r.updated_at.isoformat(),
                          "error": r.error} for r in lines],
             "result": None if result is None else {
@@ -60,8 +62,7 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
                                                     "circuit(s)"),
              ("circuit hash", record.circuit_hash), ("git commit", _commit(record)),
              ("QPU seconds", _seconds(record)),
-             ("queue seconds", "-" if record.queue_seconds is None
-              else f"{record.queue_seconds:.0f}"),
+             ("queue seconds", cell(record.queue_seconds, ".0f")),
              ("ledger file", str(entry.path))]
     if record.error:
         facts.append(("error", record.error))
@@ -102,7 +103,7 @@ def _seconds(record) -> str:
         return (f"usage pending ({est}, counted by the budget guard until qcollect gets the "
                 "figure)" if est else "usage pending")
     if used is None:
-        return est or "-"
+        return est or EMPTY
     return f"{used:.1f}" + (f" ({est})" if est else "")
 
 
@@ -143,7 +144,7 @@ def cancel(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
     for note in outcome.notes:
         state.warn(note)
     if as_json:
-        state.emit_json({"record": outcome.record.model_dump(mode="json"),
+        state.emit_json({"record": outcome.record.as_json(),
                          "message": outcome.message})
         return
     click.echo(f"Job {outcome.record.job_id or outcome.record.record_id}: {outcome.message}")

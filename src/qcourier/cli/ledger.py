@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from qcourier.cli._common import get_state, handle_errors, json_option, ledger_dir_option
+from qcourier.cli._common import (
+    exit_codes_help,
+    exit_with,
+    get_state,
+    handle_errors,
+    json_option,
+    ledger_dir_option,
+)
 
 
 @click.group("ledger")
@@ -14,23 +21,24 @@ def group() -> None:
     """Look after the ledger directory (its JSONL files and result files)."""
 
 
-@group.command("check")
+CHECK_HELP = f"""Read every ledger line and re-hash every result file; report what is damaged.
+
+Nothing is changed: a damaged line stays where it is (the ledger is append-only; the
+fold skips it and keeps every other line), and a missing or altered result file is
+downloaded again by the next qcollect.
+
+\b
+Examples:
+  qcourier ledger check
+  qcourier ledger check --ledger-dir /data/study/results/ibm_experiments --json
+{exit_codes_help("nothing is damaged", "something is damaged, or the ledger cannot be read")}"""
+
+
+@group.command("check", help=CHECK_HELP)
 @ledger_dir_option
 @json_option
 @handle_errors
 def check(ledger_dir: Path | None, as_json: bool) -> None:
-    """Read every ledger line and re-hash every result file; report what is damaged.
-
-    Nothing is changed: a damaged line stays where it is (the ledger is append-only; the
-    fold skips it and keeps every other line), and a missing or altered result file is
-    downloaded again by the next qcollect. Exit 0 when nothing is damaged, 1 when anything
-    is.
-
-    \b
-    Examples:
-      qcourier ledger check
-      qcourier ledger check --ledger-dir /data/study/results/ibm_experiments --json
-    """
     from qcourier.ledger.check import check_ledger
     from qcourier.ledger.store import Ledger
 
@@ -39,7 +47,7 @@ def check(ledger_dir: Path | None, as_json: bool) -> None:
         report = check_ledger(Ledger(state.ledger_dir(ledger_dir)), progress)
     if as_json:
         state.emit_json(report.as_json())
-        raise SystemExit(report.exit_code)
+        exit_with(report.exit_code)
     lines = sum(f.lines for f in report.files)
     click.echo(f"{len(report.files)} ledger file(s), {lines} line(s); "
                f"{report.results_checked} result file(s) re-hashed.")
@@ -53,4 +61,4 @@ def check(ledger_dir: Path | None, as_json: bool) -> None:
                    "(the ledger is never rewritten); fix a file by hand only with a backup.")
     else:
         click.echo("Nothing is damaged.")
-    raise SystemExit(report.exit_code)
+    exit_with(report.exit_code)

@@ -10,20 +10,27 @@ import click
 from qcourier import __version__
 from qcourier.cli import budget, collect, jobs, ledger, notify, report, store, submit
 from qcourier.cli._common import (
+    EXIT_CODES_HELP,
+    Group,
     api_key_option,
+    cell,
+    exit_with,
     get_state,
     handle_errors,
     json_option,
     ledger_dir_option,
     print_table,
+    qpu_cell,
     service_option,
+    time_cell,
 )
 from qcourier.ledger.status import STATUS_NAMES
 
 
-@click.group(help="qcourier: submit quantum jobs now, collect and analyse their results later.\n\n"
+@click.group(cls=Group,
+             help="qcourier: submit quantum jobs now, collect and analyse their results later.\n\n"
              "\b\nExamples:\n  qcourier submit --experiment bell\n  qcourier collect --watch\n"
-             "  qcourier status --json")
+             "  qcourier status --json\n" + EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="qcourier")
 def main() -> None:
     pass
@@ -94,11 +101,9 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
     shown = records[-limit:] if limit else records
     columns = ["job id", "experiment", "state", "backend", "service", "key", "status", "submitted",
                "queue s", "QPU s"]
-    rows = [[r.job_id or "-", r.experiment_type, r.logical_state or "-", r.backend, r.service,
-             "-" if r.api_key_index is None else str(r.api_key_index), r.status.value,
-             r.submission_time.strftime("%Y-%m-%d %H:%M:%S") if r.submission_time else "-",
-             "-" if r.queue_seconds is None else f"{r.queue_seconds:.0f}",
-             _qpu_seconds(r)] for r in shown]
+    rows = [[cell(r.job_id), r.experiment_type, cell(r.logical_state), r.backend, r.service,
+             cell(r.api_key_index), r.status.value, time_cell(r.submission_time),
+             cell(r.queue_seconds, ".0f"), qpu_cell(r)] for r in shown]
     if rows:
         print_table(state, columns, rows,
                     optional=["key", "service", "state", "queue s", "QPU s", "submitted"])
@@ -109,15 +114,6 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
     total = (f"{len(records)} of {len(fold.entries)} job(s)" if len(records) != len(fold.entries)
              else f"{len(records)} job(s)")
     click.echo(f"{total}: {by_status}" if by_status else total)
-
-
-def _qpu_seconds(record) -> str:
-    """A job's recorded QPU seconds; ``pending`` for a final job whose figure is not known yet."""
-    from qcourier.accounting.budget import usage_pending
-
-    if record.usage_seconds is not None:
-        return f"{record.usage_seconds:.1f}"
-    return "pending" if usage_pending(record) else "-"
 
 
 @main.command("experiments")
@@ -223,12 +219,12 @@ def recover(since, dry_run: bool, from_store: bool, writer: str | None,
     report = run_recovery(services, Ledger(state.ledger_dir(ledger_dir)),
                           since.replace(tzinfo=UTC) if since else None, dry_run)
     if as_json:
-        state.emit_json({"recovered": [r.model_dump(mode="json") for r in report.recovered],
+        state.emit_json({"recovered": [r.as_json() for r in report.recovered],
                          "already_known": report.known, "ledger_path": report.ledger_path
                          and str(report.ledger_path), "failures": report.failures})
     else:
-        rows = [[r.job_id or "-", r.experiment_type, r.backend, r.service,
-                 str(r.api_key_index), str(r.submission_time or "-")] for r in report.recovered]
+        rows = [[cell(r.job_id), r.experiment_type, r.backend, r.service, cell(r.api_key_index),
+                 time_cell(r.submission_time)] for r in report.recovered]
         if rows:
             print_table(state, ["job id", "experiment", "backend", "service", "key", "created"],
                         rows, optional=["key", "service"])
@@ -236,6 +232,4 @@ def recover(since, dry_run: bool, from_store: bool, writer: str | None,
         click.echo(f"Recovered {len(report.recovered)} job(s) {where}; "
                    f"{report.known} already in the ledger."
                    if report.recovered else f"Nothing to recover; {report.known} job(s) already in the ledger.")
-    for failure in report.failures:
-        click.echo(f"Error: {failure}", err=True)
-    raise SystemExit(report.exit_code)
+    exit_with(report.exit_code, report.failures)

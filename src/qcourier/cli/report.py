@@ -9,6 +9,7 @@ import click
 
 from qcourier.cli._common import (
     AppState,
+    cell,
     get_state,
     handle_errors,
     json_option,
@@ -174,7 +175,7 @@ def _print_slis(state: AppState, report: Any) -> None:
     completed = data["jobs"]["by_status"]["completed"]
     failures = data["failures"]
     rows = [["jobs", str(data["jobs"]["total"]), statuses or "none"],
-            ["success rate", "-" if rate is None else f"{rate:.1%}",
+            ["success rate", cell(rate, ".1%"),
              f"{completed} completed of {data['jobs']['finished']} finished"]]
     for label, key in (("queue time", "queue_seconds"), ("turnaround", "turnaround_seconds")):
         dist = data[key]
@@ -195,10 +196,10 @@ def _print_budget(state: AppState, report: Any) -> None:
     rows = []
     for key in report.budget:
         b = key.state
-        share = f"{b.used_seconds / b.limit_seconds:.1%}" if b.limit_seconds else "-"
-        rows.append([b.service, "-" if b.key_index is None else str(b.key_index),
-                     f"{b.limit_seconds:.1f}", f"{b.used_seconds:.1f}", share,
-                     f"{b.reserved_seconds:.1f}", f"{b.remaining_seconds:.1f}"])
+        share = cell(b.used_seconds / b.limit_seconds if b.limit_seconds else None, ".1%")
+        rows.append([b.service, cell(b.key_index), cell(b.limit_seconds, ".1f"),
+                     cell(b.used_seconds, ".1f"), share, cell(b.reserved_seconds, ".1f"),
+                     cell(b.remaining_seconds, ".1f")])
     print_table(state, ["service", "key", "limit s", "used s", "used %", "reserved s",
                                "remaining s"], rows)
     click.echo("QPU budget over the rolling 28-day window.")

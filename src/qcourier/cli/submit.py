@@ -8,9 +8,12 @@ import click
 
 from qcourier import __version__
 from qcourier.cli._common import (
+    Command,
     LazyChoice,
     api_key_option,
+    cell,
     exit_codes_help,
+    exit_with,
     get_state,
     handle_errors,
     json_option,
@@ -46,7 +49,7 @@ def _experiment_names() -> list[str]:
     return choices()
 
 
-@click.command("submit", help=HELP)
+@click.command("submit", cls=Command, help=HELP)
 @click.version_option(__version__, prog_name="qsubmit")
 @click.option("--experiment", "-e", required=True, type=LazyChoice(_experiment_names, "NAME"),
               help="Experiment or group to submit: heavy_hex_code, deployment, both "
@@ -143,23 +146,21 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
         state.warn(warning)
     if as_json:
         state.emit_json({"dry_run": dry_run, "ledger_path": report.ledger_path and str(report.ledger_path),
-                         "jobs": [{**r.model_dump(mode="json"), **({"status": "planned"} if dry_run else {})}
+                         "jobs": [{**r.as_json(), **({"status": "planned"} if dry_run else {})}
                                   for r in report.records],
                          "budget": report.budget_lines, "maybe_submitted": report.maybe_submitted,
                          "skipped": report.skipped, "paced": report.paced,
                          "failures": report.failures})
     else:
         _print_table(state, report.records, report.ledger_path, dry_run, report.maybe_submitted)
-    for failure in report.failures:
-        click.echo(f"Error: {failure}", err=True)
-    raise SystemExit(report.exit_code)
+    exit_with(report.exit_code, report.failures)
 
 
 def _print_table(state, records, path, dry_run: bool, maybe_submitted: int = 0) -> None:
     columns = ["job id", "status", "experiment", "state", "backend", "shots", "circuits", "depth",
                "circuit hash"]
-    rows = [[r.job_id or "-", "planned" if dry_run else r.status.value, r.experiment_type,
-             r.logical_state or "-", r.backend, str(r.shots), str(r.num_circuits),
+    rows = [[cell(r.job_id), "planned" if dry_run else r.status.value, r.experiment_type,
+             cell(r.logical_state), r.backend, str(r.shots), str(r.num_circuits),
              str(r.transpiled_depth), r.circuit_hash[:12]] for r in records]
     if rows:
         print_table(state, columns, rows,

@@ -104,7 +104,7 @@ def cancel(pool: ServicePool, ledger: Ledger, name: str) -> CancelOutcome:
         UsageError: the job is unknown, or already final.
         ServiceError: the service refused or could not be reached (nothing is recorded).
     """
-    from qcourier.collect.run import CollectorBusy, collect_pending
+    from qcourier.collect.run import CollectOptions, CollectorBusy, collect_pending
 
     entry = find_entry(ledger, name)
     record = entry.record
@@ -122,7 +122,8 @@ def cancel(pool: ServicePool, ledger: Ledger, name: str) -> CancelOutcome:
                          "run qcollect to settle it, then cancel the job")
     pool.get(record.service, record.api_key_index).cancel(record.job_id)
     try:
-        report = collect_pending(pool, ledger, job_id=record.job_id, default_service=record.service)
+        report = collect_pending(pool, ledger, CollectOptions(job_id=record.job_id,
+                                                           default_service=record.service))
     except CollectorBusy:
         return CancelOutcome(record, "cancel requested; the qcollect now running records it")
     latest = find_entry(ledger, record.record_id).record

@@ -1,24 +1,31 @@
 """Collection: settle intents, poll pending jobs, fetch and analyse finished ones, record
 what changed, and submit deferred jobs as the queue frees up.
 
-One ``collect_pending`` run:
+One ``collect_pending`` run goes through its phases in turn, each a function of the run's
+context (:class:`_Context`: the ledger, the services, the options and clock; fixed for the
+run) and of explicit state, returning what it found; :func:`_collect_all` strings them
+together. What to do about a job is decided by the pure functions of
+:mod:`qcourier.collect.decide`; the phases ask the services and write what those decide:
 
-1. takes the ledger's working set (:mod:`qcourier.ledger.working`: the records that are not
-   final or may still count, and how many there are of each status; never every record);
-   a completed record whose result file is missing or no longer matches its sha256 gets
-   its result downloaded again (:class:`~qcourier.ledger.results.ResultCheck`);
-2. settles ``submitting`` intents left by a process that died (``dispatch.resolve_intent``);
-3. polls every pending job with the service and key that submitted it; a finished job gets
-   its result file (written atomically) and a new ledger line; a job with fewer shots than
-   asked is ``partial``; a failed job keeps the service's message and a failure class;
-4. with ``resubmit_failed``, records retries of failed jobs whose failure was the system's
-   (and of partial ones), linked by ``retry_of``/``retry_count``, as ``deferred``;
-5. asks again for the usage of final jobs recorded while the service still reported it
-   pending (finished in the budget window, the newest :data:`USAGE_BATCH` first); a figure
-   that has arrived is a new ledger line, and until then the budget guard counts the job's
-   estimate. A failed call changes nothing and is tried again on the next run;
-6. submits ``deferred`` jobs while their key has free pending slots, submissions left this
-   minute, and (through ``admit``) budget.
+1. **fold**: the ledger's working set (:mod:`qcourier.ledger.working`: the records that are
+   not final or may still count, and how many there are of each status; never every
+   record); a completed record whose result file is missing or no longer matches its sha256
+   gets its result downloaded again (:class:`~qcourier.ledger.results.ResultCheck`);
+2. **settle intents**: ``submitting`` intents left by a process that died
+   (``dispatch.resolve_intent``);
+3. **list states**: the states of many jobs from one listing, where a service has one;
+4. **poll**: every other pending job, with the service and key that submitted it; a
+   finished job gets its result file (written atomically) and a new ledger line; a job with
+   fewer shots than asked is ``partial``; a failed job keeps the service's message and a
+   failure class;
+5. **usage**: the usage of final jobs recorded while the service still reported it
+   pending (finished in the budget window, the newest :data:`~decide.USAGE_BATCH` first); a
+   figure that has arrived is a new ledger line, and until then the budget guard counts the
+   job's estimate. A failed call changes nothing and is tried again on the next run;
+6. **retries**: with ``resubmit_failed``, retries of failed jobs whose failure was the
+   system's (and of partial ones), linked by ``retry_of``/``retry_count``, as ``deferred``;
+7. **drain**: submits ``deferred`` jobs while their key has free pending slots, submissions
+   left this minute, and (through ``admit``) budget.
 
 It appends nothing for a job whose state did not change, so running it again changes
 nothing. Only one collector runs on a ledger at a time.
@@ -26,21 +33,21 @@ nothing. Only one collector runs on a ledger at a time.
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from qcourier.accounting.budget import finished_in_window, usage_pending
+from qcourier.accounting.budget import usage_pending
+from qcourier.collect import decide
+from qcourier.collect.analysis import analyse, headline
 from qcourier.errors import QcourierError, UsageError
 from qcourier.files import (
-    atomic_write_bytes,
     create_timestamped,
     path_under,
     remove_stale_temp_files,
@@ -50,8 +57,7 @@ from qcourier.ledger.results import ResultCheck
 from qcourier.ledger.status import JobStatus, new_record_id, utc_now
 from qcourier.ledger.store import Ledger
 from qcourier.ledger.summary import Entry, LedgerProblem
-from qcourier.ledger.working import may_be_retried, working_set
-from qcourier.provenance import load_snapshot
+from qcourier.ledger.working import WorkingSet, working_set
 from qcourier.services import ServicePool
 from qcourier.services.base import (
     AuthenticationError,
@@ -70,7 +76,6 @@ from qcourier.services.base import (
     scoped_call_time,
 )
 from qcourier.services.workers import (
-    CPU_LOCK,
     DEFAULT_WORKERS,
     RateGate,
     RetryPolicy,
@@ -81,7 +86,6 @@ from qcourier.store.objects import StoreError
 from qcourier.submit.dispatch import (
     QueuePolicy,
     load_circuits,
-    open_slots,
     queue_key,
     resolve_intent,
     submit_record,
@@ -93,30 +97,26 @@ if TYPE_CHECKING:
     from qcourier.ledger.summary import RecordView
     from qcourier.store.lease import TeamLease
 
-STATUS_FOR_STATE = {
-    JobState.INITIALIZING: JobStatus.QUEUED,
-    JobState.QUEUED: JobStatus.QUEUED,
-    JobState.RUNNING: JobStatus.RUNNING,
-    JobState.DONE: JobStatus.COMPLETED,
-    JobState.CANCELLED: JobStatus.CANCELLED,
-    JobState.ERROR: JobStatus.FAILED,
-}
-
 Progress = Callable[[str], None]
-#: How long before the oldest recorded submission a listing of job states starts.
-LISTING_MARGIN = timedelta(hours=1)
+#: The run's clock: the time now, in UTC.
+Clock = Callable[[], datetime]
 #: Completed results re-hashed per run, in turns (see :class:`ResultCheck`).
 RESULT_CHECK_BATCH = 100
-#: Final jobs whose usage is still unknown asked about per run (newest finished first).
-USAGE_BATCH = 20
 #: Given a deferred record and the current records, a reason not to submit it now, or None.
 Admit = Callable[["LedgerRecord", list["RecordView"]], str | None]
 
 
-class CollectorBusy(QcourierError):
-    """Another collector is working on this ledger."""
+def _quiet(_message: str) -> None:
+    pass
 
-    exit_code = 0
+
+def _admit_all(_record: LedgerRecord, _records: list[RecordView]) -> str | None:
+    return None
+
+
+class CollectorBusy(QcourierError):
+    """Another collector is working on this ledger (``qcollect`` reports it and exits 0:
+    the other one does the work)."""
 
 
 @dataclass
@@ -191,6 +191,42 @@ class CollectReport:
         return 1 if any(o.failed for o in self.outcomes) else 0
 
 
+@dataclass(frozen=True)
+class CollectOptions:
+    """How to collect (``qcollect``'s options, validated by the command).
+
+    Attributes:
+        paths: collect only the jobs of these ledger files (None: every file).
+        job_id: only this job's records; a job no ledger file knows is asked about on
+            ``default_service``.
+        default_service: the service asked about a ``job_id`` that no ledger file knows.
+        policy: the pending cap, rate and intent grace period per key.
+        resubmit_failed: retry failed jobs whose failure was the system's, and partial ones.
+        max_retries: how many retries one original job may have.
+        admit: a last check before a deferred job is submitted (the budget guard).
+        verify_batch: how many completed results to re-hash this run (``None``: all); every
+            result file's existence is checked on every run (:class:`ResultCheck`).
+        workers: how many jobs are polled and collected at once.
+        progress: called with each step's description.
+        clock: the time now (UTC) for every decision and every line this run writes.
+        team: the team store's budget leases, which the drain of deferred jobs takes as
+            ``qsubmit`` does (None: the key's lock alone).
+    """
+
+    paths: list[Path] | None = None
+    job_id: str | None = None
+    default_service: str = "local"
+    policy: QueuePolicy = QueuePolicy()
+    resubmit_failed: bool = False
+    max_retries: int = 3
+    admit: Admit = _admit_all
+    verify_batch: int | None = RESULT_CHECK_BATCH
+    workers: int = DEFAULT_WORKERS
+    progress: Progress = _quiet
+    clock: Clock = utc_now
+    team: TeamLease | None = None
+
+
 #: Where atomic writes happen in a ledger directory (a killed writer's temp files are removed).
 #: ``jobs/`` is not listed here: the result check lists it when it changed (it may hold
 #: 100,000 files), and removes them then (:class:`ResultCheck`).
@@ -202,35 +238,10 @@ def collector_lock(ledger: Ledger) -> FileLock:
     return FileLock(str(ledger.directory / ".qcollect.lock"), timeout=0)
 
 
-def collect_pending(
-    services: ServicePool | QuantumService,
-    ledger: Ledger,
-    *,
-    paths: list[Path] | None = None,
-    job_id: str | None = None,
-    default_service: str = "local",
-    policy: QueuePolicy = QueuePolicy(),
-    resubmit_failed: bool = False,
-    max_retries: int = 3,
-    admit: Admit | None = None,
-    verify_batch: int | None = RESULT_CHECK_BATCH,
-    workers: int = DEFAULT_WORKERS,
-    progress: Progress = lambda _: None,
-    team: TeamLease | None = None,
-) -> CollectReport:
-    """One collection run over the ledger (or ``paths``, or only ``job_id``): see the module.
-
-    Args:
-        default_service: the service asked about a ``job_id`` that no ledger file knows.
-        policy: the pending cap, rate and intent grace period per key.
-        resubmit_failed: retry failed jobs whose failure was the system's, and partial ones.
-        max_retries: how many retries one original job may have.
-        admit: a last check before a deferred job is submitted (the budget guard).
-        verify_batch: how many completed results to re-hash this run (``None``: all); every
-            result file's existence is checked on every run (:class:`ResultCheck`).
-        workers: how many jobs are polled and collected at once.
-        team: the team store's budget leases, which the drain of deferred jobs takes as
-            ``qsubmit`` does (None: the key's lock alone).
+def collect_pending(services: ServicePool | QuantumService, ledger: Ledger,
+                    options: CollectOptions = CollectOptions()) -> CollectReport:
+    """One collection run over the ledger (or ``options.paths``, or only ``options.job_id``):
+    see the module.
 
     Raises:
         CollectorBusy: another collector holds the ledger's lock.
@@ -238,127 +249,32 @@ def collect_pending(
     """
     pool = services if isinstance(services, ServicePool) else ServicePool.of(services)
     ledger.ensure_writable()
-    run = _Run(pool, ledger, policy, admit or (lambda _r, _all: None), progress,
-               ResultCheck(ledger, verify_batch), max(1, workers), team)
+    run = _Context(ledger, RunServices(pool), ResultCheck(ledger, options.verify_batch),
+                   options, max(1, options.workers))
     try:
         with collector_lock(ledger), call_time_scope():  # QCOURIER_IBM_DEADLINE: per run...
             remove_stale_temp_files([ledger.directory / d for d in TEMP_FILE_DIRS])
-            return run.collect(paths, job_id, default_service, resubmit_failed, max_retries)
+            if options.job_id is not None:
+                return _collect_job(run, options.job_id)
+            return _collect_all(run)
     except Timeout:
         raise CollectorBusy(
             f"another qcollect is already collecting {ledger.directory}; nothing done"
         ) from None
 
 
-class _Run:
-    """The state of one collection run: the records as they are now, and the services."""
+class RunServices:
+    """The services of one run: each record's own, the keys found unreachable so far (not
+    configured, or their credentials rejected), and one :class:`GatedService` per service."""
 
-    def __init__(self, pool: ServicePool, ledger: Ledger, policy: QueuePolicy, admit: Admit,
-                 progress: Progress, results: ResultCheck, workers: int,
-                 team: TeamLease | None = None):
+    def __init__(self, pool: ServicePool):
         self.pool = pool
-        self.ledger = ledger
-        self.policy = policy
-        self.admit = admit
-        self.progress = progress
-        self.report = CollectReport()
-        self.results = results
-        self.workers = workers
+        self.unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
         self._gated: dict[int, GatedService] = {}
         self._gated_lock = threading.Lock()
-        self.entries: dict[str, Entry] = {}
-        self.retried: set[str] = set()  # record ids some record retries
-        self.unreachable: dict[tuple[str, int | None], str] = {}  # service, key -> why
-        self.team = team
 
-    def collect(self, paths: list[Path] | None, job_id: str | None, default_service: str,
-                resubmit_failed: bool, max_retries: int) -> CollectReport:
-        if job_id is not None:
-            return self._collect_job(paths, job_id, default_service)
-        # Only what is not final, or may still count (the working set): never every record.
-        working = working_set(self.ledger, utc_now(), paths)
-        self.report.problems = working.problems
-        self.entries = dict(working.entries)
-        self.retried = set(working.retried)
-        self.report.already_final = working.final
-        self.report.already_final_completed = working.counts.get(JobStatus.COMPLETED, 0)
-        redone = set()
-        for entry, problem in self.results.scan(working):
-            if ledger_mod.is_pulled(entry.path) and not self._collects_theirs(entry):
-                continue  # another machine's result, not in the store yet: its pull brings it
-            self.report.already_final -= 1
-            self.report.already_final_completed -= 1
-            redone.add(entry.summary.record_id)
-            self._download_again(entry, problem)
-        deferred, open_, no_usage = [], [], []
-        for entry in working.entries.values():
-            status = entry.summary.status
-            if ledger_mod.is_pulled(entry.path) and not self._collects_theirs(entry):
-                continue
-            if status is JobStatus.DEFERRED:
-                deferred.append(entry)
-            elif status.is_final:
-                if entry.summary.record_id not in redone and usage_pending(entry.summary):
-                    no_usage.append(entry)
-            else:
-                open_.append(entry)
-        self._poll(open_)
-        self._ask_usage(no_usage)
-        if resubmit_failed:
-            deferred += self._plan_retries(max_retries)
-        self._drain(deferred)
-        return self._close()
-
-    def _collects_theirs(self, entry: Entry) -> bool:
-        """Whether this run takes up a record another machine of the team wrote (pulled from
-        the store): a job submitted there, pending, or final with its usage unknown, when
-        its service and key are configured here. Submitting (deferred jobs, retries) and
-        settling intents stay with the machine that wrote the record, so that one record
-        never becomes two jobs."""
-        status = entry.summary.status
-        if status in (JobStatus.DEFERRED, JobStatus.SUBMITTING) or not entry.summary.job_id:
-            return False
-        try:
-            self.pool.for_record(entry.summary)
-        except QcourierError:
-            return False  # not configured here: left to a machine that has the key
-        return True
-
-    def _collect_job(self, paths: list[Path] | None, job_id: str,
-                     default_service: str) -> CollectReport:
-        """``--job-id``: that job's records only, recorded (found in a full fold) or not."""
-        fold = self.ledger.fold(paths)
-        self.report.problems = fold.problems
-        self.entries = dict(fold.entries)
-        selected = [e for e in self.entries.values() if e.summary.job_id == job_id]
-        if not selected:
-            self.report.unrecorded = poll_unrecorded(self.pool.get(default_service), job_id)
-            return self.report
-        open_, no_usage = [], []
-        for entry in selected:
-            status = entry.summary.status
-            if status is JobStatus.DEFERRED:
-                continue
-            if status.is_final:
-                if self._check_final(entry) and usage_pending(entry.summary):
-                    no_usage.append(entry)
-            else:
-                open_.append(entry)
-        self._poll(open_)
-        self._ask_usage(no_usage)
-        return self._close()
-
-    def _close(self) -> CollectReport:
-        if self.report.newly_final:
-            self.report.collected_path = _write_collected(self.ledger, self.report.newly_final)
-        self.results.save()
-        return self.report
-
-    def _outcome(self, outcome: JobOutcome, path: Path) -> None:
-        self.report.outcomes.append(outcome)
-        self.entries[outcome.record.record_id] = Entry.of(outcome.record, path)
-
-    def _service(self, record: LedgerRecord) -> QuantumService | None:
+    def for_record(self, record: LedgerRecord) -> QuantumService | None:
+        """The service and key that submitted ``record``, or None if it cannot be used."""
         where = queue_key(record)
         if where not in self.unreachable:
             try:
@@ -367,192 +283,15 @@ class _Run:
                 self.unreachable[where] = str(exc)
         return None
 
-    def _not_reachable(self, entry: Entry) -> None:
-        reason = self.unreachable[queue_key(entry.record)]
-        self._outcome(JobOutcome(entry.record, None, False, reason, failed=True), entry.path)
+    def why_unreachable(self, record: RecordView) -> str | None:
+        """Why the service of ``record`` cannot be used this run, or None."""
+        return self.unreachable.get(queue_key(record))
 
-    def _check_final(self, entry: Entry) -> bool:
-        """Count a final record; download a completed one's result again if its file is bad.
+    def reject(self, record: RecordView, reason: str) -> None:
+        """The key of ``record`` was rejected: its other jobs are not asked about this run."""
+        self.unreachable[queue_key(record)] = reason
 
-        Returns whether the record was only counted (nothing was downloaded).
-        """
-        problem = self.results.problem(entry.summary)
-        if problem is None:
-            self.report.already_final += 1
-            self.report.already_final_completed += entry.summary.status is JobStatus.COMPLETED
-            return True
-        self._download_again(entry, problem)
-        return False
-
-    def _download_again(self, entry: Entry, problem: str) -> None:
-        """Download a completed record's result again: its file is missing or damaged."""
-        record = entry.record
-        service = self._service(record)
-        if service is None:
-            self._not_reachable(entry)
-            return
-        self.progress(f"downloading the result of {record.job_id} again ({problem})")
-        try:
-            outcome = _finish(service, self.ledger, entry,
-                              JobStatusReport(str(record.job_id), JobState.DONE), self.results)
-            outcome.message = f"result downloaded again: {problem}"
-        except ServiceError as exc:
-            outcome = JobOutcome(record, None, False, f"not collected: {exc}", failed=True)
-        self._outcome(outcome, entry.path)
-
-    def _ask_usage(self, entries: list[Entry]) -> None:
-        """Ask again for the usage of final jobs recorded without it (see the module, step 5).
-
-        Only jobs that finished in the budget window count against a budget, so only those
-        are asked about, the most recently finished first (their figure is the likeliest to
-        have arrived), at most :data:`USAGE_BATCH` per run, on the run's workers and rate
-        gates. Nothing here fails the run: a job whose service cannot answer now keeps its
-        estimate in the guard and is asked again next time.
-        """
-        now = utc_now()
-        due = sorted((e for e in entries
-                      if e.summary.job_id and finished_in_window(e.summary, now)),
-                     key=lambda e: e.summary.completion_time or e.summary.updated_at,
-                     reverse=True)[:USAGE_BATCH]
-        jobs = []
-        for entry in due:
-            where = queue_key(entry.summary)
-            service = self._service(entry.record)
-            if service is None:
-                self.report.usage.append(UsageOutcome(
-                    entry.record, False, f"usage not asked: {self.unreachable[where]}"))
-            else:
-                jobs.append((entry, service))
-        if jobs:
-            self.progress(f"asking for the usage of {len(jobs)} finished job(s) whose figure "
-                          "was pending")
-        for (entry, _), outcome in map_unordered(self._usage_of, jobs, self.workers):
-            if isinstance(outcome, BaseException):
-                raise outcome  # not a service failure (those are outcomes): a bug, or Ctrl-C
-            self.report.usage.append(outcome)
-            if outcome.recorded:
-                self.entries[outcome.record.record_id] = Entry.of(outcome.record, entry.path)
-
-    def _usage_of(self, item: tuple[Entry, QuantumService]) -> UsageOutcome:
-        """One job's usage, on a worker: a ledger line if the figure has arrived."""
-        entry, service = item
-        record = entry.record
-        if record.job_id is None:
-            raise QcourierError(f"record {record.record_id} has no job id to poll")
-        try:
-            with call_time_scope():
-                job_id = check_job_id(record.job_id, f"ledger file {entry.path.name}")
-                metrics = self._gated_service(service).job_metrics(job_id)
-        except ServiceError as exc:
-            return UsageOutcome(record, False, f"usage not fetched ({exc}); the budget counts "
-                                "its estimate until a later run gets the figure")
-        if metrics.usage_seconds is None:
-            return UsageOutcome(record, False, "usage still pending at the service; the budget "
-                                "counts its estimate meanwhile")
-        updated = record.evolve(
-            usage_seconds=metrics.usage_seconds,
-            queue_seconds=(record.queue_seconds if record.queue_seconds is not None
-                           else metrics.queue_seconds))
-        ledger_mod.append(entry.path, updated)
-        estimate = ("" if record.estimated_qpu_seconds is None
-                    else f" (estimated {record.estimated_qpu_seconds:.1f} s)")
-        return UsageOutcome(updated, True, f"usage recorded: {metrics.usage_seconds:.1f} s of "
-                            f"QPU time{estimate}")
-
-    def _poll(self, entries: list[Entry]) -> None:
-        """Settle intents, then poll every job.
-
-        States come in bulk where the service can list them (one call for many jobs); a job
-        still queued or running needs nothing more. The others (finished, or not in the
-        listing) are polled, and finished ones collected, on a bounded pool of workers.
-        Every call to a service waits behind that service's rate gate, which a 429 closes
-        for all workers at once. Ledger lines are appended one whole line at a time under
-        the ledger's lock, from whichever worker finished the job.
-        """
-        jobs = [job for job in map(self._ready, entries) if job is not None]
-        known = self._bulk_states(jobs)
-        todo: list[tuple[int, Entry, QuantumService, JobStatusReport | None]] = []
-        finished: dict[int, JobOutcome] = {}
-        for position, (entry, service) in enumerate(jobs):
-            state = known.get(entry.record.job_id or "")
-            if state is not None and not state.state.is_final:
-                finished[position] = _poll_one(service, self.ledger, entry, state)
-            else:
-                todo.append((position, entry, service, state))
-        if todo:
-            self.progress(f"polling {len(todo)} job(s); finished ones are downloaded, "
-                          "checked and analysed")
-        for count, (item, outcome) in enumerate(
-                map_unordered(self._poll_job, todo, self.workers), start=1):
-            if isinstance(outcome, BaseException):
-                raise outcome  # not a service failure (those are outcomes): a bug, or Ctrl-C
-            self.progress(f"{count}/{len(todo)} job(s) polled (last: {item[1].record.job_id})")
-            if outcome.rejected_credentials:
-                self.unreachable[queue_key(outcome.record)] = outcome.message or "rejected"
-            finished[item[0]] = outcome
-        for position in sorted(finished):  # report in ledger order, however they finished
-            self._outcome(finished[position], jobs[position][0].path)
-
-    def _ready(self, entry: Entry) -> tuple[Entry, QuantumService] | None:
-        """The entry of a job to poll and its service, with an intent settled first; or
-        None when there is nothing to poll (the outcome is recorded)."""
-        record = entry.record
-        if record.status is not JobStatus.SUBMITTING and record.job_id is None:
-            self.report.skipped.append(f"record {record.record_id} has no job id")
-            return None
-        service = self._service(record)
-        if service is None:
-            self._not_reachable(entry)
-            return None
-        if record.status is JobStatus.SUBMITTING:
-            try:
-                settled = resolve_intent(service, entry.path, record, self.policy, utc_now())
-            except ServiceError as exc:
-                self._outcome(JobOutcome(record, None, False, f"intent not settled: {exc}",
-                                         failed=True), entry.path)
-                return None
-            if settled is None:
-                self._outcome(JobOutcome(record, None, False, "intent waiting for its job"),
-                              entry.path)
-                return None
-            entry = Entry.of(settled, entry.path)
-            if settled.status is JobStatus.SUBMIT_FAILED:
-                self._outcome(JobOutcome(settled, None, True, settled.error), entry.path)
-                return None
-        return entry, service
-
-    def _bulk_states(self, jobs: list[tuple[Entry, QuantumService]]) -> dict[str, JobStatusReport]:
-        """What each service can tell of its jobs in a listing (nothing, if it cannot)."""
-        groups: dict[int, tuple[QuantumService, list[LedgerRecord]]] = {}
-        for entry, service in jobs:
-            groups.setdefault(id(service), (service, []))[1].append(entry.record)
-        known: dict[str, JobStatusReport] = {}
-        for service, records in groups.values():
-            if len(records) < 2:
-                continue  # one job: its own status call is as cheap as a listing
-            times = [r.submission_time for r in records if r.submission_time is not None]
-            # Clocks differ: ask from an hour before the oldest submission we recorded.
-            after = min(times) - LISTING_MARGIN if len(times) == len(records) else None
-            ids = [r.job_id for r in records if r.job_id]
-            self.progress(f"listing the states of {len(ids)} jobs on {service.name}")
-            try:
-                known.update(self._gated_service(service).job_states(ids, after))
-            except ServiceError:
-                pass  # each job is asked about on its own instead
-        return known
-
-    def _poll_job(self, item: tuple[int, Entry, QuantumService, JobStatusReport | None]
-                  ) -> JobOutcome:
-        """One job, on a worker: its state if not known, then its result if finished."""
-        _, entry, service, state = item
-        reason = self.unreachable.get(queue_key(entry.record))
-        if reason is not None:  # its key was rejected while this job waited for a worker
-            return JobOutcome(entry.record, None, False, reason, failed=True)
-        with call_time_scope():  # ...and per job
-            return _poll_one(self._gated_service(service), self.ledger, entry, state,
-                             self.results)
-
-    def _gated_service(self, service: QuantumService) -> GatedService:
+    def gated(self, service: QuantumService) -> GatedService:
         """The run's one :class:`GatedService` for ``service`` (one rate gate per service)."""
         with self._gated_lock:
             gated = self._gated.get(id(service))
@@ -560,81 +299,485 @@ class _Run:
                 gated = self._gated[id(service)] = GatedService(service)
             return gated
 
-    def _plan_retries(self, max_retries: int) -> list[Entry]:
-        """Deferred retry records for failed (system) and partial jobs not yet retried."""
-        retried = self.retried | {e.summary.retry_of for e in self.entries.values()
-                                  if e.summary.retry_of}
-        retries = []
-        for entry in list(self.entries.values()):
-            summary = entry.summary
-            if (not may_be_retried(summary) or summary.record_id in retried
-                    or ledger_mod.is_pulled(entry.path)  # the writer's machine retries it
-                    or summary.retry_count >= max_retries):
+
+@dataclass(frozen=True)
+class _Context:
+    """What every phase of one run works with; fixed for the run (the state the phases
+    change is passed to them and returned)."""
+
+    ledger: Ledger
+    services: RunServices
+    results: ResultCheck
+    options: CollectOptions
+    workers: int
+
+    def now(self) -> datetime:
+        return self.options.clock()
+
+    def progress(self, message: str) -> None:
+        self.options.progress(message)
+
+
+#: A phase's outcome for one record, and the ledger file the record is in.
+Placed = tuple[JobOutcome, Path]
+#: A job to poll, and the service to poll it on.
+Ready = tuple[Entry, QuantumService]
+
+
+def _add(report: CollectReport, entries: dict[str, Entry], placed: list[Placed]) -> None:
+    """Put outcomes in the report, and their records in the run's current entries."""
+    for outcome, path in placed:
+        report.outcomes.append(outcome)
+        entries[outcome.record.record_id] = Entry.of(outcome.record, path)
+
+
+def _collect_all(run: _Context) -> CollectReport:
+    """The run over the working set: every phase in turn (see the module)."""
+    report = CollectReport()
+    working = working_set(run.ledger, run.now(), run.options.paths)  # 1. fold
+    report.problems = working.problems
+    report.already_final = working.final
+    report.already_final_completed = working.counts.get(JobStatus.COMPLETED, 0)
+    entries = dict(working.entries)
+    redone = _download_damaged(run, working)
+    report.already_final -= len(redone)
+    report.already_final_completed -= len(redone)
+    _add(report, entries, redone)
+    ours = [e for e in working.entries.values() if _ours_to_collect(run, e)]
+    plan = decide.plan_run(ours, {o.record.record_id for o, _ in redone})
+    _poll_and_ask(run, report, entries, plan.poll, plan.usage)  # 2-5
+    deferred = plan.deferred
+    if run.options.resubmit_failed:  # 6.
+        retries = _record_retries(run, entries, working.retried)
+        entries.update((e.summary.record_id, e) for e in retries)
+        deferred = deferred + retries
+    _add(report, entries, _drain(run, deferred, entries))  # 7.
+    return _close(run, report)
+
+
+def _collect_job(run: _Context, job_id: str) -> CollectReport:
+    """``--job-id``: that job's records only, recorded (found in a full fold) or not."""
+    report = CollectReport()
+    fold = run.ledger.fold(run.options.paths)
+    report.problems = fold.problems
+    entries = dict(fold.entries)
+    selected = [e for e in entries.values() if e.summary.job_id == job_id]
+    if not selected:
+        service = run.services.pool.get(run.options.default_service)
+        report.unrecorded = poll_unrecorded(service, job_id)
+        return report
+    to_poll, no_usage = [], []
+    for entry in selected:
+        status = entry.summary.status
+        if status is JobStatus.DEFERRED:
+            continue
+        if not status.is_final:
+            to_poll.append(entry)
+        elif (problem := run.results.problem(entry.summary)) is not None:
+            _add(report, entries, [_download_again(run, entry, problem)])
+        else:
+            report.already_final += 1
+            report.already_final_completed += status is JobStatus.COMPLETED
+            if usage_pending(entry.summary):
+                no_usage.append(entry)
+    _poll_and_ask(run, report, entries, to_poll, no_usage)
+    return _close(run, report)
+
+
+def _poll_and_ask(run: _Context, report: CollectReport, entries: dict[str, Entry],
+                  to_poll: list[Entry], no_usage: list[Entry]) -> None:
+    """Phases 2-5: settle intents, list states, poll, and ask for pending usage."""
+    ready, settled, skipped = _settle_intents(run, to_poll)
+    report.skipped += skipped
+    _add(report, entries, settled)
+    known = _list_states(run, ready)
+    _add(report, entries, _poll(run, ready, known))
+    for outcome, path in _ask_usage(run, no_usage):
+        report.usage.append(outcome)
+        if outcome.recorded:
+            entries[outcome.record.record_id] = Entry.of(outcome.record, path)
+
+
+def _close(run: _Context, report: CollectReport) -> CollectReport:
+    if report.newly_final:
+        report.collected_path = _write_collected(run.ledger, report.newly_final, run.now())
+    run.results.save()
+    return report
+
+
+# -- 1. fold: results to download again ------------------------------------------------------
+
+
+def _download_damaged(run: _Context, working: WorkingSet) -> list[Placed]:
+    """Download again the results of the completed records whose file is missing or damaged
+    (this run's re-hashed batch, and every missing file)."""
+    return [_download_again(run, entry, problem) for entry, problem in run.results.scan(working)
+            if _ours_to_collect(run, entry)]  # (another machine's result: its pull brings it)
+
+
+def _ours_to_collect(run: _Context, entry: Entry) -> bool:
+    """Whether this run takes up ``entry``: always if this machine wrote it; if another
+    machine of the team did (pulled from the store), only a job submitted there (pending, or
+    final with its usage unknown) whose service and key are configured here. Submitting
+    (deferred jobs, retries) and settling intents stay with the machine that wrote the
+    record, so that one record never becomes two jobs."""
+    if not ledger_mod.is_pulled(entry.path):
+        return True
+    summary = entry.summary
+    if summary.status in (JobStatus.DEFERRED, JobStatus.SUBMITTING) or not summary.job_id:
+        return False
+    try:
+        run.services.pool.for_record(summary)
+    except QcourierError:
+        return False  # not configured here: left to a machine that has the key
+    return True
+
+
+def _download_again(run: _Context, entry: Entry, problem: str) -> Placed:
+    """Download a completed record's result again: its file is missing or damaged."""
+    record = entry.record
+    service = run.services.for_record(record)
+    if service is None:
+        return _not_reachable(run, entry)
+    run.progress(f"downloading the result of {record.job_id} again ({problem})")
+    try:
+        outcome = _finish(run, service, entry, JobStatusReport(_job_id(record), JobState.DONE))
+        outcome.message = f"result downloaded again: {problem}"
+    except ServiceError as exc:
+        outcome = JobOutcome(record, None, False, f"not collected: {exc}", failed=True)
+    return outcome, entry.path
+
+
+def _not_reachable(run: _Context, entry: Entry) -> Placed:
+    reason = run.services.why_unreachable(entry.summary)
+    return JobOutcome(entry.record, None, False, reason, failed=True), entry.path
+
+
+def _job_id(record: LedgerRecord) -> str:
+    if record.job_id is None:
+        raise QcourierError(f"record {record.record_id} has no job id to poll")
+    return record.job_id
+
+
+# -- 2. settle intents -----------------------------------------------------------------------
+
+
+def _settle_intents(run: _Context, entries: list[Entry]
+                    ) -> tuple[list[Ready], list[Placed], list[str]]:
+    """Each entry's service, with an intent settled first.
+
+    Returns:
+        the jobs to poll and their services; the outcomes of the entries that need no poll
+        (an intent not settled or just failed, a service that cannot be used); and why
+        records were skipped (no job id).
+    """
+    ready: list[Ready] = []
+    placed: list[Placed] = []
+    skipped: list[str] = []
+    for entry in entries:
+        record = entry.record
+        if record.status is not JobStatus.SUBMITTING and record.job_id is None:
+            skipped.append(f"record {record.record_id} has no job id")
+            continue
+        service = run.services.for_record(record)
+        if service is None:
+            placed.append(_not_reachable(run, entry))
+            continue
+        if record.status is JobStatus.SUBMITTING:
+            settled = _settle_intent(run, service, entry)
+            if isinstance(settled, tuple):
+                placed.append(settled)
                 continue
-            from qcourier.ledger.record import LedgerRecord
+            entry = settled
+        ready.append((entry, service))
+    return ready, placed, skipped
 
-            record = entry.record
-            retry = LedgerRecord.model_validate({
-                **record.model_dump(),
-                "record_id": new_record_id(), "status": JobStatus.DEFERRED,
-                "job_id": None, "request_id": None, "tags": [], "submission_time": None,
-                "completion_time": None, "error": None, "failure_class": None,
-                "result_path": None, "result_sha256": None, "usage_seconds": None,
-                "queue_seconds": None, "retry_of": record.record_id,
-                "retry_count": record.retry_count + 1, "updated_at": utc_now(),
-            })
-            ledger_mod.append(entry.path, retry)
-            self.entries[retry.record_id] = Entry.of(retry, entry.path)
-            retries.append(Entry.of(retry, entry.path))
-        return retries
 
-    def _drain(self, deferred: list[Entry]) -> None:
-        """Submit deferred jobs, oldest first, while their key has room.
+def _settle_intent(run: _Context, service: QuantumService, entry: Entry) -> Entry | Placed:
+    """The entry of an intent's job, or the outcome of an intent that has none (yet)."""
+    record = entry.record
+    try:
+        settled = resolve_intent(service, entry.path, record, run.options.policy, run.now())
+    except ServiceError as exc:
+        return JobOutcome(record, None, False, f"intent not settled: {exc}", failed=True), entry.path
+    if settled is None:
+        return JobOutcome(record, None, False, "intent waiting for its job"), entry.path
+    if settled.status is JobStatus.SUBMIT_FAILED:
+        return JobOutcome(settled, None, True, settled.error), entry.path
+    return Entry.of(settled, entry.path)
 
-        Each one is decided and submitted in its key's section (its lock, and with a team
-        store its budget lease) on a fresh working set, as ``qsubmit`` does, so a ``qsubmit``
-        running meanwhile, here or on another machine, cannot overspend against this run.
-        """
-        for entry in deferred:
-            record = self.entries[entry.record.record_id].record
-            service = self._service(record)
-            if service is None:
-                self._not_reachable(entry)
-                continue
-            try:
-                with spending_section(self.ledger, record.service, record.api_key_index,
-                                      team=self.team, wait=False) as spending:
-                    self._drain_one(entry, service, spending)
-            except KeyBusy:
-                self._outcome(JobOutcome(record, None, False, "deferred: another process is "
-                                         "submitting for this key"), entry.path)
-            except StoreError as exc:  # the lease is another's, or the store is away
-                self._outcome(JobOutcome(record, None, False, f"deferred: {exc}"), entry.path)
 
-    def _drain_one(self, entry: Entry, service: QuantumService, spending: Spending) -> None:
-        self.entries.update(working_set(self.ledger, utc_now()).entries)
-        record = self.entries[entry.record.record_id].record
-        if record.status is not JobStatus.DEFERRED:
-            return
-        summaries: list[RecordView] = [e.summary for e in self.entries.values()]
-        mine = [s for s in summaries if queue_key(s) == queue_key(record)]
-        reason = None if open_slots(mine, self.policy, utc_now()) else "waiting for a free slot"
-        reason = reason or self.admit(record, summaries)
-        if reason:
-            self._outcome(JobOutcome(record, None, False, f"deferred: {reason}"), entry.path)
-            return
-        self.progress(f"submitting deferred {record.experiment_type} job")
-        spending.confirm()  # LeaseLost: the job stays deferred
+# -- 3. list states --------------------------------------------------------------------------
+
+
+def _list_states(run: _Context, ready: list[Ready]) -> dict[str, JobStatusReport]:
+    """What each service can tell of its jobs in a listing (nothing, if it cannot)."""
+    groups: dict[int, tuple[QuantumService, list[LedgerRecord]]] = {}
+    for entry, service in ready:
+        groups.setdefault(id(service), (service, []))[1].append(entry.record)
+    known: dict[str, JobStatusReport] = {}
+    for service, records in groups.values():
+        if len(records) < 2:
+            continue  # one job: its own status call is as cheap as a listing
+        ids = [r.job_id for r in records if r.job_id]
+        run.progress(f"listing the states of {len(ids)} jobs on {service.name}")
         try:
-            submitted = submit_record(service, entry.path, record,
-                                      load_circuits(self.ledger, record))
-        except ServiceError as exc:
-            latest = self.ledger.fold([entry.path]).entries[record.record_id].record
-            self._outcome(JobOutcome(latest, None, True, f"submission failed: {exc}",
-                                     failed=True), entry.path)
-            return
-        self._outcome(JobOutcome(submitted, JobState.QUEUED, True, "submitted (was deferred)"),
-                      entry.path)
+            known.update(run.services.gated(service).job_states(
+                ids, decide.listing_start(records)))
+        except ServiceError:
+            pass  # each job is asked about on its own instead
+    return known
+
+
+# -- 4. poll ---------------------------------------------------------------------------------
+
+
+def _poll(run: _Context, ready: list[Ready], known: dict[str, JobStatusReport]) -> list[Placed]:
+    """Poll every job whose state the listing did not settle, and collect finished ones.
+
+    A job still queued or running in the listing needs nothing more. The others (finished,
+    or not in the listing) are polled, and finished ones collected, on a bounded pool of
+    workers. Every call to a service waits behind that service's rate gate, which a 429
+    closes for all workers at once. Ledger lines are appended one whole line at a time under
+    the ledger's lock, from whichever worker finished the job.
+
+    Returns:
+        the outcomes in ledger order, however the jobs finished.
+    """
+    todo: list[tuple[int, Entry, QuantumService, JobStatusReport | None]] = []
+    finished: dict[int, JobOutcome] = {}
+    for position, (entry, service) in enumerate(ready):
+        state = known.get(entry.record.job_id or "")
+        if state is not None and not state.state.is_final:
+            finished[position] = _poll_one(run, service, entry, state)
+        else:
+            todo.append((position, entry, service, state))
+    if todo:
+        run.progress(f"polling {len(todo)} job(s); finished ones are downloaded, "
+                     "checked and analysed")
+    for count, (item, outcome) in enumerate(
+            map_unordered(lambda job: _poll_job(run, job), todo, run.workers), start=1):
+        if isinstance(outcome, BaseException):
+            raise outcome  # not a service failure (those are outcomes): a bug, or Ctrl-C
+        run.progress(f"{count}/{len(todo)} job(s) polled (last: {item[1].record.job_id})")
+        if outcome.rejected_credentials:
+            run.services.reject(outcome.record, outcome.message or "rejected")
+        finished[item[0]] = outcome
+    return [(finished[position], ready[position][0].path) for position in sorted(finished)]
+
+
+def _poll_job(run: _Context, item: tuple[int, Entry, QuantumService, JobStatusReport | None]
+              ) -> JobOutcome:
+    """One job, on a worker: its state if not known, then its result if finished."""
+    _, entry, service, state = item
+    reason = run.services.why_unreachable(entry.summary)
+    if reason is not None:  # its key was rejected while this job waited for a worker
+        return JobOutcome(entry.record, None, False, reason, failed=True)
+    with call_time_scope():  # ...and per job
+        return _poll_one(run, run.services.gated(service), entry, state)
+
+
+def _poll_one(run: _Context, service: QuantumService | GatedService, entry: Entry,
+              status: JobStatusReport | None = None) -> JobOutcome:
+    """Poll one job (unless its ``status`` is known) and record what changed."""
+    record = entry.record
+    job_id = _job_id(record)
+    try:
+        check_job_id(job_id, f"ledger file {entry.path.name}")
+    except InvalidJobIdError as exc:  # never put in a URL or a file name
+        return _record_not_found(run, entry, str(exc))
+    try:
+        status = status or service.job_status(job_id)
+    except JobNotFoundError as exc:
+        return _record_not_found(run, entry, f"not found: {exc}")
+    except ServiceError as exc:  # unreachable or rejected: poll again next time
+        return JobOutcome(record, None, False, f"not polled: {exc}",
+                          rejected_credentials=isinstance(exc, AuthenticationError), failed=True)
+    try:
+        if decide.STATUS_FOR_STATE[status.state] is JobStatus.COMPLETED:
+            return _finish(run, service, entry, status)
+        metrics = service.job_metrics(job_id) if decide.needs_metrics(status) else None
+    except ServiceError as exc:  # the result or metrics could not be fetched this time
+        return JobOutcome(record, None, False, f"not collected: {exc}",
+                          rejected_credentials=isinstance(exc, AuthenticationError), failed=True)
+    updated = decide.observed(record, status, metrics, run.now())
+    if updated is None:
+        return JobOutcome(record, status.state, False)
+    ledger_mod.append(entry.path, updated)
+    return JobOutcome(updated, status.state, True, updated.error)
+
+
+def _record_not_found(run: _Context, entry: Entry, reason: str) -> JobOutcome:
+    updated = decide.not_found(entry.record, reason, run.now())
+    if updated is not None:
+        ledger_mod.append(entry.path, updated)
+    return JobOutcome(updated or entry.record, None, updated is not None, reason, failed=True)
+
+
+def _finish(run: _Context, service: QuantumService | GatedService, entry: Entry,
+            status: JobStatusReport) -> JobOutcome:
+    """Download, write and analyse a finished job's result; record it."""
+    record = entry.record
+    job_id = _job_id(record)
+    result = service.job_result(job_id)
+    metrics = service.job_metrics(job_id)
+    analysis, analysis_error = analyse(run.ledger, record, result.counts)
+    payload = result_payload(record, result, analysis, analysis_error, run.now())
+    target = path_under(run.ledger.results_dir, check_job_id(job_id, "the ledger"), ".json")
+    sha = run.results.write(target, json.dumps(payload, indent=1).encode())
+    updated = decide.completed(record, result.shots, metrics, now=run.now(),
+                               result_path=(Path("jobs") / target.name).as_posix(),
+                               result_sha256=sha)
+    ledger_mod.append(entry.path, updated)
+    message = updated.error or (f"analysis failed: {analysis_error}" if analysis_error
+                                else headline(record.experiment_type, analysis))
+    return JobOutcome(updated, status.state, True, message, analysis)
+
+
+#: The record's fields a result file repeats (docs/JSON.md).
+RESULT_FILE_FIELDS = ("job_id", "record_id", "experiment_type", "service", "backend", "shots",
+                      "circuit_hash", "isa_circuit_hash", "metadata")
+#: The record's fields a ``collected_results_*.json`` lists of each job it collected.
+COLLECTED_FIELDS = ("job_id", "record_id", "experiment_type", "logical_state", "backend",
+                    "service", "status", "error", "result_path", "result_sha256",
+                    "usage_seconds", "queue_seconds")
+
+
+def result_payload(record: LedgerRecord, result: JobResult, analysis: dict[str, Any] | None,
+                   analysis_error: str | None, now: datetime) -> dict[str, Any]:
+    """What a result file ``jobs/<job_id>.json`` holds (docs/JSON.md)."""
+    return {
+        **record.as_json(RESULT_FILE_FIELDS),
+        "service_metadata": result.metadata,
+        "counts": result.counts,
+        "analysis": analysis,
+        "analysis_error": analysis_error,
+        "collected_at": now.isoformat(),
+    }
+
+
+# -- 5. usage --------------------------------------------------------------------------------
+
+
+def _ask_usage(run: _Context, entries: list[Entry]) -> list[tuple[UsageOutcome, Path]]:
+    """Ask again for the usage of final jobs recorded without it (see the module, phase 5),
+    those :func:`decide.usage_due` picks, on the run's workers and rate gates. Nothing here
+    fails the run: a job whose service cannot answer now keeps its estimate in the guard and
+    is asked again next time."""
+    found: list[tuple[UsageOutcome, Path]] = []
+    jobs = []
+    for entry in decide.usage_due(entries, run.now()):
+        service = run.services.for_record(entry.record)
+        if service is None:
+            why = run.services.why_unreachable(entry.summary)
+            found.append((UsageOutcome(entry.record, False, f"usage not asked: {why}"),
+                          entry.path))
+        else:
+            jobs.append((entry, service))
+    if jobs:
+        run.progress(f"asking for the usage of {len(jobs)} finished job(s) whose figure "
+                     "was pending")
+    for (entry, _), outcome in map_unordered(lambda job: _usage_of(run, job), jobs, run.workers):
+        if isinstance(outcome, BaseException):
+            raise outcome  # not a service failure (those are outcomes): a bug, or Ctrl-C
+        found.append((outcome, entry.path))
+    return found
+
+
+def _usage_of(run: _Context, item: tuple[Entry, QuantumService]) -> UsageOutcome:
+    """One job's usage, on a worker: a ledger line if the figure has arrived."""
+    entry, service = item
+    record = entry.record
+    job_id = _job_id(record)
+    try:
+        with call_time_scope():
+            check_job_id(job_id, f"ledger file {entry.path.name}")
+            metrics = run.services.gated(service).job_metrics(job_id)
+    except ServiceError as exc:
+        return UsageOutcome(record, False, f"usage not fetched ({exc}); the budget counts "
+                            "its estimate until a later run gets the figure")
+    updated = decide.with_usage(record, metrics, run.now())
+    if updated is None:
+        return UsageOutcome(record, False, "usage still pending at the service; the budget "
+                            "counts its estimate meanwhile")
+    ledger_mod.append(entry.path, updated)
+    estimate = ("" if record.estimated_qpu_seconds is None
+                else f" (estimated {record.estimated_qpu_seconds:.1f} s)")
+    return UsageOutcome(updated, True, f"usage recorded: {metrics.usage_seconds:.1f} s of "
+                        f"QPU time{estimate}")
+
+
+# -- 6. retries ------------------------------------------------------------------------------
+
+
+def _record_retries(run: _Context, entries: dict[str, Entry], retried: set[str]) -> list[Entry]:
+    """Record a deferred retry of each record :func:`decide.retries_due` picks; return their
+    entries."""
+    retries = []
+    mine = [e for e in entries.values() if not ledger_mod.is_pulled(e.path)]  # theirs: theirs
+    for entry in decide.retries_due(mine, retried, run.options.max_retries):
+        retry = decide.retry_of(entry.record, new_record_id(), run.now())
+        ledger_mod.append(entry.path, retry)
+        retries.append(Entry.of(retry, entry.path))
+    return retries
+
+
+# -- 7. drain the deferred queue -------------------------------------------------------------
+
+
+def _drain(run: _Context, deferred: list[Entry], entries: dict[str, Entry]) -> list[Placed]:
+    """Submit deferred jobs, oldest first, while their key has room.
+
+    Each one is decided and submitted in its key's section (its lock, and with a team
+    store its budget lease) on a fresh working set, as ``qsubmit`` does, so a ``qsubmit``
+    running meanwhile, here or on another machine, cannot overspend against this run.
+    """
+    current = dict(entries)
+    placed: list[Placed] = []
+    for entry in deferred:
+        record = current[entry.summary.record_id].record
+        service = run.services.for_record(record)
+        outcome: Placed | None
+        if service is None:
+            outcome = _not_reachable(run, entry)
+        else:
+            try:
+                with spending_section(run.ledger, record.service, record.api_key_index,
+                                      team=run.options.team, wait=False) as spending:
+                    current.update(working_set(run.ledger, run.now()).entries)
+                    outcome = _drain_one(run, service, current[record.record_id], current,
+                                         spending)
+            except KeyBusy:
+                outcome = (JobOutcome(record, None, False, "deferred: another process is "
+                                      "submitting for this key"), entry.path)
+            except StoreError as exc:  # the lease is another's, or the store is away
+                outcome = JobOutcome(record, None, False, f"deferred: {exc}"), entry.path
+        if outcome is not None:
+            placed.append(outcome)
+            current[outcome[0].record.record_id] = Entry.of(outcome[0].record, outcome[1])
+    return placed
+
+
+def _drain_one(run: _Context, service: QuantumService, entry: Entry,
+               entries: dict[str, Entry], spending: Spending) -> Placed | None:
+    """Submit one deferred job if its key has room and ``admit`` lets it (under its lock)."""
+    record = entry.record
+    if record.status is not JobStatus.DEFERRED:
+        return None
+    summaries: list[RecordView] = [e.summary for e in entries.values()]
+    reason = (decide.deferral_reason(record, summaries, run.options.policy, run.now())
+              or run.options.admit(record, summaries))
+    if reason:
+        return JobOutcome(record, None, False, f"deferred: {reason}"), entry.path
+    run.progress(f"submitting deferred {record.experiment_type} job")
+    spending.confirm()  # LeaseLost: the job stays deferred
+    try:
+        submitted = submit_record(service, entry.path, record, load_circuits(run.ledger, record))
+    except ServiceError as exc:
+        latest = run.ledger.fold([entry.path]).entries[record.record_id].record
+        return (JobOutcome(latest, None, True, f"submission failed: {exc}", failed=True),
+                entry.path)
+    return JobOutcome(submitted, JobState.QUEUED, True, "submitted (was deferred)"), entry.path
 
 
 #: The retries of a service that does not retry its own calls (the local service, whose
@@ -688,231 +831,10 @@ class GatedService:
                 f"{self.name} service: gave up on {what} after {seconds:g} s of rate limiting"))
 
 
-def _poll_one(service: QuantumService | GatedService, ledger: Ledger, entry: Entry,
-              status: JobStatusReport | None = None,
-              results: ResultCheck | None = None) -> JobOutcome:
-    """Poll one job (unless its ``status`` is known) and record what changed (a result file
-    through ``results``, if given)."""
-    record = entry.record
-    if record.job_id is None:
-        raise QcourierError(f"record {record.record_id} has no job id to poll")
-    try:
-        check_job_id(record.job_id, f"ledger file {entry.path.name}")
-    except InvalidJobIdError as exc:  # never put in a URL or a file name
-        return _record_not_found(entry, str(exc))
-    try:
-        status = status or service.job_status(record.job_id)
-    except JobNotFoundError as exc:
-        return _record_not_found(entry, f"not found: {exc}")
-    except ServiceError as exc:  # unreachable or rejected: poll again next time
-        return JobOutcome(record, None, False, f"not polled: {exc}",
-                          rejected_credentials=isinstance(exc, AuthenticationError), failed=True)
-    try:
-        return _apply_status(service, ledger, entry, status, results)
-    except ServiceError as exc:  # the result or metrics could not be fetched this time
-        return JobOutcome(record, None, False, f"not collected: {exc}",
-                          rejected_credentials=isinstance(exc, AuthenticationError), failed=True)
-
-
-def _apply_status(
-    service: QuantumService | GatedService, ledger: Ledger, entry: Entry, status: JobStatusReport,
-    results: ResultCheck | None = None,
-) -> JobOutcome:
-    record = entry.record
-    if record.job_id is None:
-        raise QcourierError(f"record {record.record_id} has no job id to poll")
-    new_status = STATUS_FOR_STATE[status.state]
-    if new_status is JobStatus.COMPLETED:
-        return _finish(service, ledger, entry, status, results)
-    if new_status is JobStatus.FAILED or new_status is JobStatus.CANCELLED:
-        metrics = service.job_metrics(record.job_id)
-        updated = record.evolve(
-            status=new_status,
-            error=_error_text(status),
-            failure_class=classify_failure(status) if new_status is JobStatus.FAILED else None,
-            completion_time=metrics.finished or utc_now(),
-            usage_seconds=metrics.usage_seconds,
-            queue_seconds=metrics.queue_seconds,
-        )
-        ledger_mod.append(entry.path, updated)
-        return JobOutcome(updated, status.state, True, updated.error)
-    if new_status is record.status:
-        return JobOutcome(record, status.state, False)
-    updated = record.evolve(status=new_status, error=None)
-    ledger_mod.append(entry.path, updated)
-    return JobOutcome(updated, status.state, True)
-
-
-def _error_text(status: JobStatusReport) -> str:
-    message = status.error_message or f"job ended {status.state.value}"
-    return f"{message} (reason code {status.reason_code})" if status.reason_code else message
-
-
-def _record_not_found(entry: Entry, reason: str) -> JobOutcome:
-    record = entry.record
-    changed = record.status is not JobStatus.ERROR or record.error != reason
-    if changed:
-        record = record.evolve(status=JobStatus.ERROR, error=reason)
-        ledger_mod.append(entry.path, record)
-    return JobOutcome(record, None, changed, reason, failed=True)
-
-
-#: Codes IBM's error registry (quantum.cloud.ibm.com/docs/errors) answers with "Retry the
-#: action": API internal error, converter, validation-process, backend-level and queue
-#: publishing errors. Codes not known to be the system's count as the user's.
-SYSTEM_REASON_CODES = frozenset({1000, 1006, 1008, 1010, 1011})
-_SYSTEM_WORDS = ("internal error", "system error", "backend is offline", "unavailable",
-                 "maintenance", "try again")
-
-
-def classify_failure(status: JobStatusReport) -> str:
-    """``"system"`` for a failure on the service's side (not charged: worth retrying), else
-    ``"user"`` (the circuit or options: retrying would spend budget for the same failure).
-
-    System: a reason code in :data:`SYSTEM_REASON_CODES`, or a message saying it is an
-    internal or system error, or that the backend is offline, unavailable or in maintenance.
-    Everything else, including "ran too long" (1305, over max_execution_time), is a user
-    failure: when in doubt, do not spend budget again.
-    """
-    if status.reason_code in SYSTEM_REASON_CODES:
-        return "system"
-    message = (status.error_message or "").lower()
-    return "system" if any(word in message for word in _SYSTEM_WORDS) else "user"
-
-
-def _finish(
-    service: QuantumService | GatedService, ledger: Ledger, entry: Entry, status: JobStatusReport,
-    results: ResultCheck | None = None,
-) -> JobOutcome:
-    record = entry.record
-    if record.job_id is None:
-        raise QcourierError(f"record {record.record_id} has no job id to poll")
-    result = service.job_result(record.job_id)
-    metrics = service.job_metrics(record.job_id)
-    analysis, analysis_error = analyse(ledger, record, result.counts)
-    payload = {
-        "job_id": record.job_id,
-        "record_id": record.record_id,
-        "experiment_type": record.experiment_type,
-        "service": record.service,
-        "backend": record.backend,
-        "shots": record.shots,
-        "circuit_hash": record.circuit_hash,
-        "isa_circuit_hash": record.isa_circuit_hash,
-        "metadata": record.metadata,
-        "service_metadata": result.metadata,
-        "counts": result.counts,
-        "analysis": analysis,
-        "analysis_error": analysis_error,
-        "collected_at": utc_now().isoformat(),
-    }
-    target = path_under(ledger.results_dir, check_job_id(record.job_id, "the ledger"), ".json")
-    relative = Path("jobs") / target.name
-    body = json.dumps(payload, indent=1).encode()
-    sha = atomic_write_bytes(target, body) if results is None else results.write(target, body)
-    short = [(i, n) for i, n in enumerate(result.shots) if n < record.shots]
-    partial = (f"partial result: circuit {short[0][0]} has {short[0][1]} of {record.shots} shots"
-               if short else None)
-    updated = record.evolve(
-        status=JobStatus.PARTIAL if partial else JobStatus.COMPLETED,
-        error=partial,
-        failure_class="system" if partial else None,
-        completion_time=metrics.finished or utc_now(),
-        result_path=relative.as_posix(),
-        result_sha256=sha,
-        usage_seconds=metrics.usage_seconds,
-        queue_seconds=metrics.queue_seconds,
-    )
-    ledger_mod.append(entry.path, updated)
-    message = partial or (f"analysis failed: {analysis_error}" if analysis_error
-                          else headline(record.experiment_type, analysis))
-    return JobOutcome(updated, status.state, True, message, analysis)
-
-
-@functools.lru_cache(maxsize=4)
-def _snapshot(directory: Path, sha: str) -> dict[str, Any] | None:
-    # Snapshots are content-addressed (their name is their sha256): safe to keep, and a
-    # device's whole calibration is costly to read again for every job.
-    return load_snapshot(directory, sha)
-
-
-@functools.lru_cache(maxsize=256)
-def _calibration(directory: Path, sha: str, qubits: tuple[int, ...]) -> Any:
-    """The calibration of ``qubits`` in snapshot ``sha`` (None if the snapshot is gone)."""
-    from qcourier.experiments.base import calibration_for_qubits
-
-    snapshot = _snapshot(directory, sha)
-    return None if snapshot is None else calibration_for_qubits(snapshot, qubits)
-
-
-def _run_context(ledger: Ledger, record: LedgerRecord) -> Any:
-    """The ISA circuits (hash-checked) and the calibration snapshot a record ran with;
-    either is None when the ledger no longer holds it (the analysis says what is missing)."""
-    from qcourier.experiments.base import RunContext
-
-    try:
-        circuits = load_circuits(ledger, record)
-    except QcourierError:
-        circuits = None
-    snapshot = (_snapshot(ledger.snapshots_dir, record.backend_snapshot_sha256)
-                if record.backend_snapshot_sha256 else None)
-    return RunContext(circuits, snapshot)
-
-
-def analyse(
-    ledger: Ledger, record: LedgerRecord, counts: list[dict[str, int]]
-) -> tuple[dict[str, Any] | None, str | None]:
-    """Run the record's experiment analysis; return (analysis, None) or (None, error)."""
-    from qcourier.experiments import get_experiment
-
-    try:
-        experiment = get_experiment(record.experiment_type)
-        calibration = None
-        if record.backend_snapshot_sha256:
-            calibration = _calibration(ledger.snapshots_dir, record.backend_snapshot_sha256,
-                                       tuple(record.metadata.get("physical_qubits", [])))
-        metadata = dict(record.metadata, logical_state=record.logical_state)
-        extra = {"run": _run_context(ledger, record)} if experiment.needs_run else {}
-        with CPU_LOCK:  # collectors analyse on several threads; see CPU_LOCK
-            return experiment.analyse(metadata, counts, calibration, **extra), None
-    except Exception as exc:  # an analysis bug must not lose the counts
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def headline(experiment_type: str, analysis: dict[str, Any] | None) -> str | None:
-    """The experiment's one-line summary of an analysis (None if it has none, or fails:
-    a summary is a courtesy, and must never cost a collected result)."""
-    if analysis is None:
-        return None
-    from qcourier.experiments import get_experiment
-
-    try:
-        return get_experiment(experiment_type).headline(analysis)
-    except Exception:  # noqa: BLE001 - see the docstring
-        return None
-
-
-def _write_collected(ledger: Ledger, outcomes: list[JobOutcome]) -> Path:
-    stamp = utc_now().strftime("%Y%m%d_%H%M%S")
-    items = [
-        {
-            "job_id": o.record.job_id,
-            "record_id": o.record.record_id,
-            "experiment_type": o.record.experiment_type,
-            "logical_state": o.record.logical_state,
-            "backend": o.record.backend,
-            "service": o.record.service,
-            "status": o.record.status.value,
-            "error": o.record.error,
-            "result_path": o.record.result_path,
-            "result_sha256": o.record.result_sha256,
-            "usage_seconds": o.record.usage_seconds,
-            "queue_seconds": o.record.queue_seconds,
-            "analysis": o.analysis,
-        }
-        for o in outcomes
-    ]
-    body = json.dumps({"collected_at": utc_now().isoformat(), "jobs": items}, indent=1).encode()
+def _write_collected(ledger: Ledger, outcomes: list[JobOutcome], now: datetime) -> Path:
+    stamp = now.strftime("%Y%m%d_%H%M%S")
+    items = [{**o.record.as_json(COLLECTED_FIELDS), "analysis": o.analysis} for o in outcomes]
+    body = json.dumps({"collected_at": now.isoformat(), "jobs": items}, indent=1).encode()
     try:
         return create_timestamped(ledger.directory, "collected_results", ".json", stamp, body)
     except OSError as exc:

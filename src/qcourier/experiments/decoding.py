@@ -102,46 +102,6 @@ def _unique_rows(detection_events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return events[first], inverse.reshape(-1)
 
 
-def _split_by_flags(dem: stim.DetectorErrorModel, flag_set: set[int], node: dict[int, int]
-                    ) -> tuple[list[tuple], dict[frozenset, float]]:
-    """Each error mechanism as (p, its flags F_e, its non-flag nodes N_e, obs), and the
-    combined probability of each flag set that errors with no non-flag detector raise."""
-    flag_only: dict[frozenset, float] = {}  # flag set -> combined probability
-    parts = []  # (p, F_e, N_e as node tuple, obs)
-    for p, dets, obs in _dem_errors(dem):
-        flags = frozenset(k for k in dets if k in flag_set)
-        nodes = tuple(node[k] for k in dets if k not in flag_set)
-        if not nodes:
-            if flags and not obs:
-                q = flag_only.get(flags, 0.0)
-                flag_only[flags] = q + p - 2 * q * p
-            continue
-        parts.append((p, flags, nodes, obs))
-    return parts, flag_only
-
-
-def _edges_of(parts: list[tuple]) -> tuple[dict[tuple[int, int], list], int]:
-    """Matching edges ((u, v), v = -1 for the boundary) -> [(w_e, F_e, obs)], and how many
-    mechanisms could not be cut into edges that exist on their own."""
-    known: dict[tuple, int] = {}
-    for _p, _flags, nodes, obs in parts:
-        if len(nodes) <= 2:
-            known.setdefault(nodes, obs)
-    undecomposed = 0
-    edges: dict[tuple[int, int], list] = {}
-    for p, flags, nodes, obs in parts:
-        pieces = [nodes] if len(nodes) <= 2 else _decompose(nodes, obs, known)
-        if pieces is None:
-            undecomposed += 1
-            continue
-        w = _weight(p)
-        for piece in pieces:
-            key = (piece[0], piece[1]) if len(piece) == 2 else (piece[0], -1)
-            piece_obs = obs if len(pieces) == 1 else known[piece]
-            edges.setdefault(key, []).append((w, flags, piece_obs))
-    return edges, undecomposed
-
-
 class PlainMatchingDecoder:
     """PyMatching on the DEM as given (the fallback when there are no flag detectors)."""
 
@@ -169,6 +129,49 @@ class PlainMatchingDecoder:
         return predicted[inverse]
 
 
+def _split_mechanisms(dem: stim.DetectorErrorModel, flag_set: set[int], node: dict[int, int]
+                      ) -> tuple[dict[frozenset, float], list[tuple]]:
+    """The DEM's error mechanisms, split: those that flip only flags (flag set -> combined
+    probability), and the others as ``(p, F_e, N_e as node tuple, obs)``."""
+    flag_only: dict[frozenset, float] = {}
+    parts = []
+    for p, dets, obs in _dem_errors(dem):
+        flags = frozenset(k for k in dets if k in flag_set)
+        nodes = tuple(node[k] for k in dets if k not in flag_set)
+        if not nodes:
+            if flags and not obs:
+                q = flag_only.get(flags, 0.0)
+                flag_only[flags] = q + p - 2 * q * p
+            continue
+        parts.append((p, flags, nodes, obs))
+    return flag_only, parts
+
+
+def _edges_of(parts: list[tuple]) -> tuple[dict[tuple[int, int], list], int]:
+    """The matching graph's edges (key ``(u, v)``, ``v = -1`` for the boundary -> list of
+    ``(w_e, F_e, obs)``) and how many mechanisms could not be decomposed into them.
+
+    Non-flag parts with more than two detectors are cut into edges that exist on their own.
+    """
+    known: dict[tuple, int] = {}
+    for _p, _flags, nodes, obs in parts:
+        if len(nodes) <= 2:
+            known.setdefault(nodes, obs)
+    undecomposed = 0
+    edges: dict[tuple[int, int], list] = {}
+    for p, flags, nodes, obs in parts:
+        pieces = [nodes] if len(nodes) <= 2 else _decompose(nodes, obs, known)
+        if pieces is None:
+            undecomposed += 1
+            continue
+        w = _weight(p)
+        for piece in pieces:
+            key = (piece[0], piece[1]) if len(piece) == 2 else (piece[0], -1)
+            piece_obs = obs if len(pieces) == 1 else known[piece]
+            edges.setdefault(key, []).append((w, flags, piece_obs))
+    return edges, undecomposed
+
+
 class FlagAwareDecoder:
     """Matching on the non-flag detectors with flag-conditioned edge weights (module doc)."""
 
@@ -187,7 +190,7 @@ class FlagAwareDecoder:
         self._flag_cols = np.array(self.flag_detectors, dtype=np.int64)
         node = {int(k): i for i, k in enumerate(self._check)}
 
-        parts, self._flag_only = _split_by_flags(dem, flag_set, node)
+        self._flag_only, parts = _split_mechanisms(dem, flag_set, node)
         self._cost_cache: dict[frozenset, float] = {frozenset(): 0.0}
         edges, self.undecomposed = _edges_of(parts)
         self._edges = edges

@@ -252,7 +252,13 @@ def to_qiskit(
         qubits = [index[t.value] for t in targets]
         data = stim.gate_data(gate)
         if data.is_noisy_gate and not data.produces_measurements:
-            _append_noise(qc, ins, qubits, data.is_two_qubit_gate, noise_channel)
+            if noise_channel is None:
+                raise ValueError(f"stim noise channel {gate} cannot be translated without a noise_channel")
+            channel = noise_channel(gate, ins.gate_args_copy())
+            wires = ([[a, b] for a, b in zip(qubits[::2], qubits[1::2], strict=True)]
+                     if data.is_two_qubit_gate else [[q] for q in qubits])
+            for w in wires:
+                qc.append(channel, w)
             continue
         if any(ins.gate_args_copy()):
             raise ValueError(f"unsupported noisy stim instruction {ins}")
@@ -262,30 +268,23 @@ def to_qiskit(
     return qc
 
 
-def _append_noise(qc: QuantumCircuit, ins: stim.CircuitInstruction, qubits: list[int],
-                  two_qubit: bool, noise_channel: NoiseChannel | None) -> None:
-    if noise_channel is None:
-        raise ValueError(f"stim noise channel {ins.name} cannot be translated without a "
-                         "noise_channel")
-    channel = noise_channel(ins.name, ins.gate_args_copy())
-    if two_qubit:
-        for a, b in zip(qubits[::2], qubits[1::2], strict=True):
-            qc.append(channel, [a, b])
-    else:
-        for q in qubits:
-            qc.append(channel, [q])
-
-
 def _append_gate(qc: QuantumCircuit, gate: str, qubits: list[int], clbit: int) -> int:
-    """Append one noiseless stim instruction; the next free clbit."""
-    if gate in ("R", "RX", "H", "X", "Y", "Z"):
+    """Append one noiseless stim instruction to ``qc``; return the next clbit of ``rec``."""
+    if gate == "R":
         for q in qubits:
-            if gate in ("R", "RX"):
-                qc.reset(q)
-            if gate in ("RX", "H"):
-                qc.h(q)
-            elif gate in ("X", "Y", "Z"):
-                getattr(qc, gate.lower())(q)
+            qc.reset(q)
+    elif gate == "RX":
+        for q in qubits:
+            qc.reset(q)
+            qc.h(q)
+    elif gate == "H":
+        for q in qubits:
+            qc.h(q)
+    elif gate in ("X", "Y", "Z"):
+        for q in qubits:
+            getattr(qc, gate.lower())(q)
+    elif gate == "I":
+        pass
     elif gate == "CX":
         for a, b in zip(qubits[::2], qubits[1::2], strict=True):
             qc.cx(a, b)
@@ -299,7 +298,7 @@ def _append_gate(qc: QuantumCircuit, gate: str, qubits: list[int], clbit: int) -
                 qc.reset(q)
             if gate == "MRX":
                 qc.h(q)
-    elif gate != "I":
+    else:
         raise ValueError(f"stim instruction {gate} is not supported by the surface-code translator")
     return clbit
 

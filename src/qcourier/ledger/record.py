@@ -7,6 +7,7 @@ from the index keeps :mod:`qcourier.ledger.summary` objects, and the statuses li
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -66,15 +67,22 @@ class LedgerRecord(BaseModel):
     usage_seconds: float | None = None
     queue_seconds: float | None = None
 
+    def as_json(self, fields: Iterable[str] | None = None) -> dict[str, Any]:
+        """The record's JSON values as its ledger line holds them: every field, or only
+        ``fields``, in that order (the one projection of a record to JSON)."""
+        data = self.model_dump(mode="json")
+        return data if fields is None else {name: data[name] for name in fields}
+
     def to_line(self) -> str:
         """The record as one JSON line, newline included."""
         return self.model_dump_json() + "\n"
 
-    def evolve(self, **changes: Any) -> LedgerRecord:
-        """A copy with ``changes`` applied and ``updated_at`` set to now."""
+    def evolve(self, now: datetime | None = None, **changes: Any) -> LedgerRecord:
+        """A copy with ``changes`` applied and ``updated_at`` set to ``now`` (default: the
+        current time)."""
         data = self.model_dump()
         data.update(changes)
-        data["updated_at"] = utc_now()
+        data["updated_at"] = now or utc_now()
         return LedgerRecord.model_validate(data)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import re
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -185,6 +186,18 @@ class BackendInfo:
     num_qubits: int
     operational: bool = True
     pending_jobs: int = 0
+
+
+def ignore_warnings_from(*modules: str) -> None:
+    """Leave out, for the whole process, the warnings that ``modules`` (and the modules in them)
+    raise or are blamed for: their users cannot act on them.
+
+    A filter set (again: setting it twice keeps one) rather than ``warnings.catch_warnings()``
+    around each call, which swaps the process-wide filter list in and out, so that on worker
+    threads one thread's exit restores the filters another is using.
+    """
+    names = "|".join(re.escape(module) for module in modules)
+    warnings.filterwarnings("ignore", module=rf"({names})(\.|$)")
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import warnings
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qcourier.files import atomic_write_bytes
-from qcourier.services.base import ServiceError
+from qcourier.services.base import ServiceError, ignore_warnings_from
 
 if TYPE_CHECKING:
     from qiskit.providers import BackendV2
@@ -42,23 +41,9 @@ DEVICES_DIR = "fake_backends"
 _CATALOGUE = "catalogue"
 
 
-def silence_client_warnings() -> None:
-    """Ignore, from now on in this process, the warnings qiskit-ibm-runtime issues (routine
-    notes, deprecations of its own internals): users see qcourier's one-line messages instead.
-
-    A filter installed once, by the adapter that is about to use the client, rather than
-    a context manager around each call: the warnings module's one swaps the
-    process-wide filter list and is not thread-safe, and the client is called from worker
-    threads. It matches the warnings issued in the client's modules and those attributed
-    (by ``stacklevel``) to qcourier's two modules that call it.
-    """
-    warnings.filterwarnings(
-        "ignore", module=r"(qiskit_ibm_runtime|qcourier\.services\.(ibm|fake_backends))(\.|$)")
-
-
 @cache
 def _fake_backend_classes() -> dict[str, type]:
-    silence_client_warnings()
+    ignore_warnings_from("qiskit_ibm_runtime", __name__)
     from qiskit_ibm_runtime import fake_provider
     from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
 
@@ -87,6 +72,7 @@ def fake_backend(name: str) -> BackendV2:
     classes = _fake_backend_classes()
     if name not in classes:
         raise _unknown(name, classes)
+    ignore_warnings_from("qiskit_ibm_runtime", __name__)
     return classes[name]()
 
 

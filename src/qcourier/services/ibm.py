@@ -55,6 +55,7 @@ from qcourier.services.base import (
     JobResult,
     JobState,
     JobStatusReport,
+    ignore_warnings_from,
     QuantumService,
     ServiceError,
     TransientServiceError,
@@ -62,7 +63,6 @@ from qcourier.services.base import (
     check_job_id,
     scoped_call_time,
 )
-from qcourier.services.fake_backends import silence_client_warnings
 from qcourier.services.workers import RateGate, RetryPolicy, WorkerPool, retry_call
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class IBMService(QuantumService):
         # The client logs routine notes ("Using instance ...") as warnings; users should see
         # qcourier's one-line messages instead.
         logging.getLogger("qiskit_ibm_runtime").setLevel(logging.ERROR)
-        silence_client_warnings()
+        ignore_warnings_from("qiskit_ibm_runtime", __name__)
         from qiskit_ibm_runtime import QiskitRuntimeService
 
         kwargs: dict[str, Any] = {"channel": self.connection.channel}
@@ -197,6 +197,9 @@ class IBMService(QuantumService):
             ServiceError: the translated failure, once retries are spent or not allowed.
             DeadlineExceededError: the deadline passed before the call succeeded.
         """
+        # The client's warnings (SamplerV2's deprecation, notes on the account) and those it
+        # blames on this module are not for qcourier's users; set before the call's threads run.
+        ignore_warnings_from("qiskit_ibm_runtime", __name__)
         budget = scoped_call_time(self, self.connection.deadline_seconds, self._call_time)
 
         def attempt(seconds_left: float) -> T:
@@ -243,13 +246,6 @@ class IBMService(QuantumService):
         """
         chain = list(_chain(exc))
         status, retry_after = _http_status(exc)
-        return (self._connection_failure(what, chain, status, retry_after)
-                or self._answer_failure(what, exc, chain, status, retry_after))
-
-    def _connection_failure(self, what: str, chain: list[BaseException], status: int | None,
-                            retry_after: float | None) -> ServiceError | None:
-        """What went wrong before IBM Quantum answered: the IAM exchange, the network, or 5xx
-        answers retried by the transport until it gave up; None if none of these."""
         label = self.label
         iam = _iam_failure(chain)
         if iam is not None:
@@ -276,11 +272,12 @@ class IBMService(QuantumService):
             return TransientServiceError(
                 f"{label}: IBM Quantum service error ({what}: {shown}, after the client's "
                 "retries); try again later", http_status=-1, retry_after=retry_after)
-        return None
+        return self._translate_answer(what, exc, chain, status, retry_after)
 
-    def _answer_failure(self, what: str, exc: BaseException, chain: list[BaseException],
-                        status: int | None, retry_after: float | None) -> ServiceError:
-        """What IBM Quantum's answer (its HTTP status, or the client's exception) means."""
+    def _translate_answer(self, what: str, exc: BaseException, chain: list[BaseException],
+                          status: int | None, retry_after: float | None) -> ServiceError:
+        """:meth:`_translate` once the service was reached: by the HTTP ``status`` it
+        answered, else by the client's own exception types."""
         from qiskit_ibm_runtime.accounts.exceptions import AccountsError
         from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError, RuntimeJobNotFound
 

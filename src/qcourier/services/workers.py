@@ -411,8 +411,7 @@ def retry_call(func: Callable[[float], R], *, what: str, policy: RetryPolicy, ga
 
 @dataclass
 class _RetryLoop(Generic[R]):
-    """The callables :func:`retry_call` gives tenacity, and the latest failure (for the
-    deadline's message)."""
+    """The callbacks tenacity runs for one :func:`retry_call` (see there)."""
 
     func: Callable[[float], R]
     what: str
@@ -422,22 +421,23 @@ class _RetryLoop(Generic[R]):
     deadline_error: Callable[[ServiceError | None], ServiceError]
     sleep: Callable[[float], None]
     clock: Callable[[], float]
+    #: The latest failure, for the deadline's message.
     last: ServiceError | None = None
 
     def attempt(self) -> R:
-        """One attempt, after the rate gate; paid from the budget."""
-        budget = self.budget
+        """One attempt: wait while the gate is held, then call, paying both from the budget."""
+        budget, gate = self.budget, self.gate
         if budget.remaining() <= 0:
             raise _OutOfTime
         started = self.clock()
         try:
-            held = self.gate.remaining()
+            held = gate.remaining()
             if held > 0:
                 if held >= budget.remaining():  # the gate opens after the deadline
                     self.sleep(max(budget.remaining(), 0.0))
                     raise _OutOfTime
                 retry_log.debug("%s: waiting %.2f s at the rate gate", self.what, held)
-                if self.gate.wait() > 0:
+                if gate.wait() > 0:
                     self.sleep(random.uniform(0.0, self.policy.jitter_seconds))
             return self.func(max(budget.remaining() - (self.clock() - started), 0.0))
         except TimeoutError:  # the seconds left ran out
@@ -445,9 +445,8 @@ class _RetryLoop(Generic[R]):
         except ServiceError as error:
             self.last = error
             if error.http_status == 429:  # every thread of this service waits it out
-                self.gate.back_off(min(error.retry_after if error.retry_after is not None
-                                       else self.policy.backoff_seconds,
-                                       self.policy.max_wait_seconds))
+                gate.back_off(min(error.retry_after if error.retry_after is not None
+                                  else self.policy.backoff_seconds, self.policy.max_wait_seconds))
             raise
         finally:
             budget.spend(self.clock() - started)
@@ -470,9 +469,8 @@ class _RetryLoop(Generic[R]):
         if getattr(error, "http_status", None) == 429:
             seconds = max(seconds, self.gate.remaining())
         retry_log.info("%s: attempt %d of %s failed (%s, HTTP %s); retrying in %.2f s%s",
-                       self.what, retry_state.attempt_number,
-                       self.policy.attempts or "unlimited", type(error).__name__,
-                       getattr(error, "http_status", None), seconds,
+                       self.what, retry_state.attempt_number, self.policy.attempts or "unlimited",
+                       type(error).__name__, getattr(error, "http_status", None), seconds,
                        " (Retry-After)" if getattr(error, "retry_after", None) is not None
                        else "")
 
@@ -480,8 +478,8 @@ class _RetryLoop(Generic[R]):
         error = retry_state.outcome.exception()  # type: ignore[union-attr]
         if not isinstance(error, ServiceError):  # only ServiceErrors are retried
             raise error  # type: ignore[misc]
-        policy = self.policy
-        spent = policy.attempts is not None and retry_state.attempt_number >= policy.attempts
+        attempts = self.policy.attempts
+        spent = attempts is not None and retry_state.attempt_number >= attempts
         retry_log.info("%s: giving up after %d attempt(s) (%s, HTTP %s): %s", self.what,
                        retry_state.attempt_number, type(error).__name__, error.http_status,
                        "attempts spent" if spent else "deadline reached")
