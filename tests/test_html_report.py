@@ -152,34 +152,3 @@ def test_heavy_hex_and_heartbeat_page_in_headless_chromium(invoke, tmp_path: Pat
              if f'alt="{name}" src="data:image/png;base64,' in dom}
     assert len(plots) == 4, plots
 
-
-def without_matplotlib(monkeypatch) -> None:
-    """As if the ``plots`` extra were not installed: matplotlib cannot be found."""
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: None if name.split(".")[0] == "matplotlib"
-                        else real(name, *a, **k))
-
-
-def test_without_the_plots_extra_the_page_says_how_to_add_them(invoke, tmp_path: Path,
-                                                              monkeypatch):
-    _study(invoke)
-    without_matplotlib(monkeypatch)
-    page = tmp_path / "study.html"
-    assert invoke(report.main, ["--html", page]).exit_code == 0
-    text = page.read_text()
-    assert "<img class='plot'" not in text and all(j in text for j in _job_ids(tmp_path))
-    assert "pip install &#x27;qcourier[plots]&#x27;" in text
-
-
-def test_without_the_plots_extra_report_plots_is_one_line(invoke, tmp_path: Path, monkeypatch):
-    _study(invoke)
-    without_matplotlib(monkeypatch)
-    result = invoke(report.main, ["--plots", tmp_path / "out"])
-    assert result.exit_code == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        "Error: plots need matplotlib, which is not installed; "
-        "run: pip install 'qcourier[plots]'")
-    assert not (tmp_path / "out").exists()
