@@ -108,3 +108,48 @@ def test_safe_names_pass():
     assert check_key_part("d4q5kz0r3f7c73a3pkv0", "job id") == "d4q5kz0r3f7c73a3pkv0"
     assert check_key_part("submitted_jobs_20261203_101500.jsonl") == \
         "submitted_jobs_20261203_101500.jsonl"
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_server_error_is_unavailable_and_names_the_store(tmp_path, monkeypatch, status: int):
+    """A server on loopback that answers every request with a 5xx, as S3 does when it is
+    overloaded: the store is unavailable (the command goes on locally), never misconfigured."""
+    import http.server
+    import threading
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def _fail(self) -> None:
+            body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
+                    + (b"ServiceUnavailable" if status == 503 else b"InternalError")
+                    + b"</Code><Message>try later</Message></Error>")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_PUT = do_HEAD = do_DELETE = _fail
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-never-shown")
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        store = ObjectStore(StoreLocation.parse("s3://bucket/x", endpoint), timeout=5,
+                            attempts=1)
+        for call in (lambda: store.put_new("k", b"v"), lambda: store.get("k"),
+                     lambda: list(store.list())):
+            with pytest.raises(StoreUnavailable) as caught:
+                call()
+            message = str(caught.value)
+            assert f"s3://bucket/x at {endpoint}" in message and str(status) in message
+            assert "local ledger" in message and "secret-never-shown" not in message
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
