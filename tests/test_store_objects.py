@@ -153,3 +153,67 @@ def test_a_server_error_is_unavailable_and_names_the_store(tmp_path, monkeypatch
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_the_seaweedfs_server_honours_conditional_writes(s3_study: S3Study):
+    store = store_of(s3_study)
+    assert store.conditional_writes_problem() is None
+    assert s3_study.keys() == []  # the probe object is gone
+
+
+def test_a_server_that_ignores_conditional_writes_is_found_out(monkeypatch):
+    """A loopback object server that stores whatever it is sent and ignores If-None-Match
+    and If-Match (as an S3-compatible server without conditional writes does)."""
+    import hashlib
+    import http.server
+    import threading
+
+    objects: dict[str, bytes] = {}
+
+    class Careless(http.server.BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: bytes = b"", etag: str | None = None) -> None:
+            self.send_response(status)
+            if etag:
+                self.send_header("ETag", etag)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            objects[self.path] = body
+            self._answer(200, etag=f'"{hashlib.md5(body).hexdigest()}"')  # noqa: S324
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path not in objects:
+                self._answer(404, b"<Error><Code>NoSuchKey</Code></Error>")
+                return
+            body = objects[self.path]
+            self._answer(200, body, f'"{hashlib.md5(body).hexdigest()}"')  # noqa: S324
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            objects.pop(self.path, None)
+            self._answer(204)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Careless)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        store = ObjectStore(StoreLocation.parse("s3://bucket/x", endpoint), timeout=5,
+                            attempts=1)
+        problem = store.conditional_writes_problem()
+        assert problem is not None and problem.startswith(
+            f"store s3://bucket/x at {endpoint} does not honour conditional writes")
+        assert "let an existing object be overwritten" in problem
+        assert "stale ETag" in problem
+        assert objects == {}  # the probe cleaned up after itself
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -118,7 +118,9 @@ def group() -> None:
 @group.command("check", help=f"""Check every object in the team store: missing or damaged,
 by sha256.
 
-Reads every object below the store's prefix and changes nothing: each ledger segment must
+First it checks, on a probe object it writes and deletes, that the server honours the
+conditional writes qcourier relies on (If-None-Match, If-Match). Then it reads every object
+below the store's prefix and changes nothing: each ledger segment must
 hold the whole ledger lines its name says (this machine's own, the same bytes as its local
 file), each result, circuit and snapshot blob must match its sha256, and every blob a
 ledger line refers to must be there. One line per problem, by key.

@@ -1,7 +1,9 @@
 """``qcourier store check``: is every object in the team store whole, and is every object a
 ledger line refers to there?
 
-Reads everything below the store's prefix (it changes nothing): each segment must be the
+First it tries, on a probe object of its own (written and deleted), that the server honours
+the conditional writes everything else relies on. Then it reads everything below the
+store's prefix (it changes nothing there): each segment must be the
 whole lines of ledger records its key's byte range says (this machine's own also the same
 bytes as its local file); each blob must hash to its key; each blob a line refers to
 (result, circuits through their ref, snapshot) must be there. Each problem is one line, by
@@ -52,8 +54,11 @@ def check_store(ledger: Ledger, store: ObjectStore, *, workers: int = DEFAULT_WO
     Raises:
         StoreError: the store cannot be used (unreachable, refused).
     """
-    listing = {item.key: item for item in store.list("")}
     report = StoreCheck()
+    conditional = store.conditional_writes_problem()
+    if conditional is not None:
+        report.problems.append(conditional)
+    listing = {item.key: item for item in store.list("") if not item.key.startswith("probe/")}
     lock = threading.Lock()
     referred: dict[str, tuple[BlobRef, str]] = {}
     own = ledger.writer_id()

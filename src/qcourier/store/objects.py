@@ -211,6 +211,43 @@ class ObjectStore:
             if not answer.get("IsTruncated") or not token:
                 return
 
+    def conditional_writes_problem(self) -> str | None:
+        """Whether the server honours the conditional writes qcourier relies on, tried on a
+        probe object of its own (``probe/<random>``, deleted after): None if it does, else
+        what it got wrong (one line naming the store).
+
+        Create-only segments need ``If-None-Match: *`` refused over an existing object, and
+        the budget lease ``If-Match`` refused with a stale ETag, on PUT and on DELETE; a
+        server that ignores them would overwrite data and let two machines hold a lease.
+
+        Raises:
+            StoreError: the store cannot be used at all.
+        """
+        import secrets
+
+        key = f"probe/{secrets.token_hex(8)}"
+        stale = '"00000000000000000000000000000000"'
+        wrong = []
+        try:
+            if not self.put_new(key, b"first"):
+                wrong.append("If-None-Match: * refused a new object")
+            if self.put_new(key, b"second"):
+                wrong.append("If-None-Match: * let an existing object be overwritten")
+            if self.put_if_match(key, b"third", stale) is not None:
+                wrong.append("If-Match let a PUT with a stale ETag through")
+            if self.delete_if_match(key, stale):
+                wrong.append("If-Match let a DELETE with a stale ETag through")
+        finally:
+            found = self.get(key)
+            if found is not None:
+                self.delete_if_match(key, found[1])
+        if not wrong:
+            return None
+        return (f"store {self.location} does not honour conditional writes "
+                f"({'; '.join(wrong)}): qcourier cannot keep its objects immutable nor "
+                "hold a budget lease there; use a server that supports If-None-Match and "
+                "If-Match")
+
     def check(self) -> None:
         """Check that the bucket exists and these credentials may read it.
 
