@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import cli_env, ledger_records, script
 
 from qcourier.ledger.store import Ledger
@@ -37,6 +38,7 @@ def wait_for(condition, timeout: float = 300.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments(tmp_path: Path):
     rng = random.Random(SEED)
     env = cli_env(tmp_path, QCOURIER_SUBMISSIONS_PER_MINUTE="1000", QCOURIER_MAX_PENDING="1000",

@@ -144,6 +144,7 @@ def _model_samples(isa, abstract, noise, shots, seed):
     return {"".join(map(str, r)): int(k) for r, k in zip(rows, n, strict=True)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distance,state,scales,shots", [
     (3, "0", (0.5, 0.25), 60_000), (3, "+", (0.5, 0.25), 60_000),
     (5, "0", (0.3, 0.15), 150_000), (5, "+", (0.3, 0.15), 150_000)])
@@ -253,6 +254,7 @@ def test_both_means_heavy_hex_code_and_heartbeat():
     assert get_experiment("heavy_hex_code").needs_run
 
 
+@pytest.mark.slow
 def test_every_fake_backend_big_enough_gets_a_valid_patch_or_a_clear_error():
     """d=3 and d=5 on every fake backend qcourier offers with the qubits for them."""
     from qcourier.services.fake_backends import _fake_backend_classes

@@ -43,6 +43,7 @@ def all_text_under(path: Path) -> str:
                      if p.is_file() and p.name != ".env" and not p.name.endswith(".gz"))
 
 
+@pytest.mark.slow
 def test_two_keys_from_dotenv_submit_all_then_collect_in_another_process(emu, tmp_path: Path):
     env = cli_env(tmp_path, **emu.client_env(), QCOURIER_IBM_URL=emu.api_url)
     env.pop("IBM_QUANTUM_TOKEN", None)

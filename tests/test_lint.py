@@ -37,6 +37,7 @@ def test_ruff_would_catch_an_undefined_name(tmp_path: Path):
     assert done.returncode == 1 and "F821" in done.stdout
 
 
+@pytest.mark.slow
 def test_mypy_finds_nothing(tmp_path: Path):
     """mypy, as configured in pyproject.toml (lenient: annotated code is checked)."""
     done = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache")],

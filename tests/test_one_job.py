@@ -181,6 +181,7 @@ def git(repo: Path, *args: str) -> str:
                           check=True).stdout
 
 
+@pytest.mark.slow
 def test_inside_a_users_repository_results_stay_untracked_and_clean(tmp_path: Path):
     repo = tmp_path / "study"
     repo.mkdir()

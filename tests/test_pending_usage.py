@@ -33,6 +33,7 @@ def ledger_bytes(tmp_path: Path) -> dict[str, bytes]:
             for p in sorted((tmp_path / "ledger").glob("submitted_jobs_*.jsonl"))}
 
 
+@pytest.mark.slow
 def test_usage_pending_counts_the_estimate_until_a_later_qcollect_records_the_figure(
         tmp_path: Path):
     env = cli_env(tmp_path, QCOURIER_LOCAL_USAGE_FACTOR=str(FACTOR))

@@ -7,6 +7,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import cli_env, ledger_records, script
 from filelock import FileLock
 
@@ -145,6 +146,7 @@ def test_qsubmit_waits_for_a_held_ledger_lock_and_loses_nothing(tmp_path: Path):
     assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_a_fresh_collector_analyses_many_heavy_hex_code_jobs_on_its_workers(tmp_path: Path):
     """Eight workers finish heavy-hex code jobs at once in a fresh process: the simulations and
     the decoding (stim, PyMatching) must not deadlock on first use from several threads."""

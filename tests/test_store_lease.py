@@ -218,6 +218,7 @@ def machine(tmp_path: Path, name: str, study: S3Study, **extra: str) -> dict[str
                                 **extra})
 
 
+@pytest.mark.slow
 def test_two_machines_racing_for_the_last_seconds_of_a_key_spend_one_job(tmp_path: Path,
                                                                           s3_study: S3Study):
     """Two machines (two ledger directories, one bucket, one local service whose budget
@@ -249,6 +250,7 @@ def test_two_machines_racing_for_the_last_seconds_of_a_key_spend_one_job(tmp_pat
     assert s3_study.keys("leases/") == []  # released
 
 
+@pytest.mark.slow
 def test_a_killed_holders_lease_expires_and_the_next_qsubmit_proceeds(tmp_path: Path,
                                                                        s3_study: S3Study):
     """A qcollect draining its deferred queue holds the key's lease (ttl 5 s) and is held

@@ -152,6 +152,7 @@ def settings_for(server: SeaweedS3, bucket: str) -> dict[str, str]:
             "AWS_DEFAULT_REGION": "us-east-1", "QCOURIER_STORE_TIMEOUT": "2"}
 
 
+@pytest.mark.slow
 def test_the_store_down_and_back(tmp_path: Path, own_server: SeaweedS3):
     store = settings_for(own_server, own_server.create_bucket("team"))
     env = env_for(tmp_path, "a", store)
@@ -263,6 +264,7 @@ def test_a_malformed_store_setting_is_bad_usage(tmp_path: Path):
 # -- no store set: nothing changes -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_without_a_store_no_command_imports_boto3_or_writes_store_state(tmp_path: Path):
     env = cli_env(tmp_path)
     assert run([script("qsubmit"), "-e", "bell", "--shots", "10"], env, tmp_path).returncode == 0

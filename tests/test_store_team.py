@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import cli_env, script
 from s3server import S3Study
 from store_machines import circuit_file, make_record, put_raw, run
@@ -29,6 +30,7 @@ def status_json(tmp_path: Path, env: dict[str, str]) -> list[dict]:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_a_collector_on_another_machine_collects_and_publishes(tmp_path: Path,
                                                                s3_study: S3Study):
     a_env, c_env = machine(tmp_path, "a", s3_study), machine(tmp_path, "c", s3_study)
@@ -78,6 +80,7 @@ def test_jobs_of_a_key_not_configured_here_are_left_to_a_machine_that_has_it(
     assert [r["job_id"] for r in status_json(tmp_path, c_env)] == ["ibmjob0000001"]
 
 
+@pytest.mark.slow
 def test_recover_from_store_rebuilds_a_lost_directory_byte_for_byte(tmp_path: Path,
                                                                     s3_study: S3Study):
     a_env, b_env = machine(tmp_path, "a", s3_study), machine(tmp_path, "b", s3_study)
@@ -115,6 +118,7 @@ def test_recover_from_store_rebuilds_a_lost_directory_byte_for_byte(tmp_path: Pa
     assert {p.name: p.read_bytes() for p in a.local_files()} == before
 
 
+@pytest.mark.slow
 def test_store_check_finds_what_is_missing_or_damaged(tmp_path: Path, s3_study: S3Study):
     env = machine(tmp_path, "a", s3_study)
     assert run([script("qsubmit"), "-e", "bell", "--shots", "20"], env, tmp_path).returncode == 0

@@ -83,6 +83,7 @@ def test_noiseless_no_detection_events_or_flips(state, distance, rounds, shots):
 # --- 2. pipeline vs stim directly ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["0", "+"])
 def test_pipeline_matches_stim_at_known_noise(state):
     p, distance, rounds, shots = 0.01, 3, 3, 20_000
