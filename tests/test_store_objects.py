@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
+import threading
+from contextlib import contextmanager
+
 import pytest
 from s3server import ACCESS_KEY, S3Study, SeaweedS3
 
@@ -17,6 +22,21 @@ from qcourier.store.objects import (
 
 def store_of(study: S3Study, **options) -> ObjectStore:
     return ObjectStore(StoreLocation.parse(study.url, study.server.endpoint), **options)
+
+
+@contextmanager
+def loopback_server(handler: type):
+    """An HTTP server with ``handler`` on 127.0.0.1 (any free port), stopped on leaving;
+    yields its endpoint URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def test_create_only_writes_never_overwrite(s3_study: S3Study):
@@ -114,8 +134,6 @@ def test_safe_names_pass():
 def test_a_server_error_is_unavailable_and_names_the_store(tmp_path, monkeypatch, status: int):
     """A server on loopback that answers every request with a 5xx, as S3 does when it is
     overloaded: the store is unavailable (the command goes on locally), never misconfigured."""
-    import http.server
-    import threading
 
     class Failing(http.server.BaseHTTPRequestHandler):
         def _fail(self) -> None:
@@ -133,13 +151,9 @@ def test_a_server_error_is_unavailable_and_names_the_store(tmp_path, monkeypatch
         def log_message(self, *_args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_server(Failing) as endpoint:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-never-shown")
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         store = ObjectStore(StoreLocation.parse("s3://bucket/x", endpoint), timeout=5,
                             attempts=1)
         for call in (lambda: store.put_new("k", b"v"), lambda: store.get("k"),
@@ -149,10 +163,6 @@ def test_a_server_error_is_unavailable_and_names_the_store(tmp_path, monkeypatch
             message = str(caught.value)
             assert f"s3://bucket/x at {endpoint}" in message and str(status) in message
             assert "local ledger" in message and "secret-never-shown" not in message
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def test_the_seaweedfs_server_honours_conditional_writes(s3_study: S3Study):
@@ -164,9 +174,6 @@ def test_the_seaweedfs_server_honours_conditional_writes(s3_study: S3Study):
 def test_a_server_that_ignores_conditional_writes_is_found_out(monkeypatch):
     """A loopback object server that stores whatever it is sent and ignores If-None-Match
     and If-Match (as an S3-compatible server without conditional writes does)."""
-    import hashlib
-    import http.server
-    import threading
 
     objects: dict[str, bytes] = {}
 
@@ -198,22 +205,14 @@ def test_a_server_that_ignores_conditional_writes_is_found_out(monkeypatch):
         def log_message(self, *_args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Careless)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_server(Careless) as endpoint:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         store = ObjectStore(StoreLocation.parse("s3://bucket/x", endpoint), timeout=5,
                             attempts=1)
         problem = store.conditional_writes_problem()
-        assert problem is not None and problem.startswith(
-            f"store s3://bucket/x at {endpoint} does not honour conditional writes")
-        assert "let an existing object be overwritten" in problem
-        assert "stale ETag" in problem
-        assert objects == {}  # the probe cleaned up after itself
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    assert problem is not None and problem.startswith(
+        f"store s3://bucket/x at {endpoint} does not honour conditional writes")
+    assert "let an existing object be overwritten" in problem
+    assert "stale ETag" in problem
+    assert objects == {}  # the probe cleaned up after itself

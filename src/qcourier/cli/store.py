@@ -12,6 +12,7 @@ import click
 from qcourier.cli._common import (
     AppState,
     exit_codes_help,
+    exit_with,
     get_state,
     handle_errors,
     json_option,
@@ -105,9 +106,7 @@ def sync(ledger_dir: Path | None, as_json: bool) -> None:
                    f"{pushed.blobs} file(s) to {store.location}; pulled {pulled.segments} "
                    f"segment(s) and {pulled.blobs} file(s) from {pulled.writers} other "
                    "machine(s).")
-    for problem in problems:
-        click.echo(f"Error: {problem}", err=True)
-    raise SystemExit(1 if problems else 0)
+    exit_with(1 if problems else 0, problems)
 
 
 @click.group("store")
@@ -152,9 +151,7 @@ def check(ledger_dir: Path | None, as_json: bool) -> None:
                    f"{report.refs} circuit ref(s) in {store.location}: "
                    + (f"{len(report.problems)} problem(s)." if report.problems
                       else "nothing missing or damaged."))
-    for problem in report.problems:
-        click.echo(f"Error: {problem}", err=True)
-    raise SystemExit(report.exit_code)
+    exit_with(report.exit_code, report.problems)
 
 
 def recover_from_store(state: AppState, ledger_dir: Path | None, writer: str | None,
@@ -180,6 +177,4 @@ def recover_from_store(state: AppState, ledger_dir: Path | None, writer: str | N
                    f"({sum(report.files.values())} bytes) and {report.blobs} file(s) of writer "
                    f"{report.writer} into {ledger.directory}; pulled "
                    f"{pulled.segments if pulled else 0} segment(s) of other machines.")
-    for problem in problems:
-        click.echo(f"Error: {problem}", err=True)
-    raise SystemExit(1 if problems else 0)
+    exit_with(1 if problems else 0, problems)
