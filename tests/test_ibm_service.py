@@ -194,6 +194,22 @@ def test_chosen_key_and_backend(emu, invoke, tmp_path: Path, monkeypatch):
     assert result.exit_code == 2 and "ibm_fez" in result.stderr
 
 
+def test_choosing_the_least_busy_backend_fetches_the_properties_of_that_one_only(
+        emu, invoke, tmp_path: Path):
+    """The qubit counts to choose by come with the listing; each backend's properties are
+    an HTTP request (and a Target to build) that only the chosen one needs."""
+    emu.set_backend("ibm_fez", queue_length=5)
+    try:
+        result = invoke(submit.main, ["-e", "bell", "--shots", "50"])
+    finally:
+        emu.set_backend("ibm_fez", queue_length=0)
+    assert result.exit_code == 0, result.output
+    [line] = ledger_records(tmp_path / "ledger")
+    assert line["backend"] == "ibm_marrakesh"
+    fetched = {path for _, path, _ in emu.requests if path.endswith("/properties")}
+    assert fetched and all("/ibm_marrakesh/" in path for path in fetched), fetched
+
+
 def test_ibm_without_a_token_is_a_clear_error(invoke, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no saved qiskit account either
     result = invoke(submit.main, ["-e", "bell", "--service", "ibm"])
