@@ -88,7 +88,6 @@ FIT_MIN_P_VALUE = 0.01
 _SEARCH_LIMIT = 6
 
 _STATE_NAMES = {"0": "zero", "1": "one", "+": "plus", "-": "minus"}
-_ANNOTATIONS = frozenset({"DETECTOR", "OBSERVABLE_INCLUDE", "QUBIT_COORDS", "SHIFT_COORDS"})
 
 
 class HeavyHexCodeParams(ExperimentParams):
@@ -120,40 +119,19 @@ def abstract_circuit(distance: int, rounds: int, logical_state: str) -> stim.Cir
 
 
 def to_qiskit(circuit: stim.Circuit, name: str | None = None) -> QuantumCircuit:
-    """Translate the HHC stim circuit into Qiskit, clbit ``i`` = measurement ``i``.
-
-    ``TICK`` becomes a barrier on every qubit; annotations are dropped.
+    """Translate the HHC stim circuit into Qiskit, clbit ``i`` = measurement ``i``, by the
+    surface code's translator; ``TICK`` becomes a barrier on every qubit.
 
     Raises:
-        ValueError: an instruction the HHC circuits do not use.
+        ValueError: an instruction the translator does not support, or a qubit of the
+            circuit that no instruction uses (the translation would renumber the rest).
     """
-    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+    from qcourier.experiments.surface_code import to_qiskit as translate
 
-    qc = QuantumCircuit(QuantumRegister(circuit.num_qubits, "q"),
-                        ClassicalRegister(circuit.num_measurements, "rec"), name=name)
-    clbit = 0
-    for ins in circuit.flattened():
-        gate = ins.name
-        if gate in _ANNOTATIONS:
-            continue
-        qubits = [t.value for t in ins.targets_copy()]
-        if gate == "TICK":
-            qc.barrier()
-        elif gate == "R":
-            for q in qubits:
-                qc.reset(q)
-        elif gate in ("H", "X", "Z"):
-            for q in qubits:
-                getattr(qc, gate.lower())(q)
-        elif gate == "CX":
-            for a, b in zip(qubits[::2], qubits[1::2], strict=True):
-                qc.cx(a, b)
-        elif gate == "M":
-            for q in qubits:
-                qc.measure(q, clbit)
-                clbit += 1
-        else:
-            raise ValueError(f"stim instruction {gate} is not part of the HHC circuits")
+    qc = translate(circuit, name=name, barriers=True)
+    if qc.num_qubits != circuit.num_qubits:
+        raise ValueError(f"the HHC circuit uses {qc.num_qubits} of its {circuit.num_qubits} "
+                         f"qubits; its qubits must be numbered without gaps")
     return qc
 
 

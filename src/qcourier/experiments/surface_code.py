@@ -210,18 +210,21 @@ def to_qiskit(
     circuit: stim.Circuit,
     name: str | None = None,
     noise_channel: NoiseChannel | None = None,
+    barriers: bool = False,
 ) -> QuantumCircuit:
     """Translate a (flat) stim circuit into a Qiskit circuit, instruction by instruction.
 
     Qubits are compacted to ``0..k-1`` in increasing stim index; the classical register
-    ``rec`` has one clbit per measurement in stim's record order. Annotations (``TICK``,
-    ``DETECTOR``, ``OBSERVABLE_INCLUDE``, coordinates) are dropped.
+    ``rec`` has one clbit per measurement in stim's record order. Annotations (``DETECTOR``,
+    ``OBSERVABLE_INCLUDE``, coordinates) are dropped; so is ``TICK``, unless ``barriers``.
 
     Args:
         circuit: the stim circuit (``REPEAT`` blocks are flattened here).
         name: the Qiskit circuit's name.
         noise_channel: how to translate stim noise channels (used by tests to simulate a
             noisy stim circuit with Aer); without it a noise channel is an error.
+        barriers: ``TICK`` becomes a barrier on every qubit (the heavy-hex code keeps its
+            rounds apart through the transpiler so).
 
     Raises:
         ValueError: an instruction this translator does not support.
@@ -244,6 +247,9 @@ def to_qiskit(
     clbit = 0
     for ins in flat:
         gate = ins.name
+        if gate == "TICK" and barriers:
+            qc.barrier()
+            continue
         if gate in _ANNOTATIONS:
             continue
         targets = ins.targets_copy()
