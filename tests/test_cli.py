@@ -100,6 +100,12 @@ def test_json_outputs(invoke, tmp_path: Path):
     job_id = out["jobs"][0]["job_id"]
     out = json.loads(invoke(collect.main, ["--json"]).stdout)
     assert out["completed"] == 1 and out["pending"] == 0 and out["jobs"][0]["job_id"] == job_id
+    [job] = out["jobs"]
+    final = ledger_lines(tmp_path)[-1]
+    assert {k: job[k] for k in ("job_id", "record_id", "status", "result_path")} == {
+        k: final[k] for k in ("job_id", "record_id", "status", "result_path")}
+    assert job["state"] == "DONE" and job["changed"] is True and job["failed"] is False
+    assert (tmp_path / "ledger" / job["result_path"]).is_file()  # relative to the ledger
     out = json.loads(invoke(main.main, ["status", "--json"]).stdout)
     assert out[0]["job_id"] == job_id and out[0]["status"] == "completed"
 

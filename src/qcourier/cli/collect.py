@@ -231,7 +231,7 @@ class _Output:
         if self.log_file is not None:
             _append_log(self.log_file, changes + new_summary + err)
         if self.as_json:
-            body = _report_json(report)
+            body = report.as_json()
             click.echo(json.dumps(body, default=str) if self.watch
                        else json.dumps(body, indent=2, default=str))
         elif self.live is not None:  # the summary is the live table's caption
@@ -433,31 +433,3 @@ class _LiveView:
                           cell(r.queue_seconds, ".0f"), qpu_cell(r))
         self._live.update(table, refresh=True)
 
-
-def _report_json(report) -> dict:
-    return {
-        "jobs": [
-            {"job_id": o.record.job_id, "record_id": o.record.record_id,
-             "state": None if o.state is None else o.state.value, "status": o.record.status.value,
-             "failed": o.failed,
-             "changed": o.changed, "message": o.message, "result_path": o.record.result_path}
-            for o in report.outcomes
-        ],
-        "unrecorded": None if report.unrecorded is None else {
-            "job_id": report.unrecorded.job_id, "state": report.unrecorded.state.value},
-        "completed": report.completed,
-        "pending": report.pending,
-        "errors": report.errors,
-        "deferred": report.deferred,
-        "total": report.total,
-        "already_final": report.already_final,
-        "collected_results": None if report.collected_path is None else str(report.collected_path),
-        "skipped": report.skipped,
-        "problems": [str(p) for p in report.problems],
-        "usage": [
-            {"job_id": u.record.job_id, "record_id": u.record.record_id,
-             "recorded": u.recorded, "usage_seconds": u.record.usage_seconds,
-             "message": u.message}
-            for u in report.usage
-        ],
-    }

@@ -190,6 +190,31 @@ class CollectReport:
         """0 when every job could be polled, 1 when any could not."""
         return 1 if any(o.failed for o in self.outcomes) else 0
 
+    def as_json(self) -> dict[str, Any]:
+        """What ``qcollect --json`` prints: each job's record fields as its ledger line
+        holds them, with what this run saw and did, and the run's totals."""
+        unrecorded = self.unrecorded
+        return {
+            "jobs": [{**o.record.as_json(("job_id", "record_id", "status", "result_path")),
+                      "state": None if o.state is None else o.state.value,
+                      "failed": o.failed, "changed": o.changed, "message": o.message}
+                     for o in self.outcomes],
+            "unrecorded": None if unrecorded is None else {
+                "job_id": unrecorded.job_id, "state": unrecorded.state.value},
+            "completed": self.completed,
+            "pending": self.pending,
+            "errors": self.errors,
+            "deferred": self.deferred,
+            "total": self.total,
+            "already_final": self.already_final,
+            "collected_results": None if self.collected_path is None else str(self.collected_path),
+            "skipped": self.skipped,
+            "problems": [str(p) for p in self.problems],
+            "usage": [{**u.record.as_json(("job_id", "record_id", "usage_seconds")),
+                       "recorded": u.recorded, "message": u.message}
+                      for u in self.usage],
+        }
+
 
 @dataclass(frozen=True)
 class CollectOptions:
