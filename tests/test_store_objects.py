@@ -135,8 +135,11 @@ def test_a_server_error_is_unavailable_and_names_the_store(tmp_path, monkeypatch
     """A server on loopback that answers every request with a 5xx, as S3 does when it is
     overloaded: the store is unavailable (the command goes on locally), never misconfigured."""
 
+    requests: list[str] = []
+
     class Failing(http.server.BaseHTTPRequestHandler):
         def _fail(self) -> None:
+            requests.append(self.command)
             body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
                     + (b"ServiceUnavailable" if status == 503 else b"InternalError")
                     + b"</Code><Message>try later</Message></Error>")
@@ -155,11 +158,13 @@ def test_a_server_error_is_unavailable_and_names_the_store(tmp_path, monkeypatch
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-never-shown")
         store = ObjectStore(StoreLocation.parse("s3://bucket/x", endpoint), timeout=5,
-                            attempts=1)
+                            attempts=2)
         for call in (lambda: store.put_new("k", b"v"), lambda: store.get("k"),
                      lambda: list(store.list())):
+            requests.clear()
             with pytest.raises(StoreUnavailable) as caught:
                 call()
+            assert len(requests) == 2  # attempts: the first call and one retry, no more
             message = str(caught.value)
             assert f"s3://bucket/x at {endpoint}" in message and str(status) in message
             assert "local ledger" in message and "secret-never-shown" not in message

@@ -120,8 +120,8 @@ class ObjectStore:
     Args:
         location: the bucket, prefix and endpoint.
         timeout: seconds for a connection and for each read from the server.
-        attempts: boto3's attempts per call (its "standard" retry mode: back-off with jitter
-            on throttling, 5xx and connection errors).
+        attempts: boto3's attempts per call, the first included (its "standard" retry mode:
+            back-off with jitter on throttling, 5xx and connection errors).
         client: a boto3 S3 client to use instead of one built here.
     """
 
@@ -334,6 +334,6 @@ def _client(location: StoreLocation, timeout: float, attempts: int) -> Any:
     from botocore.config import Config
 
     config = Config(connect_timeout=timeout, read_timeout=timeout,
-                    retries={"max_attempts": attempts, "mode": "standard"},
+                    retries={"total_max_attempts": attempts, "mode": "standard"},
                     s3={"addressing_style": "path"} if location.endpoint else {})
     return boto3.session.Session().client("s3", endpoint_url=location.endpoint, config=config)
