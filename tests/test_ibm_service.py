@@ -206,8 +206,24 @@ def test_choosing_the_least_busy_backend_fetches_the_properties_of_that_one_only
     assert result.exit_code == 0, result.output
     [line] = ledger_records(tmp_path / "ledger")
     assert line["backend"] == "ibm_marrakesh"
-    fetched = {path for _, path, _ in emu.requests if path.endswith("/properties")}
-    assert fetched and all("/ibm_marrakesh/" in path for path in fetched), fetched
+    fetched = [path for _, path, _ in emu.requests if path.endswith("/properties")]
+    # once: for the calibration, the target and the sampler alike
+    assert len(fetched) == 1 and "/ibm_marrakesh/" in fetched[0], fetched
+
+
+def test_a_backend_is_fetched_again_once_its_reuse_time_is_over(emu, invoke, tmp_path: Path,
+                                                                 monkeypatch):
+    import qcourier.services.ibm as ibm
+
+    def properties_fetched() -> int:
+        return sum(1 for _, path, _ in emu.requests if path.endswith("/ibm_fez/properties"))
+
+    args = ["-e", "bell", "--shots", "50", "--backend", "ibm_fez", "--force"]
+    assert invoke(submit.main, args).exit_code == 0
+    assert properties_fetched() == 1
+    monkeypatch.setattr(ibm, "BACKEND_REUSE_SECONDS", 0.0)
+    assert invoke(submit.main, args).exit_code == 0
+    assert properties_fetched() == 1 + 3  # the calibration, the target, the sampler
 
 
 def test_ibm_without_a_token_is_a_clear_error(invoke, tmp_path: Path, monkeypatch):

@@ -36,6 +36,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,6 +132,8 @@ class IBMService(QuantumService):
         # Job handles by id, shared by every thread calling this service.
         self._jobs: dict[str, Any] = {}
         self._jobs_lock = threading.Lock()
+        # The client's backend objects by name, with when each was fetched.
+        self._backends: dict[str, tuple[float, Any]] = {}
         # Held after a 429 so that every thread waits out the Retry-After.
         self._gate = RateGate()
         # Time for calls outside any scope (base.call_time_scope): the whole command's.
@@ -346,6 +349,22 @@ class IBMService(QuantumService):
         with self._jobs_lock:
             self._jobs[job.job_id()] = job
 
+    def _backend_object(self, name: str) -> Any:
+        """The client's backend object (called inside a bounded call), kept for
+        :data:`BACKEND_REUSE_SECONDS`: the client makes a new one, which fetches the
+        backend's properties again (a megabyte for 156 qubits, parsed into a ``Target``),
+        each time it is asked, and one submission asks for its calibration, its target and
+        its sampler."""
+        now = time.monotonic()
+        with self._jobs_lock:
+            fetched = self._backends.get(name)
+        if fetched is not None and now - fetched[0] < BACKEND_REUSE_SECONDS:
+            return fetched[1]
+        backend = self._service().backend(name)
+        with self._jobs_lock:
+            self._backends[name] = (now, backend)
+        return backend
+
     # -- backends ---------------------------------------------------------------------------
 
     def backends(self) -> list[BackendInfo]:
@@ -376,7 +395,7 @@ class IBMService(QuantumService):
             from qiskit.providers.exceptions import QiskitBackendNotFoundError
 
             try:
-                return self._service().backend(name)
+                return self._backend_object(name)
             except QiskitBackendNotFoundError:
                 # The client says "not found" both for a backend it does not know and when it
                 # could not fetch the configuration (it swallows that 5xx or lost connection):
@@ -396,7 +415,7 @@ class IBMService(QuantumService):
 
     def calibration(self, backend: str) -> dict[str, Any]:
         def read() -> dict[str, Any]:
-            props = self._service().backend(backend).properties()
+            props = self._backend_object(backend).properties()
             return json.loads(json.dumps(props.to_dict(), default=str)) if props else {}
 
         return self._call(f"calibration of {backend}", read)
@@ -414,7 +433,7 @@ class IBMService(QuantumService):
         def run() -> str:
             from qiskit_ibm_runtime import SamplerV2
 
-            sampler = SamplerV2(mode=self._service().backend(backend))
+            sampler = SamplerV2(mode=self._backend_object(backend))
             sampler.options.environment.job_tags = list(tags)
             if max_execution_time is not None:
                 sampler.options.max_execution_time = int(max_execution_time)
@@ -610,6 +629,10 @@ def _width(backend: Any) -> int:
     except AttributeError:  # a backend without a configuration
         return int(backend.num_qubits)
 
+
+#: Seconds a backend object, and the calibration it fetched, is reused by one service (a
+#: ``qcollect --watch`` that drains a deferred queue for hours fetches it again).
+BACKEND_REUSE_SECONDS = 600.0
 
 _WORKERS = WorkerPool("qcourier-ibm-worker")
 
