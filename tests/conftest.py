@@ -27,6 +27,26 @@ CLEARED = [
 ]
 
 
+def _freeze_what_every_test_imports() -> None:
+    """Import the heavy packages nearly every test process uses, then ``gc.freeze()``: the
+    garbage collector no longer scans their millions of objects in each of its full
+    collections, only what the tests make (about a tenth less CPU over the suite; in a
+    sample of three files, 35.9 s of CPU without, 31.7 s with)."""
+    import gc
+
+    import pymatching  # noqa: F401
+    import qiskit  # noqa: F401
+    import qiskit_aer  # noqa: F401
+    import qiskit_ibm_runtime  # noqa: F401
+    import stim  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
+_freeze_what_every_test_imports()
+
+
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """Workers for ``-n auto`` (pyproject's default): half as many again as the CPUs this
     process may use. Many tests spend much of their time waiting for the processes they
