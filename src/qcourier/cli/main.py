@@ -77,7 +77,6 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
       qcourier status --experiment heavy_hex_code --since 2026-11-01 --json
     """
     from collections import Counter
-    from datetime import UTC
 
     from qcourier.ledger.store import Ledger
 
@@ -87,13 +86,7 @@ def status(statuses: tuple[str, ...], experiments_: tuple[str, ...], since, limi
     fold = ledger.fold()
     for problem in fold.problems:
         state.warn(str(problem))
-    cutoff = since.replace(tzinfo=UTC) if since else None
-    chosen = [e for e in fold.entries.values()
-              if (not statuses or e.summary.status.value in statuses)
-              and (not experiments_ or e.summary.experiment_type in experiments_)
-              and (cutoff is None or (e.summary.submission_time or e.summary.updated_at) >= cutoff)]
-    if ledger.pulled_files():  # a team's union: in time order, whichever machine wrote first
-        chosen.sort(key=lambda e: e.summary.submission_time or e.summary.updated_at)
+    chosen = fold.select(statuses, experiments_, since, in_time_order=bool(ledger.pulled_files()))
     if as_json:
         state.emit_json_lines(fold.lines(chosen))
         return
@@ -195,8 +188,6 @@ def recover(since, dry_run: bool, from_store: bool, writer: str | None,
       qcourier recover --from-store --ledger-dir results/ibm_experiments
       qcourier recover --from-store --writer w3f9a0c2b7d41e658
     """
-    from datetime import UTC
-
     from qcourier.errors import UsageError
 
     if not from_store and writer is not None:
@@ -216,8 +207,7 @@ def recover(since, dry_run: bool, from_store: bool, writer: str | None,
         services = [state.get_pool().get("ibm", key.index) for key in keys]  # every key
     else:
         services = [state.get_service(service, api_key_index)]
-    report = run_recovery(services, Ledger(state.ledger_dir(ledger_dir)),
-                          since.replace(tzinfo=UTC) if since else None, dry_run)
+    report = run_recovery(services, Ledger(state.ledger_dir(ledger_dir)), since, dry_run)
     if as_json:
         state.emit_json({"recovered": [r.as_json() for r in report.recovered],
                          "already_known": report.known, "ledger_path": report.ledger_path

@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -231,8 +231,7 @@ def _kept(state: _State, live: set[str], now: datetime) -> list[dict]:
     for key, e in state.entries.items():
         if "sent" in e:
             try:
-                recent = datetime.strptime(str(e["sent"].get("at")), _STAMP).replace(
-                    tzinfo=UTC) > since
+                recent = as_utc(datetime.strptime(str(e["sent"].get("at")), _STAMP)) > since
             except ValueError:
                 recent = True  # an unreadable time: keep it
             if not (recent or key in live or key in latest):

@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 
 from qcourier.errors import LedgerError, UsageError
 from qcourier.files import create_timestamped
-from qcourier.ledger.status import utc_now
+from qcourier.ledger.status import as_utc, utc_now
 from qcourier.ledger.summary import INDEX_DIR, Entry, LedgerProblem, RecordSummary
 from qcourier.ledger.union import union
 
@@ -71,6 +71,25 @@ class Fold:
     def records(self) -> list[LedgerRecord]:
         """Latest whole records, in the order they were first written (reads every line)."""
         return [e.record for e in self.entries.values()]
+
+    def select(self, statuses: Iterable[str] = (), experiments: Iterable[str] = (),
+               since: datetime | None = None, in_time_order: bool = False) -> list[Entry]:
+        """The entries whose latest status is one of ``statuses`` and whose experiment is one
+        of ``experiments`` (either empty: any), submitted (or, never submitted, last
+        updated) at or after ``since`` (naive: UTC), in the order first written, or with
+        ``in_time_order`` in the order of those times (a team's union, whichever machine
+        wrote first)."""
+        wanted_status, wanted_experiment = set(statuses), set(experiments)
+        cutoff = as_utc(since) if since is not None else None
+
+        def when(entry: Entry) -> datetime:
+            return entry.summary.submission_time or entry.summary.updated_at
+
+        chosen = [e for e in self.entries.values()
+                  if (not wanted_status or e.summary.status.value in wanted_status)
+                  and (not wanted_experiment or e.summary.experiment_type in wanted_experiment)
+                  and (cutoff is None or when(e) >= cutoff)]
+        return sorted(chosen, key=when) if in_time_order else chosen
 
     @staticmethod
     def lines(entries: Iterable[Entry]) -> Iterator[bytes]:

@@ -18,7 +18,7 @@ from typing import Any
 from qcourier.circuits.transpile import describe_transpiled
 from qcourier.ledger import store as ledger_mod
 from qcourier.ledger.record import LedgerRecord
-from qcourier.ledger.status import JobStatus
+from qcourier.ledger.status import JobStatus, as_utc
 from qcourier.ledger.store import Ledger
 from qcourier.services.base import QuantumService, ServiceError
 from qcourier.submit.dispatch import store_circuits
@@ -40,7 +40,9 @@ class RecoveryReport:
 
 def recover(services: list[QuantumService], ledger: Ledger, since: datetime | None = None,
             dry_run: bool = False) -> RecoveryReport:
-    """Write ledger records for the services' qcourier jobs that no ledger file knows."""
+    """Write ledger records for the services' qcourier jobs that no ledger file knows
+    (created after ``since``, if given; naive: UTC)."""
+    since = as_utc(since) if since is not None else None
     fold = ledger.fold()
     known_jobs = {r.job_id for r in fold.summaries if r.job_id}
     open_intents = {r.request_id for r in fold.summaries
