@@ -493,3 +493,73 @@ class BudgetGuard:
         reason, _ = self.refusal(others, record.service, record.api_key_index,
                                  record.estimated_qpu_seconds or 0.0, now, service_used_seconds)
         return reason
+
+    def deferred_admission(self, usage_of: Callable[[str, int | None], float]
+                           ) -> Callable[[RecordView, list[RecordView]], str | None]:
+        """:meth:`admit_deferred` for a run that drains deferred queues: it counts the larger
+        of the ledger's usage and the service's own figure, ``usage_of(service, key_index)``,
+        asked once per key and run; a service that cannot say (a ``QcourierError``) leaves
+        the ledger's figure."""
+        from qcourier.errors import QcourierError
+        from qcourier.ledger.status import utc_now
+
+        service_used: dict[BudgetKey, float | None] = {}
+
+        def admit(record: RecordView, records: list[RecordView]) -> str | None:
+            key = (record.service, record.api_key_index)
+            if key not in service_used:
+                try:
+                    service_used[key] = usage_of(*key)
+                except QcourierError:
+                    service_used[key] = None
+            return self.admit_deferred(record, records, utc_now(), service_used[key])
+
+        return admit
+
+
+# -- the budget report -----------------------------------------------------------------------
+
+def report_keys(records: Iterable[RecordView], ibm_key_indexes: Iterable[int],
+                default_service: str) -> list[BudgetKey]:
+    """The keys ``qcourier budget`` shows: those in the ledger and every configured IBM key,
+    or else the default service's."""
+    keys = set(budget_keys(records)) | {("ibm", index) for index in ibm_key_indexes}
+    if not keys:
+        keys.add(budget_key(default_service, None if default_service == "local" else 0))
+    return sorted(keys, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+
+
+def budget_report(records: list[RecordView], now: datetime, keys: Iterable[BudgetKey],
+                  limit_for: Callable[[int | None], float],
+                  usage_of: Callable[[str, int | None], Any] | None) -> dict[str, Any]:
+    """What ``qcourier budget --json`` prints: each key's budget and, with ``usage_of``
+    (``(service, key_index) -> ServiceUsage``, raising ``QcourierError`` when the service
+    cannot say), the service's own figure beside the ledger's; the estimate model's record."""
+    entries = []
+    for service, key_index in keys:
+        budget = budget_state(records, service, key_index, limit_for(key_index), now)
+        entry = budget.to_dict()
+        entry.update(jobs_usage_pending=budget.jobs_usage_pending,
+                     usage_pending_seconds=budget.usage_pending_seconds)
+        entry["service_usage"] = (_service_usage(budget, usage_of) if usage_of is not None
+                                  else None)
+        entries.append(entry)
+    accuracy = {}
+    for service in sorted({r.service for r in records}):
+        figures = model_accuracy(records, service=service)
+        if figures.count:
+            accuracy[service] = figures.to_dict()
+    return {"now": now.isoformat(), "window_days": WINDOW.days, "keys": entries,
+            "model_accuracy": accuracy}
+
+
+def _service_usage(budget: BudgetState, usage_of: Callable[[str, int | None], Any]
+                   ) -> dict[str, Any]:
+    from qcourier.errors import QcourierError
+
+    try:
+        usage = usage_of(budget.service, budget.key_index)
+    except QcourierError as exc:
+        return {"error": str(exc)}
+    return {"usage_seconds": usage.usage_seconds, "limit_seconds": usage.limit_seconds,
+            "difference_seconds": usage.usage_seconds - budget.used_seconds}

@@ -67,6 +67,7 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
       qcourier budget --plan qcourier-plan.toml
       qcourier budget --json | jq '.keys[] | {service, key_index, remaining_seconds}'
     """
+    from qcourier.accounting.budget import budget_report, report_keys
     from qcourier.ledger.status import utc_now
     from qcourier.ledger.store import Ledger
 
@@ -76,7 +77,12 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
     fold = ledger.fold()
     for problem in fold.problems:
         state.warn(str(problem))
-    report = budget_report(state, fold.summaries, utc_now(), ask_services=not no_service)
+    settings, records = state.get_settings(), fold.summaries
+    keys = report_keys(records, [key.index for key in settings.api_keys()],
+                       state.default_service_name())
+    report = budget_report(
+        records, utc_now(), keys, settings.budget_limit,
+        None if no_service else lambda service, index: state.get_pool().get(service, index).usage())
     from qcourier.accounting.plan import lines as plan_lines
     from qcourier.accounting.plan import load_plan, progress
 
@@ -93,52 +99,6 @@ def main(no_service: bool, plan_file: Path | None, ledger_dir: Path | None,
         click.echo("Plan:")
         for line in plan_lines(report["plan"]):
             click.echo(f"  {line}")
-
-
-def budget_report(state: AppState, records: list[Any], now: Any, ask_services: bool
-                  ) -> dict[str, Any]:
-    """The ``--json`` payload: every key's budget (and service figure), the model's record."""
-    from qcourier.accounting.budget import WINDOW, budget_state, model_accuracy
-
-    settings = state.get_settings()
-    keys = []
-    for service, key_index in _keys(state, records):
-        budget = budget_state(records, service, key_index, settings.budget_limit(key_index), now)
-        entry = budget.to_dict()
-        entry.update(jobs_usage_pending=budget.jobs_usage_pending,
-                     usage_pending_seconds=budget.usage_pending_seconds)
-        entry["service_usage"] = _service_usage(state, budget) if ask_services else None
-        keys.append(entry)
-    accuracy = {}
-    for service in sorted({r.service for r in records}):
-        figures = model_accuracy(records, service=service)
-        if figures.count:
-            accuracy[service] = figures.to_dict()
-    return {"now": now.isoformat(), "window_days": WINDOW.days, "keys": keys,
-            "model_accuracy": accuracy}
-
-
-def _keys(state: AppState, records: list[Any]) -> list[tuple[str, int | None]]:
-    """Keys in the ledger, every configured IBM key, or else the default service's."""
-    from qcourier.accounting.budget import budget_key, budget_keys
-
-    keys = set(budget_keys(records))
-    keys |= {("ibm", key.index) for key in state.get_settings().api_keys()}
-    if not keys:
-        name = state.default_service_name()
-        keys.add(budget_key(name, None if name == "local" else 0))
-    return sorted(keys, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
-
-
-def _service_usage(state: AppState, budget: Any) -> dict[str, Any]:
-    from qcourier.errors import QcourierError
-
-    try:
-        usage = state.get_pool().get(budget.service, budget.key_index).usage()
-    except QcourierError as exc:
-        return {"error": str(exc)}
-    return {"usage_seconds": usage.usage_seconds, "limit_seconds": usage.limit_seconds,
-            "difference_seconds": usage.usage_seconds - budget.used_seconds}
 
 
 def _print_keys(state: AppState, keys: list[dict[str, Any]], with_service: bool) -> None:

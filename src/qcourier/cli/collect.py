@@ -297,24 +297,17 @@ def _notify(ledger, settings, report) -> None:
 
 
 def _budget_admission(settings, pool):
-    """The budget guard's check for deferred jobs (imported only when one is to be submitted):
-    it counts the larger of the ledger's usage and the service's own figure, asked once per
-    key and run; a service that cannot say leaves the ledger's figure."""
-    service_used: dict[tuple, float | None] = {}
+    """The budget guard's check of a deferred job (``BudgetGuard.deferred_admission``), made
+    when the first one is to be submitted: an idle run imports no accounting."""
+    made = []
 
     def admit(record, records):
-        from qcourier.accounting.budget import BudgetGuard
-        from qcourier.errors import QcourierError
-        from qcourier.ledger.status import utc_now
+        if not made:
+            from qcourier.accounting.budget import BudgetGuard
 
-        key = (record.service, record.api_key_index)
-        if key not in service_used:
-            try:
-                service_used[key] = pool.get(*key).usage().usage_seconds
-            except QcourierError:
-                service_used[key] = None
-        return BudgetGuard(settings.budget_limit).admit_deferred(record, records, utc_now(),
-                                                                 service_used[key])
+            made.append(BudgetGuard(settings.budget_limit).deferred_admission(
+                lambda service, index: pool.get(service, index).usage().usage_seconds))
+        return made[0](record, records)
 
     return admit
 
