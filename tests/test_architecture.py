@@ -146,6 +146,31 @@ def test_the_ledger_knows_nothing_of_qiskit():
             if m.startswith("qcourier.ledger")} == set()
 
 
+def _imports_matplotlib(name: str, path: Path) -> bool:
+    return any(m == "matplotlib" or m.startswith("matplotlib.") for m in _imports(name, path))
+
+
+def test_the_report_numbers_import_no_matplotlib_even_inside_functions():
+    """The numbers (``accounting.report``) stay apart from the drawing (``accounting.plots``)."""
+    assert not _imports_matplotlib("qcourier.accounting.report",
+                                   MODULES["qcourier.accounting.report"])
+
+
+def test_only_the_plots_module_of_accounting_imports_matplotlib():
+    assert {m for m in _importers_of(("matplotlib",))
+            if m.startswith("qcourier.accounting")} == {"qcourier.accounting.plots"}
+
+
+def test_a_matplotlib_import_inside_a_function_is_caught(tmp_path):
+    """The check above must be able to fail: the layout before the split drew in report."""
+    old = tmp_path / "report.py"
+    old.write_text("def _figure():\n    from matplotlib.figure import Figure\n    return Figure()\n"
+                   "def require():\n    import matplotlib  # noqa: F401\n")
+    assert _imports_matplotlib("qcourier.accounting.report", old)
+    old.write_text("def quantile(values, q):\n    import math\n    return math.nan\n")
+    assert not _imports_matplotlib("qcourier.accounting.report", old)
+
+
 def test_a_control_graph_with_a_cycle_and_an_upward_import_is_caught(tmp_path):
     """The checks above must be able to fail: feed them a bad graph."""
     global MODULES

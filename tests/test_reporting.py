@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qcourier.accounting.report import Distribution, study_report, write_plots
+from qcourier.accounting.plots import write_plots
+from qcourier.accounting.report import Distribution, study_report
 from qcourier.cli import collect, main, report, submit
 from qcourier.ledger.record import LedgerRecord
 from qcourier.ledger.status import JobStatus

@@ -36,11 +36,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def _plots(report, records, ledger_dir: Path) -> list[tuple[str, str]] | None:
     """(name, base64 PNG) of the study's plots (no per-job counts plots); None without
     matplotlib (the page is written without them)."""
-    from qcourier.accounting.report import write_plots
+    from qcourier.accounting.plots import have_matplotlib, write_plots
 
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if not have_matplotlib():
         return None
     with tempfile.TemporaryDirectory(prefix="qcourier-html-") as tmp:
         written = write_plots(report, records, ledger_dir, Path(tmp)).written
@@ -149,7 +147,7 @@ def _budget(budget: list[dict]) -> str:
 
 def _plots_section(plots: list[tuple[str, str]] | None) -> str:
     if plots is None:
-        from qcourier.accounting.report import PLOTS_EXTRA
+        from qcourier.accounting.plots import PLOTS_EXTRA
 
         return f"<h2>Plots</h2><p class='muted'>Plots need matplotlib: {_e(PLOTS_EXTRA)}</p>"
     return "<h2>Plots</h2>" + ("".join(

@@ -112,7 +112,8 @@ def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None
       qcourier report --plan qcourier-plan.toml
       qcourier report --json | jq '.success_rate, .turnaround_seconds.p95'
     """
-    from qcourier.accounting.report import study_report, write_plots
+    from qcourier.accounting.plots import write_plots
+    from qcourier.accounting.report import study_report
     from qcourier.ledger.status import utc_now
     from qcourier.ledger.store import Ledger
 
