@@ -14,6 +14,7 @@ from qcourier.cli._common import (
     json_option,
     ledger_dir_option,
     print_table,
+    time_cell,
 )
 
 
@@ -71,7 +72,7 @@ def show(job_id: str, ledger_dir: Path | None, as_json: bool) -> None:
         click.echo(f"{name.ljust(width)}  {value}")
     click.echo("\nHistory:")
     print_table(state, ["time (UTC)", "status", "note"],
-                [[r.updated_at.strftime("%Y-%m-%d %H:%M:%S"), r.status.value, _note(r, before)]
+                [[time_cell(r.updated_at), r.status.value, _note(r, before)]
                  for before, r in zip([None, *lines], lines, strict=False)])
     if result is not None:
         click.echo(f"\nResult: {result.path}" + (f" — {result.problem}" if result.problem else ""))

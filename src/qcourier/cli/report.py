@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from qcourier.cli._common import (
+    EMPTY,
     AppState,
     cell,
     get_state,
@@ -160,8 +161,9 @@ def main(plots_dir: Path | None, prometheus: Path | None, html_file: Path | None
 
 
 def _seconds(value: float | None) -> str:
+    """A duration cell in the unit that reads best, or :data:`EMPTY`."""
     if value is None:
-        return "-"
+        return EMPTY
     if value < 90:
         return f"{value:.1f} s"
     if value < 5400:
