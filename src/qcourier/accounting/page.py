@@ -163,3 +163,30 @@ def write_html(path: Path, report, records, ledger_dir: Path,
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(path), render(report, records, ledger_dir, plan_lines).encode())
+
+
+def write_study_page(path: Path, ledger: Any, limit_for: Any, plan_file: Path | None = None
+                     ) -> list[str]:
+    """Write ``qcollect --html``'s page of ``ledger`` now (budgets from ``limit_for``), with
+    the study plan's progress (``plan_file``, else ``./qcourier-plan.toml`` when present).
+
+    Returns:
+        Warnings: a plan that cannot be read (the page is still written, without it).
+    """
+    from qcourier.accounting.plan import lines, load_plan, progress
+    from qcourier.accounting.report import study_report
+    from qcourier.errors import QcourierError
+    from qcourier.ledger.status import utc_now
+
+    fold = ledger.fold()
+    report = study_report(fold.records, ledger.directory, limit_for, utc_now())
+    warnings = []
+    try:
+        plan = load_plan(plan_file)
+    except QcourierError as exc:
+        warnings.append(str(exc))
+        plan = None
+    plan_lines = (None if plan is None else
+                  lines(progress(plan, fold.records, limit_for, utc_now())))
+    write_html(path, report, fold.records, ledger.directory, plan_lines)
+    return warnings

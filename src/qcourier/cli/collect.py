@@ -173,12 +173,21 @@ def _check_options(jobs_file: Path | None, job_id: str | None, poll_all: bool, i
 def _after_run(ledger, settings, report, prometheus: Path | None, html_file: Path | None,
                plan_file: Path | None) -> None:
     """What follows each run: notifications, the metrics file, the study page."""
+    state = get_state()
     if settings.notify:
-        _notify(ledger, settings, report)
+        from qcourier.collect.notify import notify_after_run, urls_of
+
+        problem = notify_after_run(ledger, report, urls_of(settings.notify), settings.budget_limit,
+                                   settings.notify_stuck_hours)
+        if problem is not None:
+            state.warn(problem)
     if prometheus is not None:
         _write_metrics(prometheus, ledger, settings, report)
     if html_file is not None:
-        _write_html(html_file, ledger, settings, plan_file)
+        from qcourier.accounting.page import write_study_page
+
+        for warning in write_study_page(html_file, ledger, settings.budget_limit, plan_file):
+            state.warn(warning)
 
 
 class _Output:
@@ -249,51 +258,6 @@ class _Output:
             self.live.progress(text)
         elif not self.as_json:
             self.state.info(text)
-
-
-def _write_html(path: Path, ledger, settings, plan_file: Path | None = None) -> None:
-    from qcourier.accounting.page import write_html
-    from qcourier.accounting.plan import lines, load_plan, progress
-    from qcourier.accounting.report import study_report
-    from qcourier.ledger.status import utc_now
-
-    fold = ledger.fold()
-    report = study_report(fold.records, ledger.directory, settings.budget_limit, utc_now())
-    from qcourier.errors import QcourierError
-
-    try:
-        plan = load_plan(plan_file)  # --plan, else ./qcourier-plan.toml when present
-    except QcourierError as exc:  # the page is still written, without the plan
-        click.echo(f"Warning: {exc}", err=True)
-        plan = None
-    plan_lines = (None if plan is None else
-                  lines(progress(plan, fold.records, settings.budget_limit, utc_now())))
-    write_html(path, report, fold.records, ledger.directory, plan_lines)
-
-
-def _notify(ledger, settings, report) -> None:
-    """One message for what this run finished, budgets passing 50/80/100 %, stuck deferred
-    queues (and what an earlier failed send left); a failure is a one-line warning, never a
-    failed collect."""
-    from qcourier.collect.notify import (
-        budget_events,
-        job_events,
-        notify_events,
-        stuck_events,
-        urls_of,
-    )
-    from qcourier.errors import QcourierError
-    from qcourier.ledger.status import utc_now
-
-    try:
-        records, now = ledger.fold().summaries, utc_now()
-        events = (job_events(report) + budget_events(records, settings.budget_limit, now)
-                  + stuck_events(records, now, settings.notify_stuck_hours))
-        notify_events(ledger.directory, urls_of(settings.notify), events)
-    except QcourierError as exc:
-        click.echo(f"Warning: notification not sent: {exc}", err=True)
-    except Exception as exc:  # noqa: BLE001 - apprise or the network: never fail the collect
-        click.echo(f"Warning: notification not sent: {type(exc).__name__}", err=True)
 
 
 def _budget_admission(settings, pool):

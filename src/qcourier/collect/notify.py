@@ -342,3 +342,26 @@ def notify_events(directory: Path, urls: list[str], events: list[Event],
         send(urls, title, "\n".join(e.line for e in todo))
         _append(directory, todo, "sent")
         return todo
+
+
+def notify_after_run(ledger: Any, report: Any, urls: list[str], limit_of: Any,
+                     stuck_hours: float = STUCK_HOURS) -> str | None:
+    """What ``qcollect`` tells after a run: one message for the jobs it finished, budgets
+    passing 50/80/100 %, stuck deferred queues (and what an earlier failed send left).
+
+    Returns:
+        Why the notification was not sent (a one-line warning), or None; never raises for a
+        failed send: a notification must not fail the collect.
+    """
+    from qcourier.ledger.status import utc_now
+
+    try:
+        records, now = ledger.fold().summaries, utc_now()
+        events = (job_events(report) + budget_events(records, limit_of, now)
+                  + stuck_events(records, now, stuck_hours))
+        notify_events(ledger.directory, urls, events)
+    except QcourierError as exc:
+        return f"notification not sent: {exc}"
+    except Exception as exc:  # noqa: BLE001 - apprise or the network: never fail the collect
+        return f"notification not sent: {type(exc).__name__}"
+    return None
