@@ -369,7 +369,9 @@ def test_budget_crossings_exactly_once_with_two_collectors(sink, tmp_path: Path)
 # -- the stuck deferred queue ----------------------------------------------------------------
 
 def test_stuck_hours_is_a_setting(invoke, sink, monkeypatch):
-    import time
+    from datetime import timedelta
+
+    import qcourier.ledger.status as status
 
     monkeypatch.setenv("QCOURIER_NOTIFY", sink.url)
     monkeypatch.setenv("QCOURIER_LOCAL_QUEUE_SECONDS", "600")  # the first job stays queued
@@ -377,8 +379,9 @@ def test_stuck_hours_is_a_setting(invoke, sink, monkeypatch):
                          "--max-pending", "1"])
     assert invoke(collect.main, ["--max-pending", "1"]).exit_code == 0
     assert not any("stuck" in b["message"] for b in sink.bodies)  # 24 h by default
-    monkeypatch.setenv("QCOURIER_NOTIFY_STUCK_HOURS", "0.0001")  # 0.36 s
-    time.sleep(0.5)
+    monkeypatch.setenv("QCOURIER_NOTIFY_STUCK_HOURS", "0.5")
+    real_now = status.utc_now
+    monkeypatch.setattr(status, "utc_now", lambda: real_now() + timedelta(hours=1))  # later
     assert invoke(collect.main, ["--max-pending", "1"]).exit_code == 0
     assert invoke(collect.main, ["--max-pending", "1"]).exit_code == 0
     stuck = [ln for b in sink.bodies for ln in b["message"].splitlines() if "stuck" in ln]
