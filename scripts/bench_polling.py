@@ -46,7 +46,7 @@ from qcourier.services.base import TransientServiceError
 from qcourier.services.local import LocalService, LocalServiceConfig
 from qcourier.services.workers import DEFAULT_WORKERS
 from qcourier.submit.dispatch import QueuePolicy
-from qcourier.submit.plan import plan_submission
+from qcourier.submit.plan import SubmitOptions, plan_submission
 from qcourier.submit.run import LedgerTarget, submit_plan
 
 
@@ -90,9 +90,10 @@ def prepare(root: Path, jobs: int, queued: bool) -> None:
                                               queue_seconds=3600 if queued else 0,
                                               run_seconds=0))
     experiment = get_experiment("bell")
-    plan = plan_submission(service, [(experiment, experiment.Params(shots=20))], repeat=jobs)
-    submit_plan(LedgerTarget(Ledger(root / "ledger")), plan, existing=[], force=True,
-                policy=QueuePolicy(max_pending=jobs, per_minute=jobs))
+    options = SubmitOptions(repeat=jobs, force=True,
+                            policy=QueuePolicy(max_pending=jobs, per_minute=jobs))
+    plan = plan_submission(service, [(experiment, experiment.Params(shots=20))], options)
+    submit_plan(LedgerTarget(Ledger(root / "ledger")), plan, existing=[], options=options)
     ids = [r.job_id for r in Ledger(root / "ledger").fold().summaries]
     for job_id in ids:  # the service runs the jobs now, so that no timing includes it
         service.job_status(job_id)

@@ -107,9 +107,10 @@ def _service(root: Path):
 
 def _plan(service, case: str, cache: Path | None):
     from qcourier.experiments import resolve
-    from qcourier.submit.plan import plan_submission
+    from qcourier.submit.plan import SubmitOptions, plan_submission
 
-    plan = plan_submission(service, resolve(case, [], None), backend=BACKEND, transpile_cache=cache)
+    plan = plan_submission(service, resolve(case, [], None),
+                           SubmitOptions(backend=BACKEND, transpile_cache=cache))
     return plan
 
 

@@ -257,3 +257,56 @@ def test_no_catch_warnings_in_the_package():
              and "catch_warnings" in (getattr(node, "attr", None), getattr(node, "id", None),
                                       getattr(node, "name", None))]
     assert users == []
+
+
+#: The most parameters a function or method may take, ``self`` and ``cls`` not counted
+#: (the project's rule: option objects instead of long parameter lists).
+MAX_PARAMETERS = 8
+
+
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Every parameter: positional, keyword-only, ``*args`` and ``**kwargs``; a leading
+    ``self`` or ``cls`` left out."""
+    args = node.args
+    positional = [*args.posonlyargs, *args.args]
+    if positional and positional[0].arg in ("self", "cls"):
+        positional = positional[1:]
+    return len(positional) + len(args.kwonlyargs) + (args.vararg is not None) + (
+        args.kwarg is not None)
+
+
+def is_click_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether a click decorator (``@click.option``, ``@group.command``...) makes the
+    function a command's callback: each of its options is a parameter."""
+    for decorator in node.decorator_list:
+        func = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(func, ast.Attribute) and (
+                func.attr in ("command", "group")
+                or isinstance(func.value, ast.Name) and func.value.id == "click"):
+            return True
+    return False
+
+
+def test_parameter_count_counts_every_kind_but_self():
+    [cls_] = ast.parse("class C:\n    def m(self, a, /, b, *c, d, **e): ...\n").body
+    [plain, command, helper] = ast.parse(
+        "def f(a, b=1, *, c): ...\n\n"
+        "@click.command()\n@click.option('--x')\ndef g(x): ...\n\n"
+        "@contextmanager\ndef h(): ...\n").body
+    assert isinstance(cls_, ast.ClassDef) and isinstance(cls_.body[0], ast.FunctionDef)
+    assert isinstance(plain, ast.FunctionDef) and isinstance(command, ast.FunctionDef)
+    assert isinstance(helper, ast.FunctionDef)
+    assert (parameter_count(cls_.body[0]), parameter_count(plain)) == (5, 3)
+    assert (is_click_command(command), is_click_command(helper)) == (True, False)
+
+
+def test_no_function_takes_more_than_8_parameters():
+    long_ = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if name.startswith("qcourier.cli") and is_click_command(node):
+                    continue
+                if (count := parameter_count(node)) > MAX_PARAMETERS:
+                    long_.append(f"{name}.{node.name} (line {node.lineno}): {count} parameters")
+    assert not long_, "pass an options object to these functions:\n" + "\n".join(sorted(long_))

@@ -20,6 +20,7 @@ from qcourier.services.local import LocalService, LocalServiceConfig, SlidingWin
 from qcourier.services.workers import (
     RateGate,
     RetryPolicy,
+    Timing,
     WorkerPool,
     map_unordered,
     retry_call,
@@ -261,7 +262,7 @@ def run(attempt, fake: FakeTime, gate: RateGate | None = None, policy: RetryPoli
                       policy=policy or RetryPolicy(attempts=4, jitter_seconds=0.0),
                       gate=gate or fake.gate(), budget=CallTime(budget), idempotent=idempotent,
                       deadline_error=lambda last: DeadlineExceededError(f"gave up; last: {last}"),
-                      sleep=fake.sleep, clock=fake.clock)
+                      timing=Timing(clock=fake.clock, sleep=fake.sleep))
 
 
 def test_429_is_retried_after_the_named_delay_at_the_gate():

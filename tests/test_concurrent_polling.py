@@ -18,7 +18,7 @@ from qcourier.ledger.store import Ledger
 from qcourier.services.base import ServiceError
 from qcourier.services.local import LocalService, LocalServiceConfig
 from qcourier.submit.dispatch import QueuePolicy
-from qcourier.submit.plan import plan_submission
+from qcourier.submit.plan import SubmitOptions, plan_submission
 from qcourier.submit.run import LedgerTarget, submit_plan
 
 JOBS = 24
@@ -69,10 +69,10 @@ def submit_many(tmp_path: Path, ledger: Ledger, n: int, queue_seconds: float) ->
     service = LocalService(LocalServiceConfig(root=tmp_path / "service", queue_seconds=queue_seconds,
                                               run_seconds=0, seed=3))
     experiment = get_experiment("bell")
-    plan = plan_submission(service, [(experiment, experiment.Params(shots=20))], repeat=n)
+    options = SubmitOptions(repeat=n, policy=QueuePolicy(max_pending=n, per_minute=n), force=True)
+    plan = plan_submission(service, [(experiment, experiment.Params(shots=20))], options)
     target = LedgerTarget(ledger)
-    outcome = submit_plan(target, plan, existing=[], policy=QueuePolicy(max_pending=n, per_minute=n),
-                          force=True)
+    outcome = submit_plan(target, plan, existing=[], options=options)
     assert len(outcome.records) == n and all(r.job_id for r in outcome.records)
 
 

@@ -15,7 +15,7 @@ from qcourier.circuits.transpile import check_input_size, describe_transpiled
 from qcourier.cli import submit
 from qcourier.experiments import resolve
 from qcourier.provenance import circuit_hash
-from qcourier.submit.plan import _check_planned_input_size, plan_submission
+from qcourier.submit.plan import SubmitOptions, _check_planned_input_size, plan_submission
 
 # calibration_age_hours is "now" minus the calibration's date: it differs between any two
 # plans made a few seconds apart, cache or not.
@@ -23,8 +23,8 @@ VOLATILE = {"record_id", "updated_at", "calibration_age_hours"}
 
 
 def plan(service, cache: Path | None, name="ghz", params=("width=3",), shots=100, **kwargs):
-    return plan_submission(service, resolve(name, list(params), shots), backend="fake_fez",
-                           transpile_cache=cache, **kwargs)
+    return plan_submission(service, resolve(name, list(params), shots),
+                           SubmitOptions(backend="fake_fez", transpile_cache=cache, **kwargs))
 
 
 def records(p) -> list[dict]:
@@ -90,7 +90,8 @@ def test_circuits_from_the_cache_are_never_shared(service, tmp_path: Path):
     # The same circuits twice in one plan (different shots, so different params): the second
     # unit hits the entry the first just wrote, and each gets its own provenance.
     experiments = resolve("ghz", ["width=3"], 100) + resolve("ghz", ["width=3"], 200)
-    both = plan_submission(service, experiments, backend="fake_fez", transpile_cache=cache)
+    both = plan_submission(service, experiments,
+                           SubmitOptions(backend="fake_fez", transpile_cache=cache))
     one, two = both.jobs
     assert both.cache_hits == 2 and one.isa_circuits[0] is not two.isa_circuits[0]
     assert one.isa_circuits[0].metadata["qcourier"]["params"]["shots"] == 100
@@ -113,8 +114,8 @@ def test_repeat_from_the_cache(service, tmp_path: Path):
 def test_another_backend_or_calibration_misses(service, tmp_path: Path, monkeypatch):
     cache = tmp_path / "cache"
     plan(service, cache)
-    other = plan_submission(service, resolve("ghz", ["width=3"], 100), backend="fake_torino",
-                            transpile_cache=cache)
+    other = plan_submission(service, resolve("ghz", ["width=3"], 100),
+                            SubmitOptions(backend="fake_torino", transpile_cache=cache))
     assert (other.cache_hits, other.cache_misses) == (0, 1)
 
     real = service.calibration
@@ -188,10 +189,10 @@ def test_an_unwritable_cache_never_fails_a_plan(service, tmp_path: Path):
 
 def test_a_read_only_plan_reads_but_never_writes(service, tmp_path: Path):
     cache = tmp_path / "cache"
-    plan(service, cache, update_cache=False)
+    plan(service, cache, dry_run=True)
     assert not cache.exists()
     plan(service, cache)
-    assert plan(service, cache, update_cache=False).cache_hits == 1
+    assert plan(service, cache, dry_run=True).cache_hits == 1
 
 
 def test_no_cache_writes_nothing(service, tmp_path: Path):

@@ -104,8 +104,8 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
     from qcourier.ledger.store import Ledger, check_ledger_file
     from qcourier.store.lease import TeamLease
     from qcourier.submit.dispatch import queue_policy
-    from qcourier.submit.plan import ExecutionLimits
-    from qcourier.submit.run import SubmitOptions, submit_everywhere
+    from qcourier.submit.plan import ExecutionLimits, SubmitOptions
+    from qcourier.submit.run import submit_everywhere
 
     state = get_state()
     resolved = resolve(experiment, list(params), shots)

@@ -363,11 +363,23 @@ class RetryPolicy:
         return min(backoff(retry_state), self.max_wait_seconds)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """The clock a retry loop reads and how it waits: the real ones, or a test's.
+
+    Attributes:
+        clock: a monotonic clock.
+        sleep: how to wait.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
 def retry_call(func: Callable[[float], R], *, what: str, policy: RetryPolicy, gate: RateGate,
                budget: CallTime,
                deadline_error: Callable[[ServiceError | None], ServiceError],
-               idempotent: bool = True, sleep: Callable[[float], None] = time.sleep,
-               clock: Callable[[], float] = time.monotonic) -> R:
+               idempotent: bool = True, timing: Timing = Timing()) -> R:
     """``func(seconds_left)`` until it succeeds or ``policy`` says stop: the one retry loop.
 
     Each attempt first waits while ``gate`` is held (another thread's 429), then runs. A 429
@@ -385,7 +397,8 @@ def retry_call(func: Callable[[float], R], *, what: str, policy: RetryPolicy, ga
         budget: the time the call may take, shared by every call of the scope.
         deadline_error: the error raised when ``budget`` runs out, given the last failure.
         idempotent: whether a retry after an ambiguous failure is safe (a submission's is not).
-        sleep, clock: for tests.
+        timing: the clock the loop reads and the sleep it waits with (for tests; ``gate``
+            has its own).
 
     Raises:
         ServiceError: the last failure, once retries are spent or not allowed; or
@@ -393,7 +406,7 @@ def retry_call(func: Callable[[float], R], *, what: str, policy: RetryPolicy, ga
     """
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, stop_never
 
-    loop = _RetryLoop(func, what, policy, gate, budget, deadline_error, sleep, clock)
+    loop = _RetryLoop(func, what, policy, gate, budget, deadline_error, timing.sleep, timing.clock)
     attempts = stop_after_attempt(policy.attempts) if policy.attempts is not None else stop_never
     retrying = Retrying(
         retry=retry_if_exception(lambda error: policy.retryable(error, idempotent)),

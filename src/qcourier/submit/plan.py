@@ -49,9 +49,13 @@ from qcourier.services.base import (
     ServiceError,
     TransientServiceError,
 )
+from qcourier.submit.dispatch import QueuePolicy
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
+
+    from qcourier.accounting.budget import BudgetGuard
+    from qcourier.store.lease import TeamLease
 
 #: A calibration older than this gets a warning at submission.
 STALE_CALIBRATION_HOURS = 24.0
@@ -96,6 +100,42 @@ class ExecutionLimits:
     cap: int = 300
 
 
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How to submit (``qsubmit``'s options, validated by the command): what
+    :func:`plan_submission` and :func:`~qcourier.submit.run.submit_plan` each read of it,
+    their docstrings say.
+
+    Attributes:
+        backend: backend name; None: the least busy big enough.
+        repeat: identical jobs per unit.
+        repo_path: the experiment repository whose commit is recorded.
+        jobs_file: append to this ledger file instead of a new one.
+        dry_run: plan only, write nothing.
+        limits: max_execution_time policy.
+        policy: pending and per-minute caps, intent grace.
+        force: submit even what dedupe would skip.
+        guard: the budget guard; None: no budget check.
+        progress: called with each step's description.
+        transpile_cache: directory of the transpile cache, or None to transpile afresh. A
+            dry run reads it but does not write it.
+        team: the team store's budget leases; None: this machine's key lock alone.
+    """
+
+    backend: str | None = None
+    repeat: int = 1
+    repo_path: Path | None = None
+    jobs_file: Path | None = None
+    dry_run: bool = False
+    limits: ExecutionLimits = ExecutionLimits()
+    policy: QueuePolicy = QueuePolicy()
+    force: bool = False
+    guard: BudgetGuard | None = None
+    progress: Progress = _quiet
+    transpile_cache: Path | None = None
+    team: TeamLease | None = None
+
+
 @dataclass
 class SubmissionOutcome:
     """What a submission did."""
@@ -122,21 +162,16 @@ class SubmissionOutcome:
 def plan_submission(
     service: QuantumService,
     experiments: list[tuple[Experiment, ExperimentParams]],
+    options: SubmitOptions = SubmitOptions(),
     *,
-    backend: str | None = None,
-    repeat: int = 1,
-    repo_path: Path | None = None,
-    limits: ExecutionLimits = ExecutionLimits(),
-    progress: Progress = _quiet,
-    transpile_cache: Path | None = None,
-    update_cache: bool = True,
     output_dirs: Sequence[Path] = (),
 ) -> Plan:
     """Build, transpile and hash every job of a submission.
 
     Args:
-        transpile_cache: directory of the transpile cache; None transpiles everything afresh.
-        update_cache: False to only read the cache (a dry run writes nothing).
+        options: read here: ``backend``, ``repeat``, ``repo_path``, ``limits``, ``progress``,
+            ``transpile_cache`` (None transpiles everything afresh) and ``dry_run`` (the cache
+            is then only read: a dry run writes nothing).
         output_dirs: qcourier's own output directories (ledger, local service), whose
             changes do not make the recorded git tree dirty.
 
@@ -146,23 +181,24 @@ def plan_submission(
     """
     from qcourier.circuits.estimate import estimate_qpu_seconds, max_execution_time
 
-    if repeat < 1:
-        raise UsageError(f"--repeat must be at least 1, got {repeat}")
+    progress = options.progress
+    if options.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {options.repeat}")
     built: list[tuple[Experiment, ExperimentParams, JobUnit]] = []
     for experiment, params in experiments:
         progress(f"building {experiment.name}")
         built.extend((experiment, params, unit) for unit in experiment.build(params))
     width = max(c.num_qubits for _, _, unit in built for c in unit.circuits)
-    backend_name, target = _choose_backend(service, backend, width)
+    backend_name, target = _choose_backend(service, options.backend, width)
     calibration = service.calibration(backend_name)
     snapshot = snapshot_sha256(calibration)
     age = calibration_age_hours(calibration)
-    git = git_state(repo_path, output_dirs)
+    git = git_state(options.repo_path, output_dirs)
     plan = Plan(service, backend_name, [], calibration, git, [git.warning] if git.warning else [])
     if age is not None and age > STALE_CALIBRATION_HOURS and not service.simulated:
         plan.warnings.append(f"the calibration of {backend_name} is {age:.0f} hours old")
-    cache, context = _open_cache(transpile_cache, update_cache, backend_name, target, snapshot,
-                                 plan.warnings)
+    cache, context = _open_cache(options.transpile_cache, not options.dry_run, backend_name,
+                                 target, snapshot, plan.warnings)
     device = Device(backend_name, getattr(target, "target", None), target.num_qubits, calibration)
     for experiment, params, unit in built:
         if getattr(target, "target", None) is not None:
@@ -176,16 +212,16 @@ def plan_submission(
         else:
             plan.cache_misses += 1
         isa = transpiled.circuits
-        template = _record_for(service, backend_name, experiment, params, unit, transpiled,
-                               logical_hash, git, snapshot)
+        template = _record_for(plan, experiment, params, unit, transpiled, logical_hash, snapshot)
         _attach_provenance(transpiled, experiment.name, template, unit, snapshot)
         estimate = estimate_qpu_seconds(isa, unit.shots, target)
         template = template.model_copy(update={
             "calibration_age_hours": age,
             "estimated_qpu_seconds": estimate,
-            "max_execution_time": max_execution_time(estimate, limits.margin, limits.cap),
+            "max_execution_time": max_execution_time(estimate, options.limits.margin,
+                                                     options.limits.cap),
         })
-        for _ in range(repeat):
+        for _ in range(options.repeat):
             plan.jobs.append(
                 PlannedJob(experiment.name, isa, unit.shots,
                            template.model_copy(update={"record_id": new_record_id()}))
@@ -331,16 +367,16 @@ def _check_planned_input_size(transpiled: TranspiledUnit, replaced_metadata: dic
 
 
 def _record_for(
-    service: QuantumService,
-    backend: str,
+    plan: Plan,
     experiment: Experiment,
     params: ExperimentParams,
     unit: JobUnit,
     transpiled: TranspiledUnit,
     logical_hash: str,
-    git: GitState,
     snapshot: str,
 ) -> LedgerRecord:
+    """The ledger record of one unit of ``plan`` (its service, backend and git state)."""
+    service, git = plan.service, plan.git
     metadata = dict(unit.metadata)
     logical_state = metadata.pop("logical_state", None)
     # Copies: the record must not share lists with the transpiled unit.
@@ -349,7 +385,7 @@ def _record_for(
     return LedgerRecord(
         service=service.name,
         api_key_index=service.api_key_index,
-        backend=backend,
+        backend=plan.backend,
         experiment_type=experiment.name,
         logical_state=None if logical_state is None else str(logical_state),
         shots=unit.shots,

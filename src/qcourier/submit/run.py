@@ -26,25 +26,21 @@ from qcourier.services.base import (
 from qcourier.store.lease import LeaseBusy, LeaseLost
 from qcourier.store.objects import StoreError
 from qcourier.submit.dispatch import (
-    QueuePolicy,
     open_slots,
     queue_key,
     store_circuits,
     submit_record,
 )
 from qcourier.submit.plan import (
-    ExecutionLimits,
     Plan,
-    Progress,
     SubmissionOutcome,
-    _quiet,
+    SubmitOptions,
     plan_submission,
 )
 from qcourier.submit.section import KeyBusy, LeaseUnavailable, Spending, spending_section
 
 if TYPE_CHECKING:
     from qcourier.ledger.summary import RecordView
-    from qcourier.store.lease import TeamLease
 
 
 class LedgerTarget:
@@ -94,11 +90,7 @@ def submit_plan(
     plan: Plan,
     *,
     existing: list[RecordView],
-    policy: QueuePolicy = QueuePolicy(),
-    force: bool = False,
-    guard: BudgetGuard | None = None,
-    progress: Progress = _quiet,
-    team: TeamLease | None = None,
+    options: SubmitOptions = SubmitOptions(),
 ) -> SubmissionOutcome:
     """Submit the planned jobs under the intent protocol, deferring what the queue cannot take.
 
@@ -124,22 +116,23 @@ def submit_plan(
             or in the budget window, and — unless ``force`` — the completed ones of the
             plan's circuits); it is replaced by the working set made under the lock, and
             this run's records are added to it.
+        options: read here: ``policy``, ``force``, ``guard``, ``progress`` and ``team``.
     """
     outcome = SubmissionOutcome(plan, None, [])
+    guard = options.guard
     service_used = _service_usage(plan) if guard is not None and not guard.allow_over_budget else None
     target.ledger.ensure_writable()
     with ExitStack() as section:
         try:
             spending = section.enter_context(spending_section(
-                target.ledger, plan.service.name, plan.service.api_key_index, team=team,
-                progress=progress))
+                target.ledger, plan.service.name, plan.service.api_key_index, team=options.team,
+                progress=options.progress))
         except (KeyBusy, StoreError) as exc:
             outcome.error = _not_entered(exc)
             return outcome
-        circuits = None if force else {job.record.circuit_hash for job in plan.jobs}
+        circuits = None if options.force else {job.record.circuit_hash for job in plan.jobs}
         existing[:] = working_set(target.ledger, utc_now(), circuits=circuits).summaries
-        _submit_locked(target, plan, existing, policy, force, guard, progress, outcome,
-                       service_used, spending)
+        _submit_locked(target, existing, options, outcome, service_used, spending)
         plan.warnings.extend(spending.notes)
     return outcome
 
@@ -174,15 +167,16 @@ def _service_usage(plan: Plan) -> float | None:
         return None
 
 
-def _submit_locked(target: LedgerTarget, plan: Plan, existing: list[RecordView],
-                   policy: QueuePolicy, force: bool, guard: BudgetGuard | None,
-                   progress: Progress, outcome: SubmissionOutcome,
-                   service_used: float | None, spending: Spending) -> None:
-    """:func:`submit_plan`'s work in the key's section, on ``existing`` made inside it."""
+def _submit_locked(target: LedgerTarget, existing: list[RecordView], options: SubmitOptions,
+                   outcome: SubmissionOutcome, service_used: float | None,
+                   spending: Spending) -> None:
+    """:func:`submit_plan`'s work in the key's section, on ``existing`` made inside it: the
+    plan is ``outcome.plan``."""
+    plan, guard = outcome.plan, options.guard
     earlier = {dedupe_key(r): r for r in existing if r.status in _DUPLICATE_STATUSES}
     jobs = []
     for job in plan.jobs:
-        duplicate = None if force else earlier.get(dedupe_key(job.record))
+        duplicate = None if options.force else earlier.get(dedupe_key(job.record))
         if duplicate is None:
             jobs.append(job)
             continue
@@ -203,11 +197,11 @@ def _submit_locked(target: LedgerTarget, plan: Plan, existing: list[RecordView],
     for index, job in enumerate(jobs, start=1):
         store_circuits(target.ledger, job.record.isa_circuit_hash, job.isa_circuits)
         mine = [r for r in existing if queue_key(r) == queue_key(job.record)]
-        if open_slots(mine, policy, utc_now()) == 0:
+        if open_slots(mine, options.policy, utc_now()) == 0:
             record = job.record.evolve(status=JobStatus.DEFERRED)
             ledger_mod.append(path, record)
         else:
-            progress(f"submitting job {index}/{len(jobs)} ({job.experiment})")
+            options.progress(f"submitting job {index}/{len(jobs)} ({job.experiment})")
             try:
                 spending.confirm()
                 record = submit_record(plan.service, path, job.record, job.isa_circuits)
@@ -277,40 +271,6 @@ def dry_run_budget_line(plan: Plan, existing: list[RecordView], guard: BudgetGua
             f"(used {state.used_seconds:.1f} s, reserved {state.reserved_seconds:.1f} s): {fits}")
 
 
-@dataclass(frozen=True)
-class SubmitOptions:
-    """How to submit (``qsubmit``'s options, validated by the command).
-
-    Attributes:
-        backend: backend name; None: the least busy big enough.
-        repeat: identical jobs per unit.
-        repo_path: the experiment repository whose commit is recorded.
-        jobs_file: append to this ledger file instead of a new one.
-        dry_run: plan only, write nothing.
-        limits: max_execution_time policy.
-        policy: pending and per-minute caps, intent grace.
-        force: submit even what dedupe would skip.
-        guard: the budget guard; None: no budget check.
-        progress: called with each step's description.
-        transpile_cache: directory of the transpile cache, or None to transpile afresh. A
-            dry run reads it but does not write it.
-        team: the team store's budget leases; None: this machine's key lock alone.
-    """
-
-    backend: str | None = None
-    repeat: int = 1
-    repo_path: Path | None = None
-    jobs_file: Path | None = None
-    dry_run: bool = False
-    limits: ExecutionLimits = ExecutionLimits()
-    policy: QueuePolicy = QueuePolicy()
-    force: bool = False
-    guard: BudgetGuard | None = None
-    progress: Progress = _quiet
-    transpile_cache: Path | None = None
-    team: TeamLease | None = None
-
-
 def submit_everywhere(
     services: list[QuantumService],
     ledger: Ledger,
@@ -328,19 +288,14 @@ def submit_everywhere(
     existing: list[RecordView] = [*working_set(ledger).summaries]
     for service in services:
         try:
-            plan = plan_submission(
-                service, experiments, backend=options.backend, repeat=options.repeat,
-                repo_path=options.repo_path, limits=options.limits, progress=options.progress,
-                transpile_cache=options.transpile_cache, update_cache=not options.dry_run,
-                output_dirs=[ledger.directory, *_service_dirs(services)])
+            plan = plan_submission(service, experiments, options,
+                                   output_dirs=[ledger.directory, *_service_dirs(services)])
             if options.dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
                 if options.guard is not None:
                     report.budget_lines.append(dry_run_budget_line(plan, existing, options.guard))
                 continue
-            outcome = submit_plan(target, plan, existing=existing, policy=options.policy,
-                                  force=options.force, guard=options.guard,
-                                  progress=options.progress, team=options.team)
+            outcome = submit_plan(target, plan, existing=existing, options=options)
             report.outcomes.append(outcome)
             if outcome.error:
                 report.failures.append(outcome.error)
