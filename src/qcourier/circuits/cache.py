@@ -240,6 +240,15 @@ class TranspileCache:
 
 
 @dataclass(frozen=True)
+class CacheLimits:
+    """How much of the cache each prune keeps (``QCOURIER_TRANSPILE_CACHE_MAX_AGE_DAYS``,
+    ``QCOURIER_TRANSPILE_CACHE_MAX_MB``)."""
+
+    max_age_days: float = 30.0
+    max_bytes: int = 200_000_000
+
+
+@dataclass(frozen=True)
 class PruneReport:
     """What :func:`prune` removed."""
 

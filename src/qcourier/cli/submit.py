@@ -99,7 +99,7 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
          no_lease: bool, no_transpile_cache: bool, api_key_index: int | None, ledger_dir: Path | None,
          service: str | None, as_json: bool) -> None:
     from qcourier.accounting.budget import BudgetGuard
-    from qcourier.circuits.cache import cache_directory
+    from qcourier.circuits.cache import CacheLimits, cache_directory
     from qcourier.experiments import resolve
     from qcourier.ledger.store import Ledger, check_ledger_file
     from qcourier.store.lease import TeamLease
@@ -128,12 +128,9 @@ def main(experiment: str, params: tuple[str, ...], backend: str | None, shots: i
             policy=queue_policy(settings, max_pending),
             guard=BudgetGuard(settings.budget_limit, allow_over_budget, pace),
             transpile_cache=None if no_transpile_cache else cache_directory(ledger.directory),
+            cache_limits=CacheLimits(settings.transpile_cache_max_age_days,
+                                     int(settings.transpile_cache_max_mb * 1_000_000)),
             team=team))
-    if not (dry_run or no_transpile_cache):
-        from qcourier.circuits.cache import prune
-
-        prune(cache_directory(ledger.directory), settings.transpile_cache_max_age_days,
-              int(settings.transpile_cache_max_mb * 1_000_000))
     if not dry_run:
         state.sync_edge(ledger, "push")  # publish what this run wrote
     for line in report.skipped:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qcourier.circuits.cache import (
+    CacheLimits,
     TranspileCache,
     TranspileContext,
     TranspiledUnit,
@@ -119,6 +120,7 @@ class SubmitOptions:
         progress: called with each step's description.
         transpile_cache: directory of the transpile cache, or None to transpile afresh. A
             dry run reads it but does not write it.
+        cache_limits: what a submission that wrote the cache prunes it to (None: no pruning).
         team: the team store's budget leases; None: this machine's key lock alone.
     """
 
@@ -133,6 +135,7 @@ class SubmitOptions:
     guard: BudgetGuard | None = None
     progress: Progress = _quiet
     transpile_cache: Path | None = None
+    cache_limits: CacheLimits | None = None
     team: TeamLease | None = None
 
 

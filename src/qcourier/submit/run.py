@@ -305,5 +305,10 @@ def submit_everywhere(
             report.failures.append(str(exc))
     target.discard_if_unused()
     report.ledger_path = target.path
+    if not options.dry_run and options.transpile_cache is not None and options.cache_limits:
+        from qcourier.circuits.cache import prune
+
+        prune(options.transpile_cache, options.cache_limits.max_age_days,
+              options.cache_limits.max_bytes)
     return report
 
