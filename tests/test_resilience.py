@@ -333,3 +333,35 @@ def test_failure_classes(message, code, expected):
     from qcourier.services.base import JobState, JobStatusReport
 
     assert classify_failure(JobStatusReport("j", JobState.ERROR, message, code)) == expected
+
+
+def test_a_submission_decides_and_writes_on_its_clock(tmp_path: Path, service: LocalService):
+    """The per-minute cap, and every line's time, come from SubmitOptions.clock: a
+    submission half a minute after two others is deferred, one a minute after is not."""
+    from datetime import UTC, datetime, timedelta
+
+    from qcourier.experiments import get_experiment
+    from qcourier.ledger.store import Ledger
+    from qcourier.submit.dispatch import QueuePolicy
+    from qcourier.submit.plan import SubmitOptions
+    from qcourier.submit.run import submit_everywhere
+
+    ledger = Ledger(tmp_path / "ledger")
+    bell = get_experiment("bell")
+    start = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
+
+    def submit_at(offset: float, repeat: int = 1) -> list:
+        options = SubmitOptions(repeat=repeat, force=True, clock=lambda: start + timedelta(seconds=offset),
+                                policy=QueuePolicy(max_pending=10, per_minute=2))
+        report = submit_everywhere([service], ledger, [(bell, bell.Params(shots=10))], options)
+        assert not report.failures, report.failures
+        return report.records
+
+    first = submit_at(0, repeat=2)
+    assert [r.status for r in first] == [JobStatus.SUBMITTED] * 2
+    assert {r.submission_time for r in first} == {r.updated_at for r in first} == {start}
+    [held] = submit_at(30)
+    assert held.status is JobStatus.DEFERRED and held.updated_at == start + timedelta(seconds=30)
+    [later] = submit_at(61)
+    assert later.status is JobStatus.SUBMITTED
+    assert later.submission_time == start + timedelta(seconds=61)

@@ -797,7 +797,8 @@ def _drain_one(run: _Context, service: QuantumService, entry: Entry,
     run.progress(f"submitting deferred {record.experiment_type} job")
     spending.confirm()  # LeaseLost: the job stays deferred
     try:
-        submitted = submit_record(service, entry.path, record, load_circuits(run.ledger, record))
+        submitted = submit_record(service, entry.path, record, load_circuits(run.ledger, record),
+                                  run.options.clock)
     except ServiceError as exc:
         latest = run.ledger.fold([entry.path]).entries[record.record_id].record
         return (JobOutcome(latest, None, True, f"submission failed: {exc}", failed=True),

@@ -22,7 +22,7 @@ as slots free up.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -145,9 +145,11 @@ def job_tags(record: LedgerRecord, batch: str, request_id: str) -> list[str]:
 
 
 def submit_record(
-    service: QuantumService, path: Path, record: LedgerRecord, circuits: list[QuantumCircuit]
+    service: QuantumService, path: Path, record: LedgerRecord, circuits: list[QuantumCircuit],
+    clock: Callable[[], datetime] = utc_now,
 ) -> LedgerRecord:
     """Submit a planned or deferred record's job under an intent line; return the new state.
+    ``clock`` gives the time of each line it writes.
 
     Raises:
         TransientServiceError: the service may or may not have created the job; the intent
@@ -158,9 +160,9 @@ def submit_record(
             job id; the record is now ``submit_failed``.
     """
     request_id = secrets.token_hex(8)
-    now = utc_now()
+    now = clock()
     batch = path.stem.removeprefix("submitted_jobs_")
-    intent = record.evolve(status=JobStatus.SUBMITTING, request_id=request_id, job_id=None,
+    intent = record.evolve(now, status=JobStatus.SUBMITTING, request_id=request_id, job_id=None,
                            tags=job_tags(record, batch, request_id), submission_time=now,
                            error=None)
     ledger_mod.append(path, intent)
@@ -176,9 +178,10 @@ def submit_record(
         if isinstance(exc, InvalidJobIdError):
             error += (f"; a job may exist on the service with tag request:{request_id}: "
                       "check it there")
-        ledger_mod.append(path, intent.evolve(status=JobStatus.SUBMIT_FAILED, error=error))
+        ledger_mod.append(path, intent.evolve(clock(), status=JobStatus.SUBMIT_FAILED,
+                                              error=error))
         raise
-    submitted = intent.evolve(status=JobStatus.SUBMITTED, job_id=job_id)
+    submitted = intent.evolve(clock(), status=JobStatus.SUBMITTED, job_id=job_id)
     ledger_mod.append(path, submitted)
     return submitted
 

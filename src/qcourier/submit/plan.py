@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from qcourier.errors import UsageError
 from qcourier.experiments import Experiment, ExperimentParams, JobUnit
 from qcourier.experiments.base import Device
 from qcourier.ledger.record import LedgerRecord
-from qcourier.ledger.status import new_record_id
+from qcourier.ledger.status import new_record_id, utc_now
 from qcourier.provenance import (
     GitState,
     calibration_age_hours,
@@ -122,6 +123,7 @@ class SubmitOptions:
             dry run reads it but does not write it.
         cache_limits: what a submission that wrote the cache prunes it to (None: no pruning).
         team: the team store's budget leases; None: this machine's key lock alone.
+        clock: the time now (UTC) for every decision and every line a submission writes.
     """
 
     backend: str | None = None
@@ -137,6 +139,7 @@ class SubmitOptions:
     transpile_cache: Path | None = None
     cache_limits: CacheLimits | None = None
     team: TeamLease | None = None
+    clock: Callable[[], datetime] = utc_now
 
 
 @dataclass

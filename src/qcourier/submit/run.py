@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from qcourier.errors import QcourierError
 from qcourier.experiments import Experiment, ExperimentParams
 from qcourier.ledger import store as ledger_mod
 from qcourier.ledger.record import LedgerRecord
-from qcourier.ledger.status import JobStatus, utc_now
+from qcourier.ledger.status import JobStatus
 from qcourier.ledger.store import Ledger
 from qcourier.ledger.working import working_set
 from qcourier.provenance import save_snapshot
@@ -131,7 +132,7 @@ def submit_plan(
             outcome.error = _not_entered(exc)
             return outcome
         circuits = None if options.force else {job.record.circuit_hash for job in plan.jobs}
-        existing[:] = working_set(target.ledger, utc_now(), circuits=circuits).summaries
+        existing[:] = working_set(target.ledger, options.clock(), circuits=circuits).summaries
         _submit_locked(target, existing, options, outcome, service_used, spending)
         plan.warnings.extend(spending.notes)
     return outcome
@@ -186,7 +187,7 @@ def _submit_locked(target: LedgerTarget, existing: list[RecordView], options: Su
     if guard is not None and jobs:
         estimate = sum(job.record.estimated_qpu_seconds or 0.0 for job in jobs)
         outcome.refusal, outcome.paced = guard.refusal(
-            existing, plan.service.name, plan.service.api_key_index, estimate, utc_now(),
+            existing, plan.service.name, plan.service.api_key_index, estimate, options.clock(),
             service_used)
         if outcome.refusal:
             return
@@ -197,14 +198,15 @@ def _submit_locked(target: LedgerTarget, existing: list[RecordView], options: Su
     for index, job in enumerate(jobs, start=1):
         store_circuits(target.ledger, job.record.isa_circuit_hash, job.isa_circuits)
         mine = [r for r in existing if queue_key(r) == queue_key(job.record)]
-        if open_slots(mine, options.policy, utc_now()) == 0:
-            record = job.record.evolve(status=JobStatus.DEFERRED)
+        if open_slots(mine, options.policy, options.clock()) == 0:
+            record = job.record.evolve(options.clock(), status=JobStatus.DEFERRED)
             ledger_mod.append(path, record)
         else:
             options.progress(f"submitting job {index}/{len(jobs)} ({job.experiment})")
             try:
                 spending.confirm()
-                record = submit_record(plan.service, path, job.record, job.isa_circuits)
+                record = submit_record(plan.service, path, job.record, job.isa_circuits,
+                                       options.clock)
             except (ServiceError, LeaseLost) as exc:
                 left = len(jobs) - index + 1
                 outcome.error = f"{exc} ({left} job(s) not submitted)"
@@ -256,7 +258,8 @@ def _service_dirs(services: list[QuantumService]) -> list[Path]:
     return [root for root in (getattr(s, "root", None) for s in services) if root is not None]
 
 
-def dry_run_budget_line(plan: Plan, existing: list[RecordView], guard: BudgetGuard) -> str:
+def dry_run_budget_line(plan: Plan, existing: list[RecordView], guard: BudgetGuard,
+                        now: datetime) -> str:
     """One line: the plan's estimated QPU seconds against what remains of its key's budget."""
     from qcourier.accounting.budget import budget_state
 
@@ -264,7 +267,7 @@ def dry_run_budget_line(plan: Plan, existing: list[RecordView], guard: BudgetGua
     service_used = _service_usage(plan)
     limit = guard.limit_for(plan.service.api_key_index)
     state = budget_state(existing, plan.service.name, plan.service.api_key_index, limit,
-                         utc_now(), service_used, estimate_unknown=True)
+                         now, service_used, estimate_unknown=True)
     fits = "fits" if estimate <= state.remaining_seconds + 1e-9 else "does NOT fit"
     return (f"{state.label}: the plan needs about {estimate:.1f} s of QPU time; "
             f"{state.remaining_seconds:.1f} s of {limit:.0f} s remain in the 28-day window "
@@ -293,7 +296,8 @@ def submit_everywhere(
             if options.dry_run:
                 report.outcomes.append(SubmissionOutcome(plan, None, [j.record for j in plan.jobs]))
                 if options.guard is not None:
-                    report.budget_lines.append(dry_run_budget_line(plan, existing, options.guard))
+                    report.budget_lines.append(dry_run_budget_line(plan, existing, options.guard,
+                                                                   options.clock()))
                 continue
             outcome = submit_plan(target, plan, existing=existing, options=options)
             report.outcomes.append(outcome)
