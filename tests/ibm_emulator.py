@@ -127,6 +127,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -267,7 +268,9 @@ class IBMEmulator:
         requests: ``(method, path, data)`` of every request, in order; ``path`` without the
             query string; ``data`` is the JSON body, the form (API key redacted), the parsed
             query string (``{name: [values]}``) for a GET with one, else ``{}``.
-        request_times: ``(method, path, time.monotonic())`` of every request, in order.
+        request_times: ``(method, path, clock())`` of every request, in order.
+        clock: what ``request_times`` reads (default ``time.monotonic``; settable, e.g. to the
+            fake clock of the client's rate gate).
         jobs: job id -> record: ``backend``, ``program_id``, ``tags``, ``cost``, ``created``
             (epoch), ``instance`` (name), ``crn``, ``token_index`` (position of the key in
             ``tokens``), ``shots`` (per PUB), ``num_circuits``, ``usage_seconds`` (modelled),
@@ -305,6 +308,7 @@ class IBMEmulator:
         self.api_url = ""
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.request_times: list[tuple[str, str, float]] = []
+        self.clock: Callable[[], float] = time.monotonic
         self.jobs: dict[str, dict[str, Any]] = {}
         self.extra_usage: dict[str, float] = {}
         self.errors: list[str] = []
@@ -948,7 +952,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body_text = self.rfile.read(length).decode() if length else ""
         emu.requests.append((method, path, self._logged(method, query, body_text)))
-        emu.request_times.append((method, path, time.monotonic()))
+        emu.request_times.append((method, path, emu.clock()))
         hang, failure = emu._take_faults(method, path)
         if hang:
             emu._hold(hang["hang"], hang["until"])

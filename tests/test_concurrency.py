@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clocks import FakeTime, HeldClock, RecordingLimiter, wait_until
 
 from qcourier.services.base import (
     AuthenticationError,
@@ -121,16 +122,31 @@ def test_a_nested_map_runs_inline_instead_of_deadlocking():
 
 def test_stopping_early_starts_no_more_calls():
     started = Peak()
+    release = threading.Event()
+    taken: list[int] = []
+
+    def items():
+        for n in range(100):
+            taken.append(n)
+            yield n
 
     def work(n: int) -> int:
         with started:
-            time.sleep(0.05)
+            if n:  # the first call answers; the others stay in flight until released
+                assert release.wait(60)
         return n
 
-    for _ in map_unordered(work, range(100), workers=4):
-        break
-    time.sleep(0.2)
-    assert started.calls <= 5  # the four in flight, and at most one started as the first ended
+    try:
+        for _ in map_unordered(work, items(), workers=4):
+            break
+        # The four in flight, and at most one more taken as the first ended; and nothing
+        # is taken once the caller stopped (the generator is closed by the break).
+        assert len(taken) <= 5
+        assert wait_until(lambda: started.now == len(taken) - 1)  # all the held ones started
+    finally:
+        release.set()
+    assert wait_until(lambda: started.now == 0)
+    assert started.calls == len(taken) <= 5  # every call taken ran, and no other
 
 
 # ------------------------------------------------------------------------------ WorkerPool
@@ -140,7 +156,10 @@ def test_a_call_that_times_out_is_abandoned_and_its_thread_replaced():
     pool = WorkerPool("test-timeout")
     release, finished = threading.Event(), threading.Event()
 
+    hung_threads: list[threading.Thread] = []
+
     def hung() -> None:
+        hung_threads.append(threading.current_thread())
         release.wait(60)
         finished.set()
 
@@ -151,9 +170,11 @@ def test_a_call_that_times_out_is_abandoned_and_its_thread_replaced():
     assert pool.call(lambda: "answer", timeout=60, size=2) == "answer"
     assert not finished.is_set()
     release.set()
-    time.sleep(0.2)  # the abandoned thread finished its call and left
+    [abandoned] = hung_threads
+    abandoned.join(10)  # the abandoned thread finishes its call and leaves the pool
+    assert finished.is_set() and not abandoned.is_alive()
     alive = [t for t in threading.enumerate() if t.name.startswith("test-timeout-")]
-    assert 1 <= len(alive) <= 2
+    assert 1 <= len(alive) <= 2 and abandoned not in alive
     assert pool.call(lambda: 1 + 1, timeout=2, size=2) == 2
 
 
@@ -201,21 +222,27 @@ def test_the_gate_holds_calls_until_the_back_off_has_passed():
 
 
 def test_the_gate_holds_every_thread():
-    gate = RateGate()
+    held = HeldClock()
+    gate = held.gate()
     gate.back_off(0.3)
-    released = []
+    waited: dict[str, float] = {}
 
     def waiter() -> None:
-        gate.wait()
-        released.append(time.monotonic())
+        waited[threading.current_thread().name] = gate.wait()
 
-    start = time.monotonic()
-    threads = [threading.Thread(target=waiter) for _ in range(4)]
+    threads = [threading.Thread(target=waiter, name=f"waiter-{n}") for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:  # each thread is held at the gate for the whole back-off...
+            assert held.waiting(t.name) == [pytest.approx(0.3)]
+        assert waited == {} and all(t.is_alive() for t in threads)  # ...and none gets past it
+    finally:
+        held.release.set()
     for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
-    assert len(released) == 4 and min(released) - start >= 0.25
+        t.join(10)
+    assert waited == {t.name: pytest.approx(0.3) for t in threads}
+    assert gate.remaining() == 0
 
 
 # ------------------------------------------------------------------------------ retry_call
@@ -224,24 +251,6 @@ def test_the_gate_holds_every_thread():
 def too_many(retry_after: float | None = None) -> TransientServiceError:
     return TransientServiceError("slow down (HTTP 429)", http_status=429, retry_after=retry_after,
                                  nothing_done=True)
-
-
-class FakeTime:
-    """A clock and a sleep that only move the clock (shared with a RateGate)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        self.now += seconds
-
-    def gate(self) -> RateGate:
-        return RateGate(clock=self.clock, sleep=self.sleep)
 
 
 def scripted(answers: list, calls: list[float], clock) -> object:
@@ -405,35 +414,32 @@ def test_local_rate_limit_answers_429_with_retry_after(tmp_path: Path):
 
 
 def test_threads_backing_off_get_through_the_rate_limit_without_exceeding_it(tmp_path: Path):
+    # One fake time line for the service's limiter, the gate and the retry loop: the limit is
+    # checked on exactly the times the limiter admitted the calls at, with no wall clock.
     limit, calls = 20, 50
+    fake = FakeTime()
     service = LocalService(LocalServiceConfig(root=tmp_path, rate_limit_per_second=limit))
-    gate = RateGate()
-    admitted: list[float] = []
+    service._limiter = limiter = RecordingLimiter(limit, clock=fake.clock)
+    gate = fake.gate()
     refused = []
     lock = threading.Lock()
 
     def call(_: int) -> float:
         def once() -> float:
             try:
-                usage = service.usage().usage_seconds
+                return service.usage().usage_seconds
             except TransientServiceError:
                 with lock:
                     refused.append(1)
                 raise
-            with lock:
-                admitted.append(time.monotonic())
-            return usage
 
         return retry_call(lambda _: once(), what="usage", gate=gate, budget=CallTime(60),
                           policy=RetryPolicy(attempts=21, backoff_seconds=0.5, jitter_seconds=0.02),
-                          deadline_error=lambda last: last)
+                          deadline_error=lambda last: last, sleep=fake.sleep, clock=fake.clock)
 
     results = [value for _, value in map_unordered(call, range(calls), workers=8)]
     assert results == [0.0] * calls  # every call got through
-    assert len(admitted) == calls and refused  # the limit was met and waited out
+    assert len(limiter.admitted) == calls and refused  # the limit was met and waited out
     assert len(refused) < 3 * calls  # backing off, not hammering
-    admitted.sort()
-    for i in range(len(admitted) - limit):
-        # No window of one second saw more than `limit` calls (a little slack for the clock
-        # read after the service admitted each call).
-        assert admitted[i + limit] - admitted[i] > 0.95
+    # No window of one second saw more than `limit` calls.
+    assert limiter.most_in_a_window() == limit

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from clocks import FakeTime, RecordingLimiter
 
+import qcourier.collect.run
 from qcourier.collect.run import CollectOptions, collect_pending
 from qcourier.experiments import get_experiment
 from qcourier.ledger.status import JobStatus
@@ -32,14 +33,12 @@ class CountingService(LocalService):
         self.bulk = bulk
         self.listing_fails = listing_fails
         self.calls: Counter[str] = Counter()
-        self.times: list[float] = []
         self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
 
     def _counted(self, name, func, *args):
         with self._lock:
             self.calls[name] += 1
-            self.times.append(time.monotonic())
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -135,12 +134,19 @@ def test_one_worker_polls_in_order_with_the_same_result(tmp_path: Path, ledger: 
     assert_whole_ledger(ledger, 5)
 
 
-def test_a_rate_limited_service_is_waited_out_not_overrun(tmp_path: Path, ledger: Ledger):
+def test_a_rate_limited_service_is_waited_out_not_overrun(tmp_path: Path, ledger: Ledger,
+                                                          monkeypatch: pytest.MonkeyPatch):
     """Eight workers against a service allowing 15 calls a second: 429s close the gate for
-    all, every job is still collected, and the service never served more than its limit."""
+    all, every job is still collected, and the service never served more than its limit.
+
+    On one fake time line: the service's limiter and the collector's rate gate share it, and
+    it moves only while the gate holds a caller, so the window is checked exactly on the
+    times the limiter admitted the calls at."""
     submit_many(tmp_path, ledger, JOBS, queue_seconds=0)
     service = service_for(tmp_path, 0, latency_seconds=0.005, rate_limit_per_second=15)
-    served: list[float] = []
+    fake = FakeTime()
+    service._limiter = limiter = RecordingLimiter(15, clock=fake.clock)
+    monkeypatch.setattr(qcourier.collect.run, "RateGate", fake.gate)
     refused = []
     real = service._network_call
 
@@ -150,14 +156,12 @@ def test_a_rate_limited_service_is_waited_out_not_overrun(tmp_path: Path, ledger
         except ServiceError as exc:
             refused.append(exc.http_status)
             raise
-        served.append(time.monotonic())
 
     service._network_call = network_call
     report = collect_pending(service, ledger, CollectOptions(workers=8))
     assert report.completed == JOBS and report.exit_code == 0
     assert refused and set(refused) == {429}  # the limit was met, and backed off from
-    served.sort()
-    # No sliding window of (a little under, for timestamp jitter) one second holds more than
-    # the limit.
-    assert max(sum(1 for t in served if start <= t < start + 0.95) for start in served) <= 15
+    assert fake.sleeps  # waited out at the collector's gate
+    # No sliding window of one second holds more than the limit (and one reached it).
+    assert limiter.most_in_a_window() == 15
     assert_whole_ledger(ledger, JOBS)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+import qcourier.services.ibm
+from clocks import FakeTime
 from conftest import ledger_records
 from ibm_emulator import IBMEmulator
 from qcourier.cli import collect, submit
@@ -46,6 +48,14 @@ def job_gets(emu: IBMEmulator, since: int = 0) -> dict[str, list[float]]:
     return times
 
 
+def gated_by(fake: FakeTime, emu: IBMEmulator, monkeypatch) -> None:
+    """Every IBM service made from now on waits at a rate gate on ``fake`` time, and the
+    emulator notes its requests' arrivals on that time: it moves only while a gate waits, so
+    the time between two requests is what the gate held the caller for."""
+    monkeypatch.setattr(qcourier.services.ibm, "RateGate", fake.gate)
+    emu.clock = fake.clock
+
+
 def submitted(invoke, tmp_path: Path, jobs: int = 1) -> list[str]:
     result = invoke(submit.main, [*BELL, "--repeat", str(jobs), "--force"])
     assert result.exit_code == 0, result.output
@@ -56,10 +66,12 @@ def test_a_429_storm_is_retried_exactly_as_configured_and_each_worker_waits(
         emu, invoke, tmp_path: Path, monkeypatch):
     """Three jobs polled by three workers through a storm of 429s (Retry-After: 1): each job
     is asked exactly retries + 1 times, not once more by the collector, and each retry comes
-    after the Retry-After."""
+    after the Retry-After, waited out at the service's rate gate."""
     ids = submitted(invoke, tmp_path, jobs=3)
     monkeypatch.setenv("QCOURIER_IBM_RETRIES", "2")
     monkeypatch.setenv("QCOURIER_POLL_WORKERS", "3")
+    fake = FakeTime()
+    gated_by(fake, emu, monkeypatch)
     emu.fail("GET", JOB_GET, 429, count=10_000, headers={"Retry-After": "1"})
     before = len(emu.request_times)
     result = invoke(collect.main, [])
@@ -67,8 +79,9 @@ def test_a_429_storm_is_retried_exactly_as_configured_and_each_worker_waits(
     gets = job_gets(emu, before)
     assert sorted(gets) == sorted(ids)
     assert {job_id: len(times) for job_id, times in gets.items()} == {job_id: 3 for job_id in ids}
-    for times in gets.values():
+    for times in gets.values():  # on the gate's time: each retry was held for its Retry-After
         assert all(later - earlier >= 1.0 for earlier, later in zip(times, times[1:]))
+    assert fake.sleeps and set(fake.sleeps) <= {1.0}  # only the gate waited, whole Retry-Afters
     for job_id in ids:
         # The listing said DONE: the storm met each job's result download.
         assert (f"not collected: key 0 (IBM_QUANTUM_TOKEN): IBM Quantum rate limit reached "
@@ -79,12 +92,16 @@ def test_a_429_storm_is_retried_exactly_as_configured_and_each_worker_waits(
 def test_a_short_429_storm_is_waited_out(emu, invoke, tmp_path: Path, monkeypatch):
     [job_id] = submitted(invoke, tmp_path)
     monkeypatch.setenv("QCOURIER_IBM_RETRIES", "3")
+    fake = FakeTime()
+    gated_by(fake, emu, monkeypatch)
     emu.fail("GET", JOB_GET, 429, count=2, headers={"Retry-After": "1"})
     before = len(emu.request_times)
     result = invoke(collect.main, [])
     assert result.exit_code == 0 and ": completed" in result.stdout
     times = job_gets(emu, before)[job_id]
-    assert times[1] - times[0] >= 1.0 and times[2] - times[1] >= 1.0
+    # On the gate's time: each 429's Retry-After was waited out at the gate, and only that.
+    assert fake.sleeps == [1.0, 1.0]
+    assert times[1] - times[0] == 1.0 and times[2] - times[1] == 1.0
     assert len(times) >= 3  # two 429s, then the answers (status, result, metrics)
 
 

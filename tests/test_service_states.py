@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from clocks import HeldClock
 from ibm_emulator import IBMEmulator
 from pydantic import SecretStr
 from qiskit import QuantumCircuit
@@ -214,48 +215,12 @@ def test_ibm_job_states_stop_at_the_page_that_has_every_job(emu: IBMEmulator):
     assert len(pages) == 3 and all("created_after" in page for page in pages)
 
 
-class HeldClock:
-    """A rate gate's clock and sleep that move only when the test says: ``sleep(d)`` records
-    who waits and for how long, blocks until :attr:`release` is set, then moves the clock
-    on by ``d``. So a test sees every wait at a gate, at the point it starts, and reads no
-    wall clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[tuple[str, float]] = []
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.waits.append((threading.current_thread().name, seconds))
-        assert self.release.wait(30), "the test never released the gate"
-        with self._lock:
-            self.now += seconds
-
-    def waiting(self, thread: str) -> list[float]:
-        """The waits ``thread`` began, once it began one (up to 10 s of polling)."""
-        for _ in range(1000):
-            with self._lock:
-                found = [s for name, s in self.waits if name == thread]
-            if found:
-                return found
-            time.sleep(0.01)
-        return []
-
-
 def test_a_429_on_the_listing_is_waited_out_by_every_thread(emu: IBMEmulator):
-    from qcourier.services.workers import RateGate
-
     ids = [emu.add_job(tags=["qcourier"]) for _ in range(3)]
     service = ibm(emu)
     service.usage()
     held = HeldClock()
-    service._gate = RateGate(clock=held.clock, sleep=held.sleep)
+    service._gate = held.gate()
     before = len(emu.requests)
     emu.fail("GET", r"/api/v1/jobs$", 429, headers={"Retry-After": "1"})
     result: dict = {}
