@@ -435,7 +435,8 @@ def test_threads_backing_off_get_through_the_rate_limit_without_exceeding_it(tmp
 
         return retry_call(lambda _: once(), what="usage", gate=gate, budget=CallTime(60),
                           policy=RetryPolicy(attempts=21, backoff_seconds=0.5, jitter_seconds=0.02),
-                          deadline_error=lambda last: last, sleep=fake.sleep, clock=fake.clock)
+                          deadline_error=lambda last: last,
+                          timing=Timing(clock=fake.clock, sleep=fake.sleep))
 
     results = [value for _, value in map_unordered(call, range(calls), workers=8)]
     assert results == [0.0] * calls  # every call got through
