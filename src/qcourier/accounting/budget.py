@@ -34,7 +34,7 @@ This module imports neither click nor qiskit (qiskit only inside the estimate, l
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -529,7 +529,7 @@ def report_keys(records: Iterable[RecordView], ibm_key_indexes: Iterable[int],
     return sorted(keys, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
 
 
-def budget_report(records: list[RecordView], now: datetime, keys: Iterable[BudgetKey],
+def budget_report(records: Sequence[RecordView], now: datetime, keys: Iterable[BudgetKey],
                   limit_for: Callable[[int | None], float],
                   usage_of: Callable[[str, int | None], Any] | None) -> dict[str, Any]:
     """What ``qcourier budget --json`` prints: each key's budget and, with ``usage_of``
