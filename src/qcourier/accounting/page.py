@@ -9,8 +9,12 @@ from __future__ import annotations
 import base64
 import html
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qcourier.ledger.store import Ledger
 
 _CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;
 margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
@@ -165,8 +169,8 @@ def write_html(path: Path, report, records, ledger_dir: Path,
     atomic_write_bytes(Path(path), render(report, records, ledger_dir, plan_lines).encode())
 
 
-def write_study_page(path: Path, ledger: Any, limit_for: Any, plan_file: Path | None = None
-                     ) -> list[str]:
+def write_study_page(path: Path, ledger: Ledger, limit_for: Callable[[int | None], float],
+                     plan_file: Path | None = None) -> list[str]:
     """Write ``qcollect --html``'s page of ``ledger`` now (budgets from ``limit_for``), with
     the study plan's progress (``plan_file``, else ``./qcourier-plan.toml`` when present).
 

@@ -47,13 +47,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcourier.errors import QcourierError
 from qcourier.ledger.status import as_utc
+
+if TYPE_CHECKING:
+    from qcourier.collect.run import CollectReport
+    from qcourier.ledger.store import Ledger
 
 SENT_FILE = "notifications.jsonl"
 LOCK_FILE = ".notifications.lock"
@@ -344,7 +349,8 @@ def notify_events(directory: Path, urls: list[str], events: list[Event],
         return todo
 
 
-def notify_after_run(ledger: Any, report: Any, urls: list[str], limit_of: Any,
+def notify_after_run(ledger: Ledger, report: CollectReport, urls: list[str],
+                     limit_of: Callable[[int | None], float],
                      stuck_hours: float = STUCK_HOURS) -> str | None:
     """What ``qcollect`` tells after a run: one message for the jobs it finished, budgets
     passing 50/80/100 %, stuck deferred queues (and what an earlier failed send left).
